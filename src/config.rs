@@ -1,0 +1,247 @@
+//! The command line, validated once into an immutable [`Config`]. Nothing here runs at
+//! request time; the hot path only reads the values computed here.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::http::Limits;
+
+/// Which monoio driver the I/O threads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverChoice {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    /// io_uring, or exit with an error when it is unavailable.
+    #[value(name = "io-uring", alias = "io_uring", alias = "iouring")]
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// Minimum level of the server log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spindle",
+    about = "Spindle: a fast, strict WSGI server (PEP 3333) for Python web apps",
+    long_about = None,
+    disable_version_flag = true
+)]
+struct Args {
+    /// The WSGI application, as MODULE:NAME or MODULE:FACTORY(ARGS). Without it, a bundled
+    /// demo page is served.
+    app: Option<String>,
+
+    /// Address to listen on, HOST:PORT or [IPv6]:PORT; repeatable. Port 0 picks a free port.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
+    bind: Vec<String>,
+
+    /// Number of I/O threads, each with its own runtime, listener and core [default: one per core]
+    #[arg(long, value_name = "N")]
+    io_threads: Option<usize>,
+
+    /// Number of Python threads that run the application [default: one per core]
+    #[arg(long, value_name = "N")]
+    py_threads: Option<usize>,
+
+    /// Change to this directory before importing the application.
+    #[arg(long, value_name = "DIR")]
+    chdir: Option<PathBuf>,
+
+    /// Prepend this directory to sys.path; repeatable.
+    #[arg(long, value_name = "DIR")]
+    pythonpath: Vec<PathBuf>,
+
+    /// Import the application from this virtual environment [default: $VIRTUAL_ENV]
+    #[arg(long, value_name = "DIR", env = "VIRTUAL_ENV")]
+    venv: Option<PathBuf>,
+
+    /// Minimum level of the server log.
+    #[arg(long, value_enum, default_value = "info")]
+    log_level: LogLevel,
+
+    /// Log one line per request: client, request line, status, body bytes, duration.
+    #[arg(long)]
+    access_log: bool,
+
+    /// Seconds an idle keep-alive connection is kept open; 0 disables keep-alive.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    keep_alive: f64,
+
+    /// Length of each listener's accept queue.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    backlog: u32,
+
+    /// I/O driver.
+    #[arg(long, value_enum, env = "SPINDLE_DRIVER", default_value = "auto")]
+    driver: DriverChoice,
+
+    /// Longest request line in bytes (longer: 414).
+    #[arg(long, value_name = "BYTES", default_value_t = 4094)]
+    limit_request_line: usize,
+
+    /// Most header fields in a request (more: 431).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    limit_request_fields: usize,
+
+    /// Longest header field line in bytes (longer: 431).
+    #[arg(long, value_name = "BYTES", default_value_t = 8190)]
+    limit_request_field_size: usize,
+
+    /// Largest request head (request line and all fields) in bytes (larger: 431).
+    #[arg(long, value_name = "BYTES", default_value_t = 32768)]
+    limit_request_head: usize,
+
+    /// Largest request body in bytes (larger: 413); 0 means no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    limit_request_body: u64,
+
+    /// Seconds a client has to send a whole request head (then 408 and close).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    header_timeout: f64,
+
+    /// SCRIPT_NAME: the URL prefix the application is mounted under.
+    #[arg(long, value_name = "PATH", default_value = "")]
+    root_path: String,
+
+    /// Most requests waiting for a Python thread; when full, I/O threads stop reading.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    queue_size: usize,
+
+    /// Print Spindle's version and the Python it embeds, then exit.
+    #[arg(long)]
+    version: bool,
+}
+
+/// The validated configuration: built once at start-up, then only read.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app: Option<String>,
+    pub binds: Vec<SocketAddr>,
+    pub io_threads: usize,
+    pub py_threads: usize,
+    pub chdir: Option<PathBuf>,
+    pub pythonpath: Vec<PathBuf>,
+    pub venv: Option<PathBuf>,
+    pub log_level: LogLevel,
+    pub access_log: bool,
+    /// `None`: keep-alive disabled.
+    pub keep_alive: Option<Duration>,
+    pub backlog: u32,
+    pub driver: DriverChoice,
+    pub limits: Limits,
+    pub max_body: Option<u64>,
+    pub header_timeout: Duration,
+    pub root_path: String,
+    pub queue_size: usize,
+}
+
+impl Config {
+    /// Parses the process's command line. `Err` carries the exit code after clap (or
+    /// `--version`) has already printed what it had to say.
+    pub fn from_args() -> Result<Config, ExitCode> {
+        let args = match Args::try_parse() {
+            Ok(args) => args,
+            Err(err) => {
+                let _ = err.print();
+                return Err(ExitCode::from(err.exit_code() as u8));
+            }
+        };
+        if args.version {
+            println!("spindle {}", crate::VERSION);
+            println!("Python {}", crate::py::runtime_version());
+            return Err(ExitCode::SUCCESS);
+        }
+        Config::validate(args).map_err(|msg| {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        })
+    }
+
+    /// Parses an explicit argument list (tests, benches).
+    pub fn from_iter<I, T>(args: I) -> Result<Config, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = Args::try_parse_from(args).map_err(|e| e.to_string())?;
+        Config::validate(args)
+    }
+
+    fn validate(args: Args) -> Result<Config, String> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut binds = Vec::new();
+        for bind in &args.bind {
+            let addrs: Vec<SocketAddr> = bind
+                .to_socket_addrs()
+                .map_err(|e| format!("--bind {bind}: {e} (expected HOST:PORT or [IPv6]:PORT)"))?
+                .collect();
+            let first = addrs
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("--bind {bind}: the name resolves to no address"))?;
+            binds.push(first);
+        }
+        let positive = |name: &str, value: Option<usize>| -> Result<usize, String> {
+            match value {
+                Some(0) => Err(format!("--{name} must be at least 1")),
+                Some(n) => Ok(n),
+                None => Ok(cores),
+            }
+        };
+        let seconds = |name: &str, value: f64| -> Result<Duration, String> {
+            if value.is_finite() && value >= 0.0 {
+                Ok(Duration::from_secs_f64(value))
+            } else {
+                Err(format!("--{name} must be a number of seconds >= 0"))
+            }
+        };
+        if let Some(app) = &args.app {
+            if !app.contains(':') && app.contains('(') {
+                return Err(format!("{app}: expected MODULE:APP, for example myproject.wsgi:application"));
+            }
+        }
+        if !args.root_path.is_empty() && (!args.root_path.starts_with('/') || args.root_path.ends_with('/')) {
+            return Err("--root-path must start with '/' and not end with '/' (e.g. /api)".into());
+        }
+        if args.limit_request_fields == 0 || args.limit_request_line < 16 || args.limit_request_head < 64 {
+            return Err("request limits are too small to read any request".into());
+        }
+        let keep_alive = seconds("keep-alive", args.keep_alive)?;
+        Ok(Config {
+            app: args.app,
+            binds,
+            io_threads: positive("io-threads", args.io_threads)?,
+            py_threads: positive("py-threads", args.py_threads)?,
+            chdir: args.chdir,
+            pythonpath: args.pythonpath,
+            venv: args.venv.filter(|p| !p.as_os_str().is_empty()),
+            log_level: args.log_level,
+            access_log: args.access_log,
+            keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
+            backlog: args.backlog,
+            driver: args.driver,
+            limits: Limits {
+                max_request_line: args.limit_request_line,
+                max_headers: args.limit_request_fields,
+                max_field_size: args.limit_request_field_size,
+                max_head_size: args.limit_request_head,
+            },
+            max_body: (args.limit_request_body > 0).then_some(args.limit_request_body),
+            header_timeout: seconds("header-timeout", args.header_timeout)?.max(Duration::from_millis(10)),
+            root_path: args.root_path,
+            queue_size: args.queue_size.max(1),
+        })
+    }
+}

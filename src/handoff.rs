@@ -1,0 +1,256 @@
+//! The only things I/O threads and Python threads share: the request queue, each I/O
+//! thread's reply mailbox, and the per-request [`Exchange`]. No sockets and no Python
+//! objects ever cross here: requests carry frozen bytes and offsets, replies carry bytes
+//! and files.
+//!
+//! Wake-ups are the cost that matters (DESIGN.md §1: a cross-thread wake costs several µs,
+//! the same order as a whole hello-world request). So:
+//! - Python threads block on the request queue only when it is empty, and drain every
+//!   queued request before they sleep again;
+//! - an I/O thread is woken through its [`IoMailbox`] at most once per batch: the first
+//!   reply pushed after the I/O thread began draining sets `notified` and wakes it; later
+//!   pushes see the flag and only enqueue.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::http::ParsedHead;
+
+/// A request handed from an I/O thread to a Python thread.
+pub struct Request {
+    /// The request head, frozen out of the connection's read buffer without a copy.
+    pub head: Bytes,
+    /// Offsets into `head`.
+    pub parsed: ParsedHead,
+    pub body: RequestBody,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub started: Instant,
+    pub reply: ReplyTo,
+}
+
+/// The request body as the Python thread sees it.
+pub enum RequestBody {
+    /// The whole body was already read (possibly empty).
+    Complete(Bytes),
+    /// The body is still on the socket; the Python thread pulls it chunk by chunk with
+    /// [`ReplyMsg::ReadBody`] and receives it on [`Exchange::body_rx`]. The first pull
+    /// also answers `Expect: 100-continue`.
+    Stream,
+}
+
+/// One piece of body delivered to a Python thread that asked for it.
+pub enum BodyChunk {
+    Data(Vec<u8>),
+    /// The body ended cleanly.
+    End,
+    /// The body did not arrive whole: the client closed early, or it broke the framing.
+    Error(BodyError),
+}
+
+/// Why a streamed body could not be read whole. `wsgi.input` raises an `OSError` for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// The client closed the connection before the body ended.
+    Disconnected,
+    /// The body broke HTTP framing (bad chunk) or exceeded `--limit-request-body`.
+    Invalid(crate::http::HttpError),
+    /// The client sent nothing for longer than the read timeout.
+    TimedOut,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Disconnected => f.write_str("client disconnected before the request body ended"),
+            BodyError::Invalid(e) => write!(f, "invalid request body: {e}"),
+            BodyError::TimedOut => f.write_str("timed out reading the request body"),
+        }
+    }
+}
+
+/// Where a Python thread sends the response of one request.
+pub struct ReplyTo {
+    pub mailbox: Arc<IoMailbox>,
+    /// The connection's slot in its I/O thread, and the slot's generation, so a late reply
+    /// for a connection that is gone is dropped instead of reaching a new one.
+    pub conn: ConnToken,
+    pub exchange: Arc<Exchange>,
+}
+
+impl ReplyTo {
+    pub fn send(&self, msg: ReplyMsg) {
+        self.mailbox.push(Reply { conn: self.conn, msg });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnToken {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// A message from a Python thread to the I/O thread that owns the connection.
+pub enum ReplyMsg {
+    /// Response bytes (head and/or body, already framed). `end`: the response is complete.
+    /// `close`: close the connection after writing. `counted`: the bytes count against
+    /// the exchange's in-flight window and must be released once written.
+    Data { bytes: Vec<u8>, end: bool, close: bool, counted: bool },
+    /// Send `len` bytes of `file` from `offset` (sendfile/splice, never through Python).
+    File { file: std::fs::File, offset: u64, len: u64 },
+    /// Send the next piece of the request body on `Exchange::body_tx` (and answer
+    /// `Expect: 100-continue` first if it is still unanswered).
+    ReadBody,
+    /// Something failed after the head was sent: close the connection without more bytes.
+    Abort,
+}
+
+pub struct Reply {
+    pub conn: ConnToken,
+    pub msg: ReplyMsg,
+}
+
+/// Per-request state that both sides touch.
+pub struct Exchange {
+    /// Set by the I/O thread when the client is gone (a write failed) or the server stops
+    /// waiting; the Python thread stops iterating the response and calls `close()`.
+    cancelled: AtomicBool,
+    /// Bytes of a streamed response queued but not yet written, with a condvar the Python
+    /// thread sleeps on (GIL released) while the window is full.
+    in_flight: Mutex<usize>,
+    window_open: Condvar,
+    /// Streamed request body, I/O thread -> Python thread, one chunk per `ReadBody`.
+    pub body_tx: Sender<BodyChunk>,
+    pub body_rx: Receiver<BodyChunk>,
+}
+
+/// Most response bytes a Python thread may have queued for one connection before it waits
+/// for the I/O thread to write them: bounds memory with slow clients.
+pub const RESPONSE_WINDOW: usize = 1 << 20;
+
+impl Exchange {
+    pub fn new() -> Arc<Exchange> {
+        let (body_tx, body_rx) = crossbeam_channel::bounded(1);
+        Arc::new(Exchange {
+            cancelled: AtomicBool::new(false),
+            in_flight: Mutex::new(0),
+            window_open: Condvar::new(),
+            body_tx,
+            body_rx,
+        })
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Marks the exchange dead and wakes a Python thread waiting for window or body.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        let _guard = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        self.window_open.notify_all();
+        drop(_guard);
+        let _ = self.body_tx.try_send(BodyChunk::Error(BodyError::Disconnected));
+    }
+
+    /// Python side: account for `n` bytes about to be queued; blocks (the caller has
+    /// released its GIL) while the window is full. Returns false when cancelled.
+    pub fn reserve(&self, n: usize) -> bool {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_flight >= RESPONSE_WINDOW && !self.is_cancelled() {
+            in_flight = self.window_open.wait(in_flight).unwrap_or_else(|e| e.into_inner());
+        }
+        *in_flight += n;
+        !self.is_cancelled()
+    }
+
+    /// True when `reserve` would not block (lets the caller keep its GIL).
+    pub fn window_available(&self) -> bool {
+        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) < RESPONSE_WINDOW
+    }
+
+    /// I/O side: `n` counted bytes were written.
+    pub fn release(&self, n: usize) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let was_full = *in_flight >= RESPONSE_WINDOW;
+        *in_flight = in_flight.saturating_sub(n);
+        if was_full && *in_flight < RESPONSE_WINDOW {
+            self.window_open.notify_all();
+        }
+    }
+}
+
+/// An I/O thread's inbox of replies, with a wake-up that fires at most once per batch.
+pub struct IoMailbox {
+    queue: crossbeam_channel::Sender<Reply>,
+    inbox: crossbeam_channel::Receiver<Reply>,
+    waker: AtomicWaker,
+    /// True from the first push after a drain started until the next drain starts.
+    notified: AtomicBool,
+    /// Set once when the server stops; the I/O thread then stops accepting.
+    stop: AtomicBool,
+    /// Wake-ups actually sent (for the lab: wake-ups per request).
+    pub wakeups: AtomicUsize,
+}
+
+impl IoMailbox {
+    pub fn new() -> Arc<IoMailbox> {
+        let (queue, inbox) = crossbeam_channel::unbounded();
+        Arc::new(IoMailbox {
+            queue,
+            inbox,
+            waker: AtomicWaker::new(),
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            wakeups: AtomicUsize::new(0),
+        })
+    }
+
+    /// Python side: enqueue a reply; wake the I/O thread only if nobody did since it last
+    /// started draining.
+    pub fn push(&self, reply: Reply) {
+        // The receiver lives as long as `self`, so sending cannot fail.
+        let _ = self.queue.send(reply);
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.waker.wake();
+        }
+    }
+
+    /// Asks the I/O thread to stop accepting and finish its exchanges.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// I/O side: hands every queued reply to `route`, then returns `Pending` with the
+    /// waker registered. Never returns `Ready`: the dispatcher task runs for the thread's
+    /// life.
+    pub fn poll_drain(&self, cx: &mut Context<'_>, mut route: impl FnMut(Reply)) -> Poll<()> {
+        self.waker.register(cx.waker());
+        // Clear the flag before draining: a push that lands after the drain looked at the
+        // queue sees `false` and wakes us again, so no reply can be stranded.
+        self.notified.store(false, Ordering::Release);
+        while let Ok(reply) = self.inbox.try_recv() {
+            route(reply);
+        }
+        Poll::Pending
+    }
+}
+
+/// The queue from all I/O threads to all Python threads. Bounded: when it is full, I/O
+/// threads stop reading new requests (back-pressure) instead of buffering without limit.
+pub fn request_queue(capacity: usize) -> (Sender<Request>, Receiver<Request>) {
+    crossbeam_channel::bounded(capacity)
+}

@@ -1,0 +1,13 @@
+//! HTTP/1.1 as pure functions over bytes: parse a request head in place, frame and decode
+//! a body, encode responses. Nothing here does I/O or knows Python; every function returns
+//! "need more" or "done", so it can be tested split at every byte and benched alone.
+
+pub mod body;
+pub mod date;
+pub mod error;
+pub mod head;
+pub mod response;
+
+pub use body::{BodyDecoder, BodyFraming};
+pub use error::HttpError;
+pub use head::{parse_head, HeaderSpan, Limits, ParsedHead, Span, Version};

@@ -1,0 +1,369 @@
+//! Per-interpreter state ([`Interp`]) and the WSGI environ built from a request.
+//!
+//! Setup computes, the hot path reads: the constant part of environ is a dict built once
+//! per interpreter and `dict.copy()`-ed per request (faster than setting each key), and
+//! every key is interned once per interpreter. Values are made straight from the request
+//! head's bytes (offsets into the frozen read buffer), decoded as latin-1 (PEP 3333).
+
+use std::ffi::CStr;
+use std::net::SocketAddr;
+
+use anyhow::anyhow;
+use pyo3_ffi as ffi;
+
+use super::object::{Gil, Held, Obj, PyErr, PyResult};
+use super::ServerInfo;
+use crate::config::Config;
+use crate::handoff::RequestBody;
+use crate::http::{ParsedHead, Version};
+
+/// Interned environ keys.
+pub(crate) struct Keys {
+    pub request_method: Held,
+    pub script_name: Held,
+    pub path_info: Held,
+    pub query_string: Held,
+    pub content_type: Held,
+    pub content_length: Held,
+    pub server_name: Held,
+    pub server_port: Held,
+    pub server_protocol: Held,
+    pub remote_addr: Held,
+    pub remote_port: Held,
+    pub wsgi_input: Held,
+}
+
+/// Everything Spindle keeps inside one interpreter. Every `Held` here belongs to that
+/// interpreter and is used only by threads attached to it (the invariant that makes
+/// sharing an `Interp` between its threads sound).
+pub struct Interp {
+    pub(crate) app: Held,
+    pub(crate) base_environ: Held,
+    pub(crate) keys: Keys,
+    /// Common method and protocol strings, so most requests create no new str for them.
+    methods: Vec<(&'static [u8], Held)>,
+    http10: Held,
+    http11: Held,
+    // From `_spindle` (bootstrap.py).
+    pub(crate) stream_input: Held,
+    pub(crate) bytes_io: Held,
+    pub(crate) empty_input: Held,
+    pub(crate) file_wrapper: Held,
+    pub(crate) file_source: Held,
+    pub(crate) report_exception: Held,
+    pub(crate) client_disconnected: Held,
+    root_path: Vec<u8>,
+}
+
+const BOOTSTRAP: &str = include_str!("bootstrap.py");
+
+impl Interp {
+    /// Runs the bootstrap in the attached interpreter and imports the application.
+    pub(crate) fn new(gil: Gil<'_>, config: &Config, info: &ServerInfo<'_>) -> anyhow::Result<Interp> {
+        let module = load_bootstrap(gil, info).map_err(|e| anyhow!("Spindle's bootstrap failed: {}", e.summary()))?;
+        let get = |name: &CStr| module.getattr(name).map(Obj::hold).map_err(|e| anyhow!("bootstrap: {}", e.summary()));
+        let report_exception = get(c"report_exception")?;
+
+        let app = {
+            let load = module.getattr(c"load_app").map_err(|e| anyhow!("bootstrap: {}", e.summary()))?;
+            let spec = match &config.app {
+                Some(spec) => gil.str(spec),
+                None => Ok(gil.none()),
+            }
+            .map_err(|e| anyhow!("{}", e.summary()))?;
+            match load.call(&[spec.as_ptr()]) {
+                Ok(app) => app.hold(),
+                Err(err) => {
+                    let summary = err.summary();
+                    let name = config.app.as_deref().unwrap_or("<demo>");
+                    super::report(gil, Some(&report_exception), err, &format!("cannot import the application {name}:"));
+                    return Err(anyhow!("cannot import the application {name}: {summary}"));
+                }
+            }
+        };
+
+        let py = |r: PyResult<'_, Obj<'_>>| r.map(Obj::hold).map_err(|e| anyhow!("{}", e.summary()));
+        let keys = Keys {
+            request_method: py(gil.intern(c"REQUEST_METHOD"))?,
+            script_name: py(gil.intern(c"SCRIPT_NAME"))?,
+            path_info: py(gil.intern(c"PATH_INFO"))?,
+            query_string: py(gil.intern(c"QUERY_STRING"))?,
+            content_type: py(gil.intern(c"CONTENT_TYPE"))?,
+            content_length: py(gil.intern(c"CONTENT_LENGTH"))?,
+            server_name: py(gil.intern(c"SERVER_NAME"))?,
+            server_port: py(gil.intern(c"SERVER_PORT"))?,
+            server_protocol: py(gil.intern(c"SERVER_PROTOCOL"))?,
+            remote_addr: py(gil.intern(c"REMOTE_ADDR"))?,
+            remote_port: py(gil.intern(c"REMOTE_PORT"))?,
+            wsgi_input: py(gil.intern(c"wsgi.input"))?,
+        };
+        let base = build_base_environ(gil, config, &module).map_err(|e| anyhow!("environ: {}", e.summary()))?;
+        let mut methods = Vec::new();
+        for (name, c) in [
+            (&b"GET"[..], c"GET"),
+            (b"POST", c"POST"),
+            (b"HEAD", c"HEAD"),
+            (b"PUT", c"PUT"),
+            (b"DELETE", c"DELETE"),
+            (b"PATCH", c"PATCH"),
+            (b"OPTIONS", c"OPTIONS"),
+        ] {
+            methods.push((name, py(gil.intern(c))?));
+        }
+        Ok(Interp {
+            app,
+            base_environ: base.hold(),
+            keys,
+            methods,
+            http10: py(gil.intern(c"HTTP/1.0"))?,
+            http11: py(gil.intern(c"HTTP/1.1"))?,
+            stream_input: get(c"stream_input")?,
+            bytes_io: get(c"BytesIO")?,
+            empty_input: get(c"EMPTY_INPUT")?,
+            file_wrapper: get(c"FileWrapper")?,
+            file_source: get(c"file_source")?,
+            report_exception,
+            client_disconnected: get(c"ClientDisconnected")?,
+            root_path: config.root_path.as_bytes().to_vec(),
+        })
+    }
+
+    /// Releases every reference; call while attached to this interpreter.
+    pub(crate) fn release(self, gil: Gil<'_>) {
+        let Interp {
+            app,
+            base_environ,
+            keys,
+            methods,
+            http10,
+            http11,
+            stream_input,
+            bytes_io,
+            empty_input,
+            file_wrapper,
+            file_source,
+            report_exception,
+            client_disconnected,
+            root_path: _,
+        } = self;
+        for held in [app, base_environ, http10, http11, stream_input, bytes_io, empty_input, file_wrapper, file_source, report_exception, client_disconnected] {
+            held.release(gil);
+        }
+        let Keys {
+            request_method,
+            script_name,
+            path_info,
+            query_string,
+            content_type,
+            content_length,
+            server_name,
+            server_port,
+            server_protocol,
+            remote_addr,
+            remote_port,
+            wsgi_input,
+        } = keys;
+        for held in [
+            request_method,
+            script_name,
+            path_info,
+            query_string,
+            content_type,
+            content_length,
+            server_name,
+            server_port,
+            server_protocol,
+            remote_addr,
+            remote_port,
+            wsgi_input,
+        ] {
+            held.release(gil);
+        }
+        for (_, held) in methods {
+            held.release(gil);
+        }
+    }
+
+    /// Builds the environ of one request.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn environ<'py>(
+        &self,
+        gil: Gil<'py>,
+        head: &[u8],
+        parsed: &ParsedHead,
+        body: &RequestBody,
+        peer: SocketAddr,
+        local: SocketAddr,
+        stream_input: impl FnOnce() -> PyResult<'py, Obj<'py>>,
+    ) -> PyResult<'py, Obj<'py>> {
+        let environ = self.base_environ.bind(gil).dict_copy()?;
+        let keys = &self.keys;
+
+        let method = parsed.method.get(head);
+        let method_obj = match self.methods.iter().find(|(name, _)| *name == method) {
+            Some((_, held)) => held.bind(gil),
+            None => gil.str_latin1(method)?,
+        };
+        environ.dict_set(keys.request_method.ptr(gil), &method_obj)?;
+
+        let protocol = match parsed.version {
+            Version::Http11 => self.http11.bind(gil),
+            Version::Http10 => self.http10.bind(gil),
+        };
+        environ.dict_set(keys.server_protocol.ptr(gil), &protocol)?;
+
+        // PATH_INFO: percent-decoded bytes as latin-1 (PEP 3333), minus --root-path.
+        let raw_path = parsed.path.get(head);
+        let mut path = percent_decode(if raw_path.is_empty() { b"/" } else { raw_path });
+        if !self.root_path.is_empty()
+            && path.starts_with(&self.root_path)
+            && matches!(path.get(self.root_path.len()), None | Some(b'/'))
+        {
+            path.drain(..self.root_path.len());
+        }
+        environ.dict_set(keys.path_info.ptr(gil), &gil.str_latin1(&path)?)?;
+        environ.dict_set(keys.query_string.ptr(gil), &gil.str_latin1(parsed.query.get(head))?)?;
+
+        environ.dict_set(keys.server_name.ptr(gil), &gil.str(&local.ip().to_string())?)?;
+        environ.dict_set(keys.server_port.ptr(gil), &gil.str(&local.port().to_string())?)?;
+        environ.dict_set(keys.remote_addr.ptr(gil), &gil.str(&peer.ip().to_string())?)?;
+        environ.dict_set(keys.remote_port.ptr(gil), &gil.str(&peer.port().to_string())?)?;
+
+        let mut key = Vec::with_capacity(64);
+        for header in &parsed.headers {
+            let name = header.name.get(head);
+            let value = header.value.get(head);
+            if name.contains(&b'_') {
+                // nginx and gunicorn drop these: `X_Forwarded_For` must not pose as
+                // `X-Forwarded-For` once both become HTTP_X_FORWARDED_FOR.
+                continue;
+            }
+            let key_obj = if name.eq_ignore_ascii_case(b"content-type") {
+                keys.content_type.bind(gil)
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                keys.content_length.bind(gil)
+            } else {
+                key.clear();
+                key.extend_from_slice(b"HTTP_");
+                key.extend(name.iter().map(|&b| if b == b'-' { b'_' } else { b.to_ascii_uppercase() }));
+                gil.str_latin1(&key)?
+            };
+            let value_obj = match environ.dict_get(key_obj.as_ptr()) {
+                // A repeated field: join the values with "," (RFC 9110 §5.3).
+                Some(previous) if !name.eq_ignore_ascii_case(b"content-length") => {
+                    let mut joined = previous.encode_latin1().unwrap_or_default();
+                    joined.push(b',');
+                    joined.extend_from_slice(value);
+                    gil.str_latin1(&joined)?
+                }
+                Some(_) => continue,
+                None => gil.str_latin1(value)?,
+            };
+            environ.dict_set(key_obj.as_ptr(), &value_obj)?;
+        }
+
+        let input = match body {
+            RequestBody::Complete(bytes) if bytes.is_empty() => self.empty_input.bind(gil),
+            RequestBody::Complete(bytes) => {
+                let data = gil.bytes(bytes)?;
+                self.bytes_io.bind(gil).call(&[data.as_ptr()])?
+            }
+            RequestBody::Stream => stream_input()?,
+        };
+        environ.dict_set(keys.wsgi_input.ptr(gil), &input)?;
+        Ok(environ)
+    }
+}
+
+fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo<'_>) -> PyResult<'py, Obj<'py>> {
+    // SAFETY: GIL held; PyImport_AddModule returns a borrowed module registered in this
+    // interpreter's sys.modules, which we take our own reference to at once.
+    let module = unsafe {
+        let ptr = ffi::PyImport_AddModule(c"_spindle".as_ptr());
+        if ptr.is_null() {
+            return Err(PyErr::fetch(gil));
+        }
+        Obj::from_borrowed_unchecked(gil, ptr)
+    };
+    let dict = module.getattr(c"__dict__")?;
+    let builtins = gil.import(c"builtins")?;
+    dict.dict_set(gil.intern(c"__builtins__")?.as_ptr(), &builtins)?;
+    dict.dict_set(gil.intern(c"log")?.as_ptr(), &super::wsgi::log_function(gil)?)?;
+    let server_info = gil.new_dict()?;
+    server_info.dict_set(gil.intern(c"version")?.as_ptr(), &gil.str(crate::VERSION)?)?;
+    server_info.dict_set(gil.intern(c"driver")?.as_ptr(), &gil.str(info.driver)?)?;
+    server_info.dict_set(gil.intern(c"mode")?.as_ptr(), &gil.str(info.mode)?)?;
+    server_info.dict_set(gil.intern(c"io_threads")?.as_ptr(), &gil.int(info.io_threads as i64)?)?;
+    server_info.dict_set(gil.intern(c"py_threads")?.as_ptr(), &gil.int(info.py_threads as i64)?)?;
+    dict.dict_set(gil.intern(c"SERVER_INFO")?.as_ptr(), &server_info)?;
+
+    let source = std::ffi::CString::new(BOOTSTRAP).expect("bootstrap.py has no NUL");
+    // SAFETY: GIL held; NUL-terminated source and file name; the code object is owned and
+    // evaluated with the module's own dict as globals and locals.
+    unsafe {
+        let code = Obj::from_owned(
+            gil,
+            ffi::Py_CompileString(source.as_ptr(), c"<spindle bootstrap>".as_ptr(), ffi::Py_file_input),
+        )?;
+        Obj::from_owned(gil, ffi::PyEval_EvalCode(code.as_ptr(), dict.as_ptr(), dict.as_ptr()))?;
+    }
+    Ok(module)
+}
+
+fn build_base_environ<'py>(gil: Gil<'py>, config: &Config, module: &Obj<'py>) -> PyResult<'py, Obj<'py>> {
+    let environ = gil.new_dict()?;
+    let set = |key: &CStr, value: Obj<'py>| -> PyResult<'py, ()> { environ.dict_set(gil.intern(key)?.as_ptr(), &value) };
+    let one = gil.int(1)?;
+    let zero = gil.int(0)?;
+    set(c"wsgi.version", gil.tuple(&[&one, &zero])?)?;
+    set(c"wsgi.url_scheme", gil.str("http")?)?;
+    set(c"wsgi.errors", module.getattr(c"ERRORS")?)?;
+    set(c"wsgi.multithread", gil.bool(config.py_threads > 1))?;
+    set(c"wsgi.multiprocess", gil.bool(false))?;
+    set(c"wsgi.run_once", gil.bool(false))?;
+    set(c"wsgi.input_terminated", gil.bool(true))?;
+    set(c"wsgi.file_wrapper", module.getattr(c"FileWrapper")?)?;
+    set(c"SERVER_SOFTWARE", gil.str(&format!("Spindle/{}", crate::VERSION))?)?;
+    set(c"SCRIPT_NAME", gil.str(&config.root_path)?)?;
+    Ok(environ)
+}
+
+/// Decodes `%XX` escapes; a malformed escape stays as it is (as gunicorn and wsgiref do).
+pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode(b"/caf%C3%A9"), b"/caf\xc3\xa9");
+        assert_eq!(percent_decode(b"/a%2Fb"), b"/a/b");
+        assert_eq!(percent_decode(b"/bad%zz%4"), b"/bad%zz%4");
+        assert_eq!(percent_decode(b"%41"), b"A");
+    }
+}

@@ -1,0 +1,583 @@
+//! A small safe layer over the CPython C API (pyo3-ffi), written for many interpreters.
+//!
+//! pyo3's safe layer assumes one interpreter (`PyGILState_*`, process-wide statics for
+//! interned strings and type objects), so Spindle does not use it: DESIGN.md §3. Instead:
+//! - [`Gil<'py>`] is proof that the calling thread holds an attached thread state. It is
+//!   created only by [`Attached`] (which restores a thread state and saves it on drop) or,
+//!   inside a C callback that CPython invoked, by `Gil::assume`.
+//! - [`Obj<'py>`] is an owned reference that cannot outlive that proof, so it is always
+//!   released by the thread, and under the interpreter, that created it. It is neither
+//!   `Send` nor `Sync`.
+//! - [`Held`] is a reference kept across attachments (an app object, interned keys). It may
+//!   move between threads only inside a structure that documents which interpreter owns
+//!   it, and it is only touched while a thread state of that interpreter is attached.
+//!
+//! This module and its siblings under `py/` are the only places that call into Python.
+
+use std::ffi::{c_char, CStr};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use pyo3_ffi as ffi;
+
+/// Proof that the current thread holds an attached thread state (and so the GIL of its
+/// interpreter) for the lifetime `'py`.
+#[derive(Clone, Copy)]
+pub struct Gil<'py> {
+    _marker: PhantomData<(&'py (), *mut ())>,
+}
+
+impl<'py> Gil<'py> {
+    /// # Safety
+    /// The calling thread must hold an attached thread state for all of `'py`.
+    pub unsafe fn assume() -> Gil<'py> {
+        Gil { _marker: PhantomData }
+    }
+
+    pub fn none(self) -> Obj<'py> {
+        // SAFETY: Py_None is an immortal singleton; we hold the GIL.
+        unsafe { Obj::from_borrowed_unchecked(self, ffi::Py_None()) }
+    }
+
+    pub fn bool(self, value: bool) -> Obj<'py> {
+        // SAFETY: Py_True/Py_False are immortal singletons; we hold the GIL.
+        unsafe { Obj::from_borrowed_unchecked(self, if value { ffi::Py_True() } else { ffi::Py_False() }) }
+    }
+
+    /// A `str` from UTF-8 text.
+    pub fn str(self, text: &str) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: the pointer and length describe `text`, valid UTF-8; we hold the GIL.
+        unsafe {
+            Obj::from_owned(
+                self,
+                ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast::<c_char>(), text.len() as ffi::Py_ssize_t),
+            )
+        }
+    }
+
+    /// A `str` from bytes decoded as latin-1, as PEP 3333 wants for environ values.
+    pub fn str_latin1(self, bytes: &[u8]) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: the pointer and length describe `bytes`; latin-1 decoding accepts every
+        // byte; we hold the GIL.
+        unsafe {
+            Obj::from_owned(
+                self,
+                ffi::PyUnicode_DecodeLatin1(
+                    bytes.as_ptr().cast::<c_char>(),
+                    bytes.len() as ffi::Py_ssize_t,
+                    std::ptr::null(),
+                ),
+            )
+        }
+    }
+
+    /// An interned `str`, for dictionary keys built once per interpreter.
+    pub fn intern(self, text: &CStr) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: `text` is NUL-terminated; we hold the GIL.
+        unsafe { Obj::from_owned(self, ffi::PyUnicode_InternFromString(text.as_ptr())) }
+    }
+
+    pub fn bytes(self, data: &[u8]) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: the pointer and length describe `data`; we hold the GIL.
+        unsafe {
+            Obj::from_owned(
+                self,
+                ffi::PyBytes_FromStringAndSize(data.as_ptr().cast::<c_char>(), data.len() as ffi::Py_ssize_t),
+            )
+        }
+    }
+
+    pub fn int(self, value: i64) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: we hold the GIL.
+        unsafe { Obj::from_owned(self, ffi::PyLong_FromLongLong(value)) }
+    }
+
+    pub fn tuple(self, items: &[&Obj<'py>]) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: we hold the GIL; PyTuple_SetItem steals the reference we create with
+        // Py_IncRef, and every slot is filled before the tuple is used.
+        unsafe {
+            let tuple = Obj::from_owned(self, ffi::PyTuple_New(items.len() as ffi::Py_ssize_t))?;
+            for (i, item) in items.iter().enumerate() {
+                ffi::Py_IncRef(item.as_ptr());
+                ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, item.as_ptr());
+            }
+            Ok(tuple)
+        }
+    }
+
+    pub fn new_dict(self) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: we hold the GIL.
+        unsafe { Obj::from_owned(self, ffi::PyDict_New()) }
+    }
+
+    pub fn import(self, name: &CStr) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: `name` is NUL-terminated; we hold the GIL.
+        unsafe { Obj::from_owned(self, ffi::PyImport_ImportModule(name.as_ptr())) }
+    }
+
+    /// Runs `f` with this thread's state detached (the GIL released), for blocking waits.
+    /// Nothing Python may be touched inside `f`; the signature makes `'py` unusable there.
+    pub fn allow_threads<T>(self, f: impl FnOnce() -> T) -> T {
+        // SAFETY: we hold the GIL (the `Gil` proof), so there is a thread state to save;
+        // it is restored before returning, also if `f` panics (the guard).
+        let saved = unsafe { ffi::PyEval_SaveThread() };
+        struct Restore(*mut ffi::PyThreadState);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                // SAFETY: restores exactly the state saved above, on the same thread.
+                unsafe { ffi::PyEval_RestoreThread(self.0) }
+            }
+        }
+        let _restore = Restore(saved);
+        f()
+    }
+
+    /// Raises `exc_type(message)` in Python; return `NULL` to CPython after this.
+    pub fn raise(self, exc_type: *mut ffi::PyObject, message: &str) {
+        let mut text = message.as_bytes().to_vec();
+        text.retain(|&b| b != 0);
+        text.push(0);
+        // SAFETY: `text` is NUL-terminated; `exc_type` is an exception type owned by this
+        // interpreter (a builtin or one of our per-interpreter classes); we hold the GIL.
+        unsafe { ffi::PyErr_SetString(exc_type, text.as_ptr().cast::<c_char>()) }
+    }
+
+    pub fn err_occurred(self) -> bool {
+        // SAFETY: we hold the GIL.
+        unsafe { !ffi::PyErr_Occurred().is_null() }
+    }
+}
+
+/// An owned (strong) reference to a Python object of the interpreter `'py` is attached to.
+pub struct Obj<'py> {
+    ptr: NonNull<ffi::PyObject>,
+    gil: Gil<'py>,
+}
+
+pub type PyResult<'py, T> = Result<T, PyErr<'py>>;
+
+impl<'py> Obj<'py> {
+    /// Takes ownership of a new reference; `NULL` fetches the pending exception.
+    ///
+    /// # Safety
+    /// `ptr` must be NULL (with an exception set) or a new reference owned by the caller.
+    pub unsafe fn from_owned(gil: Gil<'py>, ptr: *mut ffi::PyObject) -> PyResult<'py, Obj<'py>> {
+        match NonNull::new(ptr) {
+            Some(ptr) => Ok(Obj { ptr, gil }),
+            None => Err(PyErr::fetch(gil)),
+        }
+    }
+
+    /// Takes a new reference to a borrowed object.
+    ///
+    /// # Safety
+    /// `ptr` must be a valid, non-NULL object pointer of the attached interpreter.
+    pub unsafe fn from_borrowed_unchecked(gil: Gil<'py>, ptr: *mut ffi::PyObject) -> Obj<'py> {
+        // SAFETY: the caller guarantees `ptr` is a live object; we hold the GIL.
+        unsafe { ffi::Py_IncRef(ptr) };
+        Obj { ptr: NonNull::new(ptr).expect("borrowed NULL"), gil }
+    }
+
+    #[inline]
+    pub fn as_ptr(&self) -> *mut ffi::PyObject {
+        self.ptr.as_ptr()
+    }
+
+    /// Gives up ownership: the caller now owns the reference (e.g. to return it to CPython).
+    pub fn into_ptr(self) -> *mut ffi::PyObject {
+        let ptr = self.ptr.as_ptr();
+        std::mem::forget(self);
+        ptr
+    }
+
+    pub fn gil(&self) -> Gil<'py> {
+        self.gil
+    }
+
+    pub fn getattr(&self, name: &CStr) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: live object, NUL-terminated name, GIL held.
+        unsafe { Obj::from_owned(self.gil, ffi::PyObject_GetAttrString(self.as_ptr(), name.as_ptr())) }
+    }
+
+    pub fn hasattr(&self, name: &CStr) -> bool {
+        // SAFETY: live object, NUL-terminated name, GIL held. (Clears errors itself.)
+        unsafe { ffi::PyObject_HasAttrString(self.as_ptr(), name.as_ptr()) == 1 }
+    }
+
+    pub fn setattr(&self, name: &CStr, value: &Obj<'py>) -> PyResult<'py, ()> {
+        // SAFETY: live objects, NUL-terminated name, GIL held.
+        let rc = unsafe { ffi::PyObject_SetAttrString(self.as_ptr(), name.as_ptr(), value.as_ptr()) };
+        self.check(rc)
+    }
+
+    /// Calls the object with positional arguments (vectorcall: no argument tuple).
+    pub fn call(&self, args: &[*mut ffi::PyObject]) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: every pointer in `args` is a live object of this interpreter (callers pass
+        // `as_ptr()` of objects they hold); GIL held; `nargsf` is the exact count.
+        unsafe {
+            Obj::from_owned(
+                self.gil,
+                ffi::PyObject_Vectorcall(self.as_ptr(), args.as_ptr(), args.len(), std::ptr::null_mut()),
+            )
+        }
+    }
+
+    pub fn call_method0(&self, name: &CStr) -> PyResult<'py, Obj<'py>> {
+        self.getattr(name)?.call(&[])
+    }
+
+    pub fn is_none(&self) -> bool {
+        // SAFETY: comparing with the immortal None singleton.
+        self.as_ptr() == unsafe { ffi::Py_None() }
+    }
+
+    pub fn is_true(&self) -> PyResult<'py, bool> {
+        // SAFETY: live object, GIL held.
+        let rc = unsafe { ffi::PyObject_IsTrue(self.as_ptr()) };
+        self.check(rc).map(|()| rc == 1)
+    }
+
+    /// The contents of a `bytes` object (exact or subclass), or `None` for other types.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        // SAFETY: type check first; then PyBytes_AsString/Size of a live bytes object give
+        // its immutable buffer, valid while `self` holds the reference.
+        unsafe {
+            if ffi::PyBytes_Check(self.as_ptr()) == 0 {
+                return None;
+            }
+            let data = ffi::PyBytes_AsString(self.as_ptr());
+            let len = ffi::PyBytes_Size(self.as_ptr());
+            Some(std::slice::from_raw_parts(data.cast::<u8>(), len as usize))
+        }
+    }
+
+    /// The UTF-8 form of a `str`, or `None` for other types (or lone surrogates).
+    pub fn as_str_utf8(&self) -> Option<&[u8]> {
+        // SAFETY: type check first; PyUnicode_AsUTF8AndSize returns a buffer cached inside
+        // the str object, valid while `self` holds the reference.
+        unsafe {
+            if ffi::PyUnicode_Check(self.as_ptr()) == 0 {
+                return None;
+            }
+            let mut len: ffi::Py_ssize_t = 0;
+            let data = ffi::PyUnicode_AsUTF8AndSize(self.as_ptr(), &mut len);
+            if data.is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            Some(std::slice::from_raw_parts(data.cast::<u8>(), len as usize))
+        }
+    }
+
+    pub fn is_str(&self) -> bool {
+        // SAFETY: live object, GIL held.
+        unsafe { ffi::PyUnicode_Check(self.as_ptr()) != 0 }
+    }
+
+    /// Encodes a `str` as latin-1 (PEP 3333 header values); `None` if a character is out of
+    /// range (or for other types).
+    pub fn encode_latin1(&self) -> Option<Vec<u8>> {
+        if let Some(utf8) = self.as_str_utf8() {
+            if utf8.is_ascii() {
+                return Some(utf8.to_vec());
+            }
+        }
+        // SAFETY: live object, GIL held; the result is an owned bytes object or NULL.
+        let encoded = unsafe { Obj::from_owned(self.gil, ffi::PyUnicode_AsLatin1String(self.as_ptr())) };
+        match encoded {
+            Ok(bytes) => bytes.as_bytes().map(<[u8]>::to_vec),
+            Err(_) => None,
+        }
+    }
+
+    pub fn dict_set(&self, key: *mut ffi::PyObject, value: &Obj<'py>) -> PyResult<'py, ()> {
+        // SAFETY: `self` is a dict and `key` a live str of this interpreter (callers pass
+        // interned keys they hold); GIL held. PyDict_SetItem does not steal references.
+        let rc = unsafe { ffi::PyDict_SetItem(self.as_ptr(), key, value.as_ptr()) };
+        self.check(rc)
+    }
+
+    /// Looks `key` up in a dict; `None` when absent.
+    pub fn dict_get(&self, key: *mut ffi::PyObject) -> Option<Obj<'py>> {
+        // SAFETY: `self` is a dict, `key` a live object; the result is borrowed, so we take
+        // our own reference before anything can change the dict.
+        unsafe {
+            let found = ffi::PyDict_GetItemWithError(self.as_ptr(), key);
+            if found.is_null() {
+                ffi::PyErr_Clear();
+                None
+            } else {
+                Some(Obj::from_borrowed_unchecked(self.gil, found))
+            }
+        }
+    }
+
+    pub fn dict_copy(&self) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: `self` is a dict; GIL held.
+        unsafe { Obj::from_owned(self.gil, ffi::PyDict_Copy(self.as_ptr())) }
+    }
+
+    pub fn iter(&self) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: live object, GIL held.
+        unsafe { Obj::from_owned(self.gil, ffi::PyObject_GetIter(self.as_ptr())) }
+    }
+
+    /// The next item of an iterator; `Ok(None)` when it is exhausted.
+    pub fn next(&self) -> PyResult<'py, Option<Obj<'py>>> {
+        // SAFETY: `self` is an iterator (from `iter`); GIL held. NULL without an exception
+        // set means exhaustion.
+        unsafe {
+            let item = ffi::PyIter_Next(self.as_ptr());
+            if item.is_null() {
+                if ffi::PyErr_Occurred().is_null() {
+                    Ok(None)
+                } else {
+                    Err(PyErr::fetch(self.gil))
+                }
+            } else {
+                Ok(Some(Obj { ptr: NonNull::new_unchecked(item), gil: self.gil }))
+            }
+        }
+    }
+
+    /// For an exact `list` or `tuple`: its items (new references). `None` for other types.
+    pub fn sequence_items(&self) -> Option<Vec<Obj<'py>>> {
+        // SAFETY: exact type checks first; then the size and borrowed items of a live list or
+        // tuple, each of which we take a reference to immediately.
+        unsafe {
+            let ptr = self.as_ptr();
+            let list = ffi::PyList_CheckExact(ptr) != 0;
+            if !list && ffi::PyTuple_CheckExact(ptr) == 0 {
+                return None;
+            }
+            let len = if list { ffi::PyList_Size(ptr) } else { ffi::PyTuple_Size(ptr) };
+            let mut items = Vec::with_capacity(len as usize);
+            for i in 0..len {
+                let item = if list { ffi::PyList_GetItem(ptr, i) } else { ffi::PyTuple_GetItem(ptr, i) };
+                items.push(Obj::from_borrowed_unchecked(self.gil, item));
+            }
+            Some(items)
+        }
+    }
+
+    /// True when `self`'s type is exactly `ty`.
+    pub fn is_exact_instance(&self, ty: *mut ffi::PyObject) -> bool {
+        // SAFETY: Py_TYPE of a live object.
+        unsafe { ffi::Py_TYPE(self.as_ptr()).cast::<ffi::PyObject>() == ty }
+    }
+
+    pub fn type_name(&self) -> String {
+        // SAFETY: Py_TYPE of a live object; tp_name is a NUL-terminated C string owned by
+        // the type, which outlives this call.
+        unsafe {
+            let ty = ffi::Py_TYPE(self.as_ptr());
+            CStr::from_ptr((*ty).tp_name).to_string_lossy().into_owned()
+        }
+    }
+
+    /// `str(self)`, lossy, for messages.
+    pub fn to_string_lossy(&self) -> String {
+        // SAFETY: live object, GIL held.
+        let text = unsafe { Obj::from_owned(self.gil, ffi::PyObject_Str(self.as_ptr())) };
+        match text {
+            Ok(text) => String::from_utf8_lossy(text.as_str_utf8().unwrap_or(b"?")).into_owned(),
+            Err(_) => "<unprintable>".to_string(),
+        }
+    }
+
+    pub fn as_i64(&self) -> PyResult<'py, i64> {
+        // SAFETY: live object, GIL held.
+        let value = unsafe { ffi::PyLong_AsLongLong(self.as_ptr()) };
+        if value == -1 && self.gil.err_occurred() {
+            return Err(PyErr::fetch(self.gil));
+        }
+        Ok(value)
+    }
+
+    /// Keeps this reference beyond the current attachment (see [`Held`]).
+    pub fn hold(self) -> Held {
+        Held(self.into_ptr_nonnull())
+    }
+
+    fn into_ptr_nonnull(self) -> NonNull<ffi::PyObject> {
+        let ptr = self.ptr;
+        std::mem::forget(self);
+        ptr
+    }
+
+    fn check(&self, rc: std::ffi::c_int) -> PyResult<'py, ()> {
+        if rc < 0 {
+            Err(PyErr::fetch(self.gil))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Clone for Obj<'_> {
+    fn clone(&self) -> Self {
+        // SAFETY: live object, GIL held (the `'py` proof).
+        unsafe { ffi::Py_IncRef(self.as_ptr()) };
+        Obj { ptr: self.ptr, gil: self.gil }
+    }
+}
+
+impl Drop for Obj<'_> {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference and hold the GIL of its interpreter for `'py`.
+        unsafe { ffi::Py_DecRef(self.as_ptr()) }
+    }
+}
+
+/// A strong reference kept across attachments. It does not release itself: its owner calls
+/// [`Held::release`] while attached to the interpreter the object belongs to (or leaks it
+/// on purpose when the interpreter is about to be finalised anyway).
+pub struct Held(NonNull<ffi::PyObject>);
+
+// SAFETY: a `Held` is only dereferenced through `bind`/`ptr`, which demand a `Gil` proof;
+// the structures holding one (`py::Interp`) document that it is used only while attached
+// to the interpreter that created it. Moving the pointer value between threads is harmless.
+unsafe impl Send for Held {}
+// SAFETY: as above; shared access never touches the object without its interpreter's GIL.
+unsafe impl Sync for Held {}
+
+impl Held {
+    /// A new owned reference for this attachment.
+    pub fn bind<'py>(&self, gil: Gil<'py>) -> Obj<'py> {
+        // SAFETY: the object is alive (we hold a reference) and belongs to the interpreter
+        // the caller is attached to (the invariant of the owning structure).
+        unsafe { Obj::from_borrowed_unchecked(gil, self.0.as_ptr()) }
+    }
+
+    /// The raw pointer, for passing as a borrowed argument while attached.
+    #[inline]
+    pub fn ptr(&self, _gil: Gil<'_>) -> *mut ffi::PyObject {
+        self.0.as_ptr()
+    }
+
+    pub fn release(self, gil: Gil<'_>) {
+        drop(Obj { ptr: self.0, gil });
+    }
+}
+
+/// A raised Python exception (the exception instance), taken out of the thread's error
+/// indicator.
+pub struct PyErr<'py> {
+    exc: Obj<'py>,
+}
+
+impl<'py> PyErr<'py> {
+    /// Takes the pending exception; if none is set (a C-API contract violation somewhere),
+    /// makes a `SystemError` so callers always get one.
+    pub fn fetch(gil: Gil<'py>) -> PyErr<'py> {
+        #[cfg(Py_3_12)]
+        // SAFETY: GIL held; returns a new reference or NULL.
+        let exc = unsafe { ffi::PyErr_GetRaisedException() };
+        #[cfg(not(Py_3_12))]
+        // SAFETY: GIL held; Fetch hands us three owned references (any may be NULL), which
+        // Normalize turns into an instance; we keep the value and release the others.
+        let exc = unsafe {
+            let mut ty = std::ptr::null_mut();
+            let mut value = std::ptr::null_mut();
+            let mut tb = std::ptr::null_mut();
+            ffi::PyErr_Fetch(&mut ty, &mut value, &mut tb);
+            if ty.is_null() {
+                std::ptr::null_mut()
+            } else {
+                ffi::PyErr_NormalizeException(&mut ty, &mut value, &mut tb);
+                if !tb.is_null() && !value.is_null() {
+                    ffi::PyException_SetTraceback(value, tb);
+                }
+                ffi::Py_XDECREF(ty);
+                ffi::Py_XDECREF(tb);
+                value
+            }
+        };
+        match NonNull::new(exc) {
+            Some(ptr) => PyErr { exc: Obj { ptr, gil } },
+            None => {
+                gil.raise(
+                    // SAFETY: reading an immortal builtin exception type pointer.
+                    unsafe { ffi::PyExc_SystemError },
+                    "a C-API call failed without setting an exception",
+                );
+                PyErr::fetch(gil)
+            }
+        }
+    }
+
+    pub fn from_instance(exc: Obj<'py>) -> PyErr<'py> {
+        PyErr { exc }
+    }
+
+    pub fn instance(&self) -> &Obj<'py> {
+        &self.exc
+    }
+
+    /// Puts the exception back as the thread's pending exception (to return NULL to CPython).
+    pub fn restore(self) {
+        let ptr = self.exc.into_ptr();
+        #[cfg(Py_3_12)]
+        // SAFETY: GIL held; SetRaisedException steals our reference.
+        unsafe {
+            ffi::PyErr_SetRaisedException(ptr)
+        };
+        #[cfg(not(Py_3_12))]
+        // SAFETY: GIL held; PyErr_Restore steals the three references we pass (type and
+        // traceback taken from the instance with new references).
+        unsafe {
+            let ty = ffi::Py_TYPE(ptr).cast::<ffi::PyObject>();
+            ffi::Py_IncRef(ty);
+            let tb = ffi::PyException_GetTraceback(ptr);
+            ffi::PyErr_Restore(ty, ptr, tb);
+        }
+    }
+
+    /// "TypeName: message", one line.
+    pub fn summary(&self) -> String {
+        let name = self.exc.type_name();
+        let short = name.rsplit('.').next().unwrap_or(&name).to_string();
+        let message = self.exc.to_string_lossy();
+        if message.is_empty() {
+            short
+        } else {
+            format!("{short}: {}", message.replace('\n', " "))
+        }
+    }
+
+    /// True when the exception is an instance of `ty` (or a subclass).
+    pub fn is_instance(&self, ty: *mut ffi::PyObject) -> bool {
+        // SAFETY: live instance and type object; GIL held.
+        unsafe { ffi::PyObject_IsInstance(self.exc.as_ptr(), ty) == 1 }
+    }
+}
+
+/// An attached thread state: restores it on creation, saves it (releasing the GIL) on drop.
+pub struct Attached<'t> {
+    _tstate: PhantomData<&'t mut ffi::PyThreadState>,
+}
+
+impl<'t> Attached<'t> {
+    /// # Safety
+    /// `tstate` must be a valid thread state created for the calling thread and not
+    /// currently attached anywhere.
+    pub unsafe fn restore(tstate: *mut ffi::PyThreadState) -> Attached<'t> {
+        // SAFETY: guaranteed by the caller.
+        unsafe { ffi::PyEval_RestoreThread(tstate) };
+        Attached { _tstate: PhantomData }
+    }
+
+    pub fn gil(&self) -> Gil<'_> {
+        // SAFETY: the thread state is attached for as long as `self` lives.
+        unsafe { Gil::assume() }
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the state restored in `restore` is still attached on this thread.
+        unsafe {
+            ffi::PyEval_SaveThread();
+        }
+    }
+}

@@ -1,0 +1,886 @@
+//! The Python thread and the WSGI protocol proper (PEP 3333): call the application,
+//! implement `start_response`, `write()` and streamed `wsgi.input`, iterate the result,
+//! frame the response, and call `close()` exactly once on every path.
+//!
+//! `start_response`, `write` and the body reader are C functions (`METH_FASTCALL`) made
+//! once per Python thread with `PyCFunction_NewEx`; their `self` is a capsule pointing to
+//! that thread's [`Callbacks`]. No pyo3 statics and no `PyGILState_*` are involved, so the
+//! same code serves the main interpreter and sub-interpreters.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use pyo3_ffi as ffi;
+
+use super::environ::Interp;
+use super::object::{Attached, Gil, Held, Obj, PyErr, PyResult};
+use crate::config::LogLevel;
+use crate::handoff::{BodyChunk, BodyError, ReplyMsg, ReplyTo, Request, RequestBody};
+use crate::http::date::DateCache;
+use crate::http::response::{self, status_allows_body};
+use crate::http::Version;
+use crate::{log_debug, log_warn};
+
+const CAPSULE_NAME: &std::ffi::CStr = c"spindle.callbacks";
+
+/// How the body of the response in progress is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Not decided yet (head not sent).
+    Pending,
+    /// `Content-Length: n`: exactly n bytes follow.
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 without a length: the body ends when the connection closes.
+    CloseDelimited,
+    /// HEAD, 1xx, 204, 304.
+    NoBody,
+}
+
+/// The response of the request a Python thread is serving.
+struct Response {
+    reply: ReplyTo,
+    http11: bool,
+    is_head: bool,
+    keep_alive: bool,
+    /// The body is streamed and the app has not read it to the end (yet).
+    input_pending: bool,
+    /// The token `wsgi.input` must present (guards against use after the request).
+    token: u64,
+    status: Option<u16>,
+    /// Status line and the application's validated headers, until the head is sent.
+    head: Vec<u8>,
+    content_length: Option<u64>,
+    has_date: bool,
+    headers_sent: bool,
+    framing: Framing,
+    close: bool,
+    body_bytes: u64,
+}
+
+/// What went wrong building a response message (raised in Python as the given type).
+enum BuildError {
+    NoStartResponse,
+}
+
+impl Response {
+    fn new(reply: ReplyTo, parsed: &crate::http::ParsedHead, streaming: bool, token: u64) -> Response {
+        Response {
+            reply,
+            http11: parsed.version == Version::Http11,
+            is_head: parsed.is_head,
+            keep_alive: parsed.keep_alive,
+            input_pending: streaming,
+            token,
+            status: None,
+            head: Vec::new(),
+            content_length: None,
+            has_date: false,
+            headers_sent: false,
+            framing: Framing::Pending,
+            close: false,
+            body_bytes: 0,
+        }
+    }
+
+    /// Appends the head (status line, app headers, framing headers, Date, Connection).
+    /// `known_total`: the whole body's length when the app gave it all at once.
+    fn write_head(&mut self, out: &mut Vec<u8>, known_total: Option<u64>, date: &mut DateCache) {
+        let status = self.status.unwrap_or(500);
+        out.extend_from_slice(&self.head);
+        self.framing = if self.is_head || !status_allows_body(status) {
+            Framing::NoBody
+        } else if let Some(n) = self.content_length {
+            Framing::Length(n)
+        } else if let Some(n) = known_total {
+            out.extend_from_slice(b"Content-Length: ");
+            response::push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+            Framing::Length(n)
+        } else if self.http11 {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            Framing::Chunked
+        } else {
+            self.close = true;
+            Framing::CloseDelimited
+        };
+        if self.is_head && self.content_length.is_none() {
+            if let Some(n) = known_total {
+                // HEAD gets the headers GET would get (RFC 9110 §9.3.2).
+                out.extend_from_slice(b"Content-Length: ");
+                response::push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if !self.has_date {
+            out.extend_from_slice(b"Date: ");
+            out.extend_from_slice(date.get());
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.input_pending {
+            // The app answered without reading the whole body: the connection cannot be
+            // reused (the I/O thread closes it), so say so.
+            self.close = true;
+        }
+        if self.close || !self.keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if !self.http11 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        self.headers_sent = true;
+        self.head = Vec::new();
+    }
+
+    /// Builds the next message: the head when not yet sent, then `parts` framed.
+    fn build(&mut self, parts: &[&[u8]], end: bool, known_total: Option<u64>, date: &mut DateCache) -> Result<ReplyMsg, BuildError> {
+        if self.status.is_none() {
+            return Err(BuildError::NoStartResponse);
+        }
+        let data_len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = Vec::with_capacity(self.head.len() + data_len + 160);
+        if !self.headers_sent {
+            self.write_head(&mut out, known_total, date);
+        }
+        for part in parts {
+            match self.framing {
+                Framing::NoBody | Framing::Pending => {}
+                Framing::Length(n) => {
+                    let room = n.saturating_sub(self.body_bytes) as usize;
+                    let take = room.min(part.len());
+                    if take < part.len() {
+                        log_warn!("the application sent more than its Content-Length ({n}); the excess is dropped");
+                    }
+                    out.extend_from_slice(&part[..take]);
+                    self.body_bytes += take as u64;
+                }
+                Framing::Chunked => {
+                    response::push_chunk(&mut out, part);
+                    self.body_bytes += part.len() as u64;
+                }
+                Framing::CloseDelimited => {
+                    out.extend_from_slice(part);
+                    self.body_bytes += part.len() as u64;
+                }
+            }
+        }
+        if end {
+            match self.framing {
+                Framing::Chunked => out.extend_from_slice(response::LAST_CHUNK),
+                Framing::Length(n) if self.body_bytes < n => {
+                    log_warn!("the application sent {} of its Content-Length {n}; closing the connection", self.body_bytes);
+                    self.close = true;
+                }
+                _ => {}
+            }
+        }
+        Ok(ReplyMsg::Data { bytes: out, end, close: end && (self.close || !self.keep_alive), counted: !end })
+    }
+}
+
+/// Per-Python-thread state reached from the C callbacks through their capsule. Leaked on
+/// purpose: an application may keep `start_response` beyond its thread's life, and the
+/// capsule must never dangle. Only touched with the interpreter's GIL held, and no borrow
+/// is ever held across a call into Python or a GIL release.
+struct Callbacks {
+    current: RefCell<Option<Response>>,
+    next_token: Cell<u64>,
+    date: RefCell<DateCache>,
+    /// `write`, returned by `start_response` (set once at thread start).
+    write: Cell<*mut ffi::PyObject>,
+    /// `_spindle.ClientDisconnected` of this thread's interpreter.
+    client_disconnected: Cell<*mut ffi::PyObject>,
+}
+
+/// A `PyMethodDef` CPython may read from any thread: its pointers are static C strings and
+/// function pointers, never written after construction.
+struct MethodDef(ffi::PyMethodDef);
+// SAFETY: see the type's documentation: immutable data with 'static pointers.
+unsafe impl Sync for MethodDef {}
+
+static START_RESPONSE: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"start_response".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: start_response },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: c"start_response(status, response_headers, exc_info=None) -> write (PEP 3333)".as_ptr(),
+});
+static WRITE: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"write".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: write },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"write(data: bytes) -> None: send body bytes now (PEP 3333)".as_ptr(),
+});
+static READ_BODY: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"read_body".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: read_body },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"read_body(token) -> bytes: the next piece of a streamed request body".as_ptr(),
+});
+static LOG: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"log".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: log },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"log(level, text): one line in Spindle's log".as_ptr(),
+});
+
+fn new_function<'py>(gil: Gil<'py>, def: &'static MethodDef, slf: *mut ffi::PyObject) -> PyResult<'py, Obj<'py>> {
+    // SAFETY: `def` is 'static and never written (CPython only reads it); `slf` is a live
+    // object or NULL; GIL held.
+    unsafe { Obj::from_owned(gil, ffi::PyCFunction_NewEx(std::ptr::from_ref(&def.0).cast_mut(), slf, std::ptr::null_mut())) }
+}
+
+/// `_spindle.log`, made per interpreter.
+pub(crate) fn log_function<'py>(gil: Gil<'py>) -> PyResult<'py, Obj<'py>> {
+    new_function(gil, &LOG, std::ptr::null_mut())
+}
+
+/// Runs `f` as a C callback body: a Rust panic must never unwind into CPython.
+fn guard<'py>(gil: Gil<'py>, f: impl FnOnce() -> PyResult<'py, Obj<'py>>) -> *mut ffi::PyObject {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(obj)) => obj.into_ptr(),
+        Ok(Err(err)) => {
+            err.restore();
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            // SAFETY: reading an immortal builtin exception type.
+            gil.raise(unsafe { ffi::PyExc_SystemError }, "internal error in Spindle (a bug: please report it)");
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// `slf` must be one of our capsules (CPython passes the `self` we gave PyCFunction_NewEx).
+unsafe fn callbacks(slf: *mut ffi::PyObject) -> &'static Callbacks {
+    // SAFETY: the capsule was made from a leaked `Callbacks` with CAPSULE_NAME.
+    unsafe { &*(ffi::PyCapsule_GetPointer(slf, CAPSULE_NAME.as_ptr()) as *const Callbacks) }
+}
+
+fn raise<'py>(gil: Gil<'py>, ty: *mut ffi::PyObject, message: &str) -> PyErr<'py> {
+    gil.raise(ty, message);
+    PyErr::fetch(gil)
+}
+
+fn type_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: reading an immortal builtin exception type.
+    raise(gil, unsafe { ffi::PyExc_TypeError }, message)
+}
+
+fn value_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: reading an immortal builtin exception type.
+    raise(gil, unsafe { ffi::PyExc_ValueError }, message)
+}
+
+fn runtime_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: reading an immortal builtin exception type.
+    raise(gil, unsafe { ffi::PyExc_RuntimeError }, message)
+}
+
+/// Hop-by-hop fields belong to the server's connection management, never the app's
+/// (PEP 3333, "Other HTTP Features"; RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The validated result of one `start_response` call.
+struct StartResponse {
+    status: u16,
+    head: Vec<u8>,
+    content_length: Option<u64>,
+    has_date: bool,
+}
+
+fn validate_start_response<'py>(gil: Gil<'py>, status: &Obj<'py>, headers: &Obj<'py>) -> PyResult<'py, StartResponse> {
+    if !status.is_str() {
+        return Err(type_error(gil, &format!("status must be a str, not {}", status.type_name())));
+    }
+    let status_bytes = status.encode_latin1().ok_or_else(|| value_error(gil, "status must be latin-1 text"))?;
+    let valid = status_bytes.len() >= 4
+        && status_bytes[..3].iter().all(u8::is_ascii_digit)
+        && status_bytes[3] == b' '
+        && status_bytes[0] != b'0'
+        && status_bytes[4..].iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    if !valid {
+        return Err(value_error(gil, &format!("status must look like '200 OK', got {:?}", String::from_utf8_lossy(&status_bytes))));
+    }
+    let code = (status_bytes[0] - b'0') as u16 * 100 + (status_bytes[1] - b'0') as u16 * 10 + (status_bytes[2] - b'0') as u16;
+    // SAFETY: a type check on a live object.
+    if unsafe { ffi::PyList_Check(headers.as_ptr()) } == 0 {
+        return Err(type_error(gil, &format!("response_headers must be a list, not {}", headers.type_name())));
+    }
+    let items = headers.iter()?;
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(&status_bytes);
+    head.extend_from_slice(b"\r\n");
+    let mut content_length = None;
+    let mut has_date = false;
+    while let Some(item) = items.next()? {
+        let pair = item.sequence_items().filter(|p| p.len() == 2 && item.sequence_items().is_some());
+        // SAFETY: a type check on a live object.
+        let is_tuple = unsafe { ffi::PyTuple_Check(item.as_ptr()) } != 0;
+        let Some(pair) = pair.filter(|_| is_tuple) else {
+            return Err(type_error(gil, &format!("each header must be a (name, value) tuple, got {}", item.type_name())));
+        };
+        let (name, value) = (&pair[0], &pair[1]);
+        if !name.is_str() || !value.is_str() {
+            return Err(type_error(gil, "header names and values must be str"));
+        }
+        let name_bytes = name.encode_latin1().unwrap_or_default();
+        if name_bytes.is_empty() || !name_bytes.iter().all(|&b| is_token_byte(b)) {
+            return Err(value_error(gil, &format!("invalid header name {:?}", String::from_utf8_lossy(&name_bytes))));
+        }
+        if is_hop_by_hop(&name_bytes) {
+            return Err(value_error(
+                gil,
+                &format!("hop-by-hop header {:?} is not allowed from a WSGI application (PEP 3333)", String::from_utf8_lossy(&name_bytes)),
+            ));
+        }
+        let value_bytes = value.encode_latin1().ok_or_else(|| value_error(gil, "header values must be latin-1 text"))?;
+        if value_bytes.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(value_error(
+                gil,
+                &format!("header {:?} has a control character (CR, LF or NUL) in its value", String::from_utf8_lossy(&name_bytes)),
+            ));
+        }
+        if name_bytes.eq_ignore_ascii_case(b"content-length") {
+            let text = std::str::from_utf8(&value_bytes).unwrap_or("").trim();
+            match text.parse::<u64>() {
+                Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) => content_length = Some(n),
+                _ => return Err(value_error(gil, &format!("invalid Content-Length {text:?}"))),
+            }
+        }
+        has_date |= name_bytes.eq_ignore_ascii_case(b"date");
+        head.extend_from_slice(&name_bytes);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(&value_bytes);
+        head.extend_from_slice(b"\r\n");
+    }
+    Ok(StartResponse { status: code, head, content_length, has_date })
+}
+
+unsafe extern "C" fn start_response(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held and `slf` our capsule.
+    let gil = unsafe { Gil::assume() };
+    // SAFETY: as above.
+    let cb = unsafe { callbacks(slf) };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` positional arguments followed by one value per
+        // keyword name, all borrowed for the duration of the call.
+        let (status, headers, exc_info) = unsafe {
+            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+            let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_Size(kwnames) as usize };
+            let all = std::slice::from_raw_parts(args, nargs + nkw);
+            let mut exc_info = None;
+            for i in 0..nkw {
+                let name = Obj::from_borrowed_unchecked(gil, ffi::PyTuple_GetItem(kwnames, i as ffi::Py_ssize_t));
+                if name.as_str_utf8() == Some(b"exc_info") {
+                    exc_info = Some(Obj::from_borrowed_unchecked(gil, all[nargs + i]));
+                } else {
+                    return Err(type_error(gil, "start_response() got an unexpected keyword argument"));
+                }
+            }
+            if !(2..=3).contains(&nargs) || (nargs == 3 && exc_info.is_some()) {
+                return Err(type_error(gil, "start_response() takes status, response_headers and an optional exc_info"));
+            }
+            if nargs == 3 {
+                exc_info = Some(Obj::from_borrowed_unchecked(gil, all[2]));
+            }
+            (Obj::from_borrowed_unchecked(gil, all[0]), Obj::from_borrowed_unchecked(gil, all[1]), exc_info)
+        };
+        let exc_info = exc_info.filter(|e| !e.is_none());
+
+        // Validate first (this may run Python code), then apply under a short borrow.
+        let headers_sent = match cb.current.try_borrow() {
+            Ok(current) => match current.as_ref() {
+                Some(resp) => (resp.headers_sent, resp.status.is_some()),
+                None => return Err(runtime_error(gil, "start_response() called outside of a request")),
+            },
+            Err(_) => return Err(runtime_error(gil, "start_response() called re-entrantly")),
+        };
+        match (&exc_info, headers_sent) {
+            (Some(exc_info), (true, _)) => {
+                // PEP 3333: with exc_info after the headers went out, re-raise it.
+                let value = exc_info.sequence_items().filter(|t| t.len() == 3).map(|t| t[1].clone());
+                return Err(match value {
+                    Some(value) => PyErr::from_instance(value),
+                    None => type_error(gil, "exc_info must be a (type, value, traceback) tuple"),
+                });
+            }
+            (None, (_, true)) => {
+                // SAFETY: reading an immortal builtin exception type.
+                return Err(raise(
+                    gil,
+                    unsafe { ffi::PyExc_AssertionError },
+                    "start_response() called a second time without exc_info (PEP 3333)",
+                ));
+            }
+            _ => {}
+        }
+        let validated = validate_start_response(gil, &status, &headers)?;
+        let Ok(mut current) = cb.current.try_borrow_mut() else {
+            return Err(runtime_error(gil, "start_response() called re-entrantly"));
+        };
+        let Some(resp) = current.as_mut() else {
+            return Err(runtime_error(gil, "start_response() called outside of a request"));
+        };
+        resp.status = Some(validated.status);
+        resp.head = validated.head;
+        resp.content_length = validated.content_length;
+        resp.has_date = validated.has_date;
+        drop(current);
+        // SAFETY: `write` was set at thread start to a function object we keep alive.
+        Ok(unsafe { Obj::from_borrowed_unchecked(gil, cb.write.get()) })
+    })
+}
+
+unsafe extern "C" fn write(slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObject, nargsf: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held and `slf` our capsule.
+    let gil = unsafe { Gil::assume() };
+    // SAFETY: as above.
+    let cb = unsafe { callbacks(slf) };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` borrowed positional arguments.
+        let data = unsafe {
+            if ffi::PyVectorcall_NARGS(nargsf as usize) != 1 {
+                return Err(type_error(gil, "write() takes exactly one bytes argument"));
+            }
+            Obj::from_borrowed_unchecked(gil, *args)
+        };
+        let Some(bytes) = data.as_bytes() else {
+            return Err(type_error(gil, &format!("write() takes bytes, not {}", data.type_name())));
+        };
+        match emit(gil, cb, &[bytes], false, None) {
+            Ok(true) => Ok(gil.none()),
+            Ok(false) => Err(raise(gil, cb.client_disconnected.get(), "the client disconnected")),
+            Err(err) => Err(err),
+        }
+    })
+}
+
+/// Sends body bytes (and the head first, if not yet sent). Blocks, with the GIL released,
+/// while the exchange's window is full. `Ok(false)`: the client is gone.
+fn emit<'py>(gil: Gil<'py>, cb: &Callbacks, parts: &[&[u8]], end: bool, known_total: Option<u64>) -> PyResult<'py, bool> {
+    let (msg, exchange) = {
+        let Ok(mut current) = cb.current.try_borrow_mut() else {
+            return Err(runtime_error(gil, "response written re-entrantly"));
+        };
+        let Some(resp) = current.as_mut() else {
+            return Err(runtime_error(gil, "write() called outside of a request"));
+        };
+        if resp.reply.exchange.is_cancelled() {
+            return Ok(false);
+        }
+        let msg = match resp.build(parts, end, known_total, &mut cb.date.borrow_mut()) {
+            Ok(msg) => msg,
+            Err(BuildError::NoStartResponse) => {
+                // SAFETY: reading an immortal builtin exception type.
+                return Err(raise(
+                    gil,
+                    unsafe { ffi::PyExc_AssertionError },
+                    "the application produced body data before calling start_response()",
+                ));
+            }
+        };
+        let len = match &msg {
+            ReplyMsg::Data { bytes, counted: true, .. } => bytes.len(),
+            _ => 0,
+        };
+        if len == 0 || resp.reply.exchange.window_available() {
+            resp.reply.exchange.reserve(len);
+            resp.reply.send(msg);
+            return Ok(true);
+        }
+        (msg, resp.reply.exchange.clone())
+    };
+    let len = match &msg {
+        ReplyMsg::Data { bytes, .. } => bytes.len(),
+        _ => 0,
+    };
+    if !gil.allow_threads(|| exchange.reserve(len)) {
+        return Ok(false);
+    }
+    match cb.current.try_borrow().ok().as_ref().and_then(|c| c.as_ref()) {
+        Some(resp) => resp.reply.send(msg),
+        None => return Err(runtime_error(gil, "the request ended while writing")),
+    }
+    Ok(true)
+}
+
+unsafe extern "C" fn read_body(slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObject, nargsf: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held and `slf` our capsule.
+    let gil = unsafe { Gil::assume() };
+    // SAFETY: as above.
+    let cb = unsafe { callbacks(slf) };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` borrowed positional arguments.
+        let token = unsafe {
+            if ffi::PyVectorcall_NARGS(nargsf as usize) != 1 {
+                return Err(type_error(gil, "read_body(token)"));
+            }
+            Obj::from_borrowed_unchecked(gil, *args)
+        }
+        .as_i64()?;
+        let exchange = {
+            let current = cb.current.try_borrow().map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
+            match current.as_ref() {
+                Some(resp) if resp.token == token as u64 => {
+                    resp.reply.send(ReplyMsg::ReadBody);
+                    resp.reply.exchange.clone()
+                }
+                _ => return Err(raise(gil, cb.client_disconnected.get(), "wsgi.input read after its request ended")),
+            }
+        };
+        let chunk = gil.allow_threads(|| loop {
+            match exchange.body_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(chunk) => break chunk,
+                Err(RecvTimeoutError::Timeout) if exchange.is_cancelled() => break BodyChunk::Error(BodyError::Disconnected),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break BodyChunk::Error(BodyError::Disconnected),
+            }
+        });
+        match chunk {
+            BodyChunk::Data(data) => gil.bytes(&data),
+            BodyChunk::End => {
+                if let Ok(mut current) = cb.current.try_borrow_mut() {
+                    if let Some(resp) = current.as_mut() {
+                        resp.input_pending = false;
+                    }
+                }
+                gil.bytes(b"")
+            }
+            BodyChunk::Error(err) => Err(raise(gil, cb.client_disconnected.get(), &err.to_string())),
+        }
+    })
+}
+
+unsafe extern "C" fn log(_slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObject, nargsf: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held.
+    let gil = unsafe { Gil::assume() };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` borrowed positional arguments.
+        let (level, text) = unsafe {
+            if ffi::PyVectorcall_NARGS(nargsf as usize) != 2 {
+                return Err(type_error(gil, "log(level, text)"));
+            }
+            let all = std::slice::from_raw_parts(args, 2);
+            (Obj::from_borrowed_unchecked(gil, all[0]), Obj::from_borrowed_unchecked(gil, all[1]))
+        };
+        let level = match level.as_i64()? {
+            0 => LogLevel::Error,
+            1 => LogLevel::Warn,
+            2 => LogLevel::Info,
+            _ => LogLevel::Debug,
+        };
+        let text = text.as_str_utf8().map(String::from_utf8_lossy).unwrap_or_default();
+        crate::log_at!(level, "{text}");
+        Ok(gil.none())
+    })
+}
+
+/// How serving one request ended.
+enum Outcome<'py> {
+    Done,
+    /// The client went away; the result was closed.
+    Cancelled,
+    Failed(PyErr<'py>),
+}
+
+/// One Python thread's own objects.
+struct Worker {
+    interp: Arc<Interp>,
+    cb: &'static Callbacks,
+    start_response: Held,
+    write: Held,
+    read_body: Held,
+    access_log: bool,
+}
+
+impl Worker {
+    fn new(gil: Gil<'_>, interp: Arc<Interp>, access_log: bool) -> PyResult<'_, Worker> {
+        let cb: &'static Callbacks = Box::leak(Box::new(Callbacks {
+            current: RefCell::new(None),
+            next_token: Cell::new(1),
+            date: RefCell::new(DateCache::new()),
+            write: Cell::new(std::ptr::null_mut()),
+            client_disconnected: Cell::new(interp.client_disconnected.ptr(gil)),
+        }));
+        // SAFETY: the capsule points to a leaked (never freed) `Callbacks`; GIL held.
+        let capsule = unsafe {
+            Obj::from_owned(
+                gil,
+                ffi::PyCapsule_New(std::ptr::from_ref(cb).cast_mut().cast::<c_void>(), CAPSULE_NAME.as_ptr(), None),
+            )?
+        };
+        let start_response = new_function(gil, &START_RESPONSE, capsule.as_ptr())?.hold();
+        let write = new_function(gil, &WRITE, capsule.as_ptr())?.hold();
+        let read_body = new_function(gil, &READ_BODY, capsule.as_ptr())?.hold();
+        cb.write.set(write.ptr(gil));
+        Ok(Worker { interp, cb, start_response, write, read_body, access_log })
+    }
+
+    fn release(self, gil: Gil<'_>) {
+        self.start_response.release(gil);
+        self.write.release(gil);
+        self.read_body.release(gil);
+    }
+
+    fn handle<'py>(&self, gil: Gil<'py>, request: Request) {
+        let Request { head, parsed, body, peer, local, started, reply } = request;
+        let token = self.cb.next_token.get();
+        self.cb.next_token.set(token + 1);
+        let streaming = matches!(body, RequestBody::Stream);
+        let exchange = reply.exchange.clone();
+        *self.cb.current.borrow_mut() = Some(Response::new(reply, &parsed, streaming, token));
+
+        let stream_input = || {
+            let token = gil.int(token as i64)?;
+            self.interp.stream_input.bind(gil).call(&[self.read_body.ptr(gil), token.as_ptr()])
+        };
+        let outcome = match self.interp.environ(gil, &head, &parsed, &body, peer, local, stream_input) {
+            Err(err) => Outcome::Failed(err),
+            Ok(environ) => {
+                let app = self.interp.app.bind(gil);
+                match app.call(&[environ.as_ptr(), self.start_response.ptr(gil)]) {
+                    Err(err) => Outcome::Failed(err),
+                    Ok(result) => {
+                        let outcome = self.drain(gil, &result, &exchange);
+                        // close() exactly once, on every path (PEP 3333).
+                        match (close_result(&result), outcome) {
+                            (Err(err), Outcome::Done) => Outcome::Failed(err),
+                            (Err(err), other) => {
+                                self.report(gil, err, "exception in the response's close()");
+                                other
+                            }
+                            (Ok(()), other) => other,
+                        }
+                    }
+                }
+            }
+        };
+
+        let request_line = || {
+            format!(
+                "{} {}",
+                String::from_utf8_lossy(parsed.method.get(&head)),
+                String::from_utf8_lossy(parsed.target.get(&head))
+            )
+        };
+        let resp = match outcome {
+            Outcome::Done => self.cb.current.borrow_mut().take(),
+            Outcome::Cancelled => {
+                log_debug!("{peer}: client gone during {}", request_line());
+                self.cb.current.borrow_mut().take()
+            }
+            Outcome::Failed(err) => {
+                self.report(gil, err, &format!("exception in the application ({})", request_line()));
+                let resp = self.cb.current.borrow_mut().take();
+                if let Some(resp) = &resp {
+                    if resp.headers_sent {
+                        // Too late for a 500: the client must not take a cut-short body
+                        // for a whole one, so the connection closes.
+                        resp.reply.send(ReplyMsg::Abort);
+                    } else {
+                        let mut out = Vec::new();
+                        response::error_response(&mut out, 500, self.cb.date.borrow_mut().get());
+                        resp.reply.send(ReplyMsg::Data { bytes: out, end: true, close: true, counted: false });
+                    }
+                }
+                resp.map(|mut r| {
+                    if !r.headers_sent {
+                        r.status = Some(500);
+                    }
+                    r
+                })
+            }
+        };
+        if self.access_log {
+            if let Some(resp) = resp {
+                let version = if resp.http11 { "1.1" } else { "1.0" };
+                crate::log_at!(
+                    LogLevel::Info,
+                    "{peer} \"{} HTTP/{version}\" {} {} {:.3}ms",
+                    request_line(),
+                    resp.status.unwrap_or(0),
+                    resp.body_bytes,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+
+    fn report<'py>(&self, gil: Gil<'py>, err: PyErr<'py>, context: &str) {
+        super::report(gil, Some(&self.interp.report_exception), err, context);
+    }
+
+    /// Sends the application's result.
+    fn drain<'py>(&self, gil: Gil<'py>, result: &Obj<'py>, exchange: &crate::handoff::Exchange) -> Outcome<'py> {
+        match self.drain_inner(gil, result, exchange) {
+            Ok(true) => Outcome::Done,
+            Ok(false) => Outcome::Cancelled,
+            Err(err) => Outcome::Failed(err),
+        }
+    }
+
+    fn drain_inner<'py>(&self, gil: Gil<'py>, result: &Obj<'py>, exchange: &crate::handoff::Exchange) -> PyResult<'py, bool> {
+        // Fast path: a list or tuple of bytes (`return [body]`): one message, head and body
+        // together, with a Content-Length the app did not have to compute.
+        if let Some(items) = result.sequence_items() {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in &items {
+                match item.as_bytes() {
+                    Some(bytes) => parts.push(bytes),
+                    None => return Err(type_error(gil, &format!("the response iterable must yield bytes, not {}", item.type_name()))),
+                }
+            }
+            let total = parts.iter().map(|p| p.len() as u64).sum();
+            return emit(gil, self.cb, &parts, true, Some(total));
+        }
+
+        if result.is_exact_instance(self.interp.file_wrapper.ptr(gil)) {
+            let source = self.interp.file_source.bind(gil).call(&[result.as_ptr()])?;
+            if !source.is_none() {
+                return self.send_file(gil, &source);
+            }
+        }
+
+        let iter = result.iter()?;
+        let is_head = self.cb.current.borrow().as_ref().is_some_and(|r| r.is_head);
+        while let Some(chunk) = iter.next()? {
+            if exchange.is_cancelled() {
+                return Ok(false);
+            }
+            let Some(bytes) = chunk.as_bytes() else {
+                return Err(type_error(gil, &format!("the response iterable must yield bytes, not {}", chunk.type_name())));
+            };
+            if bytes.is_empty() {
+                continue;
+            }
+            if !emit(gil, self.cb, &[bytes], false, None)? {
+                return Ok(false);
+            }
+            if is_head {
+                // The head is out and no body may follow: stop pulling.
+                break;
+            }
+        }
+        let nothing_sent = self.cb.current.borrow().as_ref().is_some_and(|r| !r.headers_sent);
+        emit(gil, self.cb, &[], true, nothing_sent.then_some(0))
+    }
+
+    /// `wsgi.file_wrapper` over a regular file: the head, then the file by sendfile on the
+    /// I/O thread, from a duplicate of its descriptor.
+    fn send_file<'py>(&self, gil: Gil<'py>, source: &Obj<'py>) -> PyResult<'py, bool> {
+        let items = source.sequence_items().filter(|s| s.len() == 3).ok_or_else(|| type_error(gil, "file_source"))?;
+        let fd = items[0].as_i64()? as i32;
+        let offset = items[1].as_i64()?.max(0) as u64;
+        let mut len = items[2].as_i64()?.max(0) as u64;
+        let (app_length, bodyless) = {
+            let current = self.cb.current.borrow();
+            let resp = current.as_ref().ok_or_else(|| runtime_error(gil, "no request"))?;
+            (resp.content_length, resp.is_head || resp.status.is_some_and(|s| !status_allows_body(s)))
+        };
+        if let Some(n) = app_length {
+            len = len.min(n);
+        }
+        // The head (with the length), then the file, then the end marker.
+        if !emit(gil, self.cb, &[], false, Some(len))? {
+            return Ok(false);
+        }
+        if !bodyless && len > 0 {
+            // SAFETY: dup of a descriptor the file object owns and keeps open during this
+            // call; the duplicate is ours alone and closed when the `File` drops.
+            let dup = unsafe { libc::dup(fd) };
+            if dup < 0 {
+                let err = std::io::Error::last_os_error();
+                // SAFETY: reading an immortal builtin exception type.
+                return Err(raise(gil, unsafe { ffi::PyExc_OSError }, &format!("dup: {err}")));
+            }
+            // SAFETY: `dup` is a fresh descriptor nobody else owns.
+            let file = unsafe { std::fs::File::from_raw_fd(dup) };
+            let mut current = self.cb.current.borrow_mut();
+            if let Some(resp) = current.as_mut() {
+                resp.body_bytes = len;
+                resp.reply.send(ReplyMsg::File { file, offset, len });
+            }
+        }
+        emit(gil, self.cb, &[], true, None)
+    }
+}
+
+/// Calls `result.close()` if it has one.
+fn close_result<'py>(result: &Obj<'py>) -> PyResult<'py, ()> {
+    if result.hasattr(c"close") {
+        result.call_method0(c"close")?;
+    }
+    Ok(())
+}
+
+/// The body of one Python thread: attach a thread state of its own, serve batches of
+/// requests until the queue closes, then delete the thread state.
+pub(super) fn python_thread(interp: Arc<Interp>, requests: Receiver<Request>, ready: Sender<Result<(), String>>, access_log: bool) {
+    // SAFETY: the main interpreter exists for the whole life of the Python threads (it is
+    // finalised only after they are joined); a new thread state is made for this thread
+    // and attached only here.
+    let tstate = unsafe { ffi::PyThreadState_New(ffi::PyInterpreterState_Main()) };
+    // SAFETY: `tstate` is fresh, belongs to this thread and is attached nowhere else.
+    let attached = unsafe { Attached::restore(tstate) };
+    serve(attached.gil(), interp, &requests, ready, access_log);
+    std::mem::forget(attached);
+    end_thread_state(tstate);
+}
+
+fn serve(gil: Gil<'_>, interp: Arc<Interp>, requests: &Receiver<Request>, ready: Sender<Result<(), String>>, access_log: bool) {
+    let worker = match Worker::new(gil, interp, access_log) {
+        Ok(worker) => worker,
+        Err(err) => {
+            let _ = ready.send(Err(err.summary()));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    // Take every queued request before sleeping again: under load one wake-up serves many.
+    while let Ok(first) = gil.allow_threads(|| requests.recv()) {
+        worker.handle(gil, first);
+        while let Ok(next) = requests.try_recv() {
+            worker.handle(gil, next);
+        }
+    }
+    worker.release(gil);
+}
+
+fn end_thread_state(tstate: *mut ffi::PyThreadState) {
+    // SAFETY: `tstate` is attached on this thread; Clear needs it attached, and
+    // DeleteCurrent deletes it and releases the GIL.
+    unsafe {
+        ffi::PyThreadState_Clear(tstate);
+        ffi::PyThreadState_DeleteCurrent();
+    }
+}
+

@@ -1,0 +1,699 @@
+//! One I/O thread's life: accept loops, the reply dispatcher, and the connection state
+//! machine (read head -> frame body -> hand off -> write the reply -> keep-alive).
+//!
+//! Everything here runs on one monoio runtime, so the per-thread state is `Rc`/`RefCell`
+//! and never locked. The only cross-thread traffic is the request queue and this thread's
+//! [`IoMailbox`], which the dispatcher drains once per wake-up and routes, by connection
+//! slot, to the connection tasks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use crossbeam_channel::TrySendError;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+use super::{sendfile, Shared};
+use crate::handoff::{
+    BodyChunk, BodyError, ConnToken, Exchange, IoMailbox, Reply, ReplyMsg, ReplyTo, Request, RequestBody,
+};
+use crate::http::date::DateCache;
+use crate::http::response;
+use crate::http::{parse_head, BodyDecoder, BodyFraming, HttpError, ParsedHead};
+use crate::{log_debug, log_warn};
+
+/// A body up to this size is read whole before the request is handed off, so the
+/// application gets it as one `bytes` object without a round trip per read.
+const PREBUFFER_BODY: usize = 64 * 1024;
+/// Bytes read from the socket per body read when streaming a larger body.
+const BODY_READ_SIZE: usize = 64 * 1024;
+/// Initial read buffer per connection.
+const READ_BUFFER: usize = 8 * 1024;
+/// How long a full request queue may hold a request back before the client gets 503.
+const QUEUE_WAIT_LIMIT: Duration = Duration::from_secs(30);
+/// Lingering close: after an error response, how long and how much we keep reading (and
+/// discarding) so the client's unread bytes do not turn our FIN into a RST that destroys
+/// the response before the client reads it.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// A one-shot, thread-local event that any number of tasks can wait for.
+#[derive(Default)]
+struct LocalEvent {
+    set: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl LocalEvent {
+    fn trigger(&self) {
+        if !self.set.replace(true) {
+            for waker in self.waiters.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.get() {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The replies routed to one connection, in the order its Python thread sent them.
+#[derive(Default)]
+struct ConnInbox {
+    msgs: RefCell<VecDeque<ReplyMsg>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl ConnInbox {
+    fn push(&self, msg: ReplyMsg) {
+        self.msgs.borrow_mut().push_back(msg);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    async fn recv(&self) -> ReplyMsg {
+        poll_fn(|cx| match self.msgs.borrow_mut().pop_front() {
+            Some(msg) => Poll::Ready(msg),
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+struct Slot {
+    generation: u32,
+    inbox: Option<Rc<ConnInbox>>,
+}
+
+/// This I/O thread's state, shared by its tasks.
+struct IoCtx {
+    shared: Arc<Shared>,
+    mailbox: Arc<IoMailbox>,
+    slots: RefCell<Vec<Slot>>,
+    free_slots: RefCell<Vec<u32>>,
+    date: RefCell<DateCache>,
+    stop: LocalEvent,
+    live_conns: Cell<usize>,
+    all_closed: RefCell<Option<Waker>>,
+}
+
+impl IoCtx {
+    fn register(&self) -> (ConnToken, Rc<ConnInbox>) {
+        let inbox = Rc::new(ConnInbox::default());
+        let mut slots = self.slots.borrow_mut();
+        let slot = match self.free_slots.borrow_mut().pop() {
+            Some(slot) => slot,
+            None => {
+                slots.push(Slot { generation: 0, inbox: None });
+                (slots.len() - 1) as u32
+            }
+        };
+        let entry = &mut slots[slot as usize];
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.inbox = Some(inbox.clone());
+        (ConnToken { slot, generation: entry.generation }, inbox)
+    }
+
+    fn unregister(&self, token: ConnToken) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(entry) = slots.get_mut(token.slot as usize) {
+            if entry.generation == token.generation {
+                entry.inbox = None;
+                self.free_slots.borrow_mut().push(token.slot);
+            }
+        }
+    }
+
+    /// Hands one reply to its connection; a reply for a connection that is gone is dropped
+    /// (its exchange was cancelled when the connection ended).
+    fn route(&self, reply: Reply) {
+        let inbox = {
+            let slots = self.slots.borrow();
+            match slots.get(reply.conn.slot as usize) {
+                Some(Slot { generation, inbox: Some(inbox) }) if *generation == reply.conn.generation => inbox.clone(),
+                _ => return,
+            }
+        };
+        inbox.push(reply.msg);
+    }
+
+    fn error_response(&self, status: u16) -> Vec<u8> {
+        let mut out = Vec::with_capacity(192);
+        response::error_response(&mut out, status, self.date.borrow_mut().get());
+        out
+    }
+}
+
+/// Counts a connection as live for as long as it exists; the last one out wakes `io_main`
+/// when the server is stopping.
+struct LiveGuard(Rc<IoCtx>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let n = self.0.live_conns.get() - 1;
+        self.0.live_conns.set(n);
+        if n == 0 {
+            if let Some(waker) = self.0.all_closed.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+pub(super) async fn io_main(
+    _idx: usize,
+    shared: Arc<Shared>,
+    mailbox: Arc<IoMailbox>,
+    listeners: Vec<std::net::TcpListener>,
+) -> anyhow::Result<()> {
+    let ctx = Rc::new(IoCtx {
+        shared,
+        mailbox,
+        slots: RefCell::new(Vec::new()),
+        free_slots: RefCell::new(Vec::new()),
+        date: RefCell::new(DateCache::new()),
+        stop: LocalEvent::default(),
+        live_conns: Cell::new(0),
+        all_closed: RefCell::new(None),
+    });
+
+    let dispatcher_ctx = ctx.clone();
+    monoio::spawn(async move {
+        poll_fn(|cx| {
+            let ctx = &dispatcher_ctx;
+            let pending = ctx.mailbox.poll_drain(cx, |reply| ctx.route(reply));
+            if ctx.mailbox.stop_requested() {
+                ctx.stop.trigger();
+            }
+            pending
+        })
+        .await
+    });
+
+    for listener in listeners {
+        let listener = TcpListener::from_std(listener)?;
+        monoio::spawn(accept_loop(ctx.clone(), listener));
+    }
+
+    ctx.stop.wait().await;
+    // Stopping: accept loops have ended (they watch `stop`), idle connections close, and
+    // connections with a request in flight finish it first.
+    poll_fn(|cx| {
+        if ctx.live_conns.get() == 0 {
+            Poll::Ready(())
+        } else {
+            *ctx.all_closed.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn accept_loop(ctx: Rc<IoCtx>, listener: TcpListener) {
+    let local = listener.local_addr().ok();
+    loop {
+        let accepted = match race(listener.accept(), ctx.stop.wait()).await {
+            Either::Left(accepted) => accepted,
+            Either::Right(()) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+                ctx.live_conns.set(ctx.live_conns.get() + 1);
+                let guard = LiveGuard(ctx.clone());
+                monoio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let ctx = guard.0.clone();
+                    let (token, inbox) = ctx.register();
+                    let mut conn = Conn { ctx: ctx.clone(), stream, buf: BytesMut::new(), token, inbox, peer, local, served: 0 };
+                    conn.serve().await;
+                    ctx.unregister(token);
+                    drop(guard);
+                });
+            }
+            Err(err) => {
+                // EMFILE and friends: log, back off briefly, keep accepting.
+                log_warn!("accept failed: {err}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Why a read for more request bytes ended.
+enum ReadOutcome {
+    Data,
+    Eof,
+    TimedOut,
+    Stopped,
+    Failed,
+}
+
+/// What became of one exchange, for the keep-alive decision.
+enum ExchangeEnd {
+    KeepAlive,
+    Close,
+    /// Close after draining what the client still sends (it may not have read our reply).
+    Linger,
+}
+
+struct Conn {
+    ctx: Rc<IoCtx>,
+    stream: TcpStream,
+    /// Bytes read and not yet consumed: the next head, body bytes, pipelined requests.
+    buf: BytesMut,
+    token: ConnToken,
+    inbox: Rc<ConnInbox>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    served: u64,
+}
+
+/// Cancels the exchange when the connection side stops before the response completed, so
+/// the Python thread stops producing and calls `close()`.
+struct CancelOnDrop {
+    exchange: Arc<Exchange>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.exchange.cancel();
+        }
+    }
+}
+
+impl Conn {
+    async fn serve(&mut self) {
+        loop {
+            let head = match self.read_head().await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(err) => {
+                    log_debug!("{}: bad request: {err}", self.peer);
+                    self.fail(err.status()).await;
+                    return;
+                }
+            };
+            match self.exchange(head).await {
+                ExchangeEnd::KeepAlive => self.served += 1,
+                ExchangeEnd::Close => return,
+                ExchangeEnd::Linger => {
+                    self.linger().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes a server error response and closes with a lingering drain.
+    async fn fail(&mut self, status: u16) {
+        let out = self.ctx.error_response(status);
+        let (res, _) = self.stream.write_all(out).await;
+        if res.is_ok() {
+            self.linger().await;
+        }
+    }
+
+    /// Half-closes and discards what the client still sends, bounded in time and bytes.
+    async fn linger(&mut self) {
+        sendfile::shutdown_write(&self.stream);
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut drained = 0;
+        self.buf.clear();
+        while drained < LINGER_BYTES {
+            self.buf.clear();
+            match self.read_more(deadline, 16 * 1024, false).await {
+                ReadOutcome::Data => drained += self.buf.len(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Reads until a whole head is buffered. `Ok(None)`: the connection should close quietly
+    /// (client closed, keep-alive idle timeout, server stopping).
+    async fn read_head(&mut self) -> Result<Option<ParsedHead>, HttpError> {
+        let config = &self.ctx.shared.config;
+        let limits = config.limits;
+        let header_timeout = config.header_timeout;
+        let mut waiting_first_byte = self.buf.is_empty();
+        let mut deadline = if waiting_first_byte && self.served > 0 {
+            Instant::now() + config.keep_alive.unwrap_or(header_timeout)
+        } else {
+            Instant::now() + header_timeout
+        };
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_head(&self.buf, &limits)? {
+                    return Ok(Some(head));
+                }
+            }
+            if waiting_first_byte && self.ctx.stop.is_set() {
+                return Ok(None);
+            }
+            match self.read_more(deadline, READ_BUFFER, waiting_first_byte).await {
+                ReadOutcome::Data => {
+                    if waiting_first_byte {
+                        waiting_first_byte = false;
+                        deadline = Instant::now() + header_timeout;
+                    }
+                }
+                ReadOutcome::TimedOut if !waiting_first_byte => {
+                    log_debug!("{}: request head not received within --header-timeout", self.peer);
+                    let out = self.ctx.error_response(408);
+                    let _ = self.stream.write_all(out).await;
+                    return Ok(None);
+                }
+                ReadOutcome::Eof | ReadOutcome::TimedOut | ReadOutcome::Stopped | ReadOutcome::Failed => {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Reads more bytes into `buf`, until `deadline`; when `interruptible`, a server stop
+    /// also ends the wait (only while no request is half-read).
+    async fn read_more(&mut self, deadline: Instant, want: usize, interruptible: bool) -> ReadOutcome {
+        if self.buf.capacity() - self.buf.len() < want / 2 {
+            self.buf.reserve(want);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let read = monoio::time::timeout_at(deadline.into(), self.stream.read(buf));
+        let result = if interruptible {
+            match race(read, self.ctx.stop.wait()).await {
+                Either::Left(result) => result,
+                Either::Right(()) => return ReadOutcome::Stopped,
+            }
+        } else {
+            read.await
+        };
+        match result {
+            Err(_elapsed) => ReadOutcome::TimedOut,
+            Ok((Ok(0), buf)) => {
+                self.buf = buf;
+                ReadOutcome::Eof
+            }
+            Ok((Ok(_), buf)) => {
+                self.buf = buf;
+                ReadOutcome::Data
+            }
+            Ok((Err(err), buf)) => {
+                self.buf = buf;
+                log_debug!("{}: read failed: {err}", self.peer);
+                ReadOutcome::Failed
+            }
+        }
+    }
+
+    /// Hands one request to Python and writes its reply.
+    async fn exchange(&mut self, mut head: ParsedHead) -> ExchangeEnd {
+        let started = Instant::now();
+        let config = self.ctx.shared.config.clone();
+        let mut decoder = match BodyDecoder::new(head.framing, config.max_body) {
+            Ok(decoder) => decoder,
+            Err(err) => {
+                self.fail(err.status()).await;
+                return ExchangeEnd::Close;
+            }
+        };
+        let head_bytes: Bytes = self.buf.split_to(head.head_len).freeze();
+        let expect_continue = head.expect_continue;
+
+        // Frame the body: whole when small and already here (or quickly here), streamed
+        // otherwise. `Expect: 100-continue` bodies are never pre-read: the client waits
+        // for our 100 before sending, which goes out when the app first reads.
+        let mut pending = Vec::new();
+        let mut body_done = false;
+        let body = match head.framing {
+            BodyFraming::None => {
+                body_done = true;
+                RequestBody::Complete(Bytes::new())
+            }
+            BodyFraming::Length(n) if self.buf.len() as u64 >= n => {
+                body_done = true;
+                RequestBody::Complete(self.buf.split_to(n as usize).freeze())
+            }
+            _ if expect_continue => RequestBody::Stream,
+            _ => match self.prebuffer(&mut decoder, &mut pending).await {
+                Ok(true) => {
+                    body_done = true;
+                    RequestBody::Complete(Bytes::from(std::mem::take(&mut pending)))
+                }
+                Ok(false) => RequestBody::Stream,
+                Err(Some(status)) => {
+                    self.fail(status).await;
+                    return ExchangeEnd::Close;
+                }
+                Err(None) => return ExchangeEnd::Close,
+            },
+        };
+
+        let stopping = self.ctx.shared.stopping.load(Ordering::Relaxed);
+        head.keep_alive = head.keep_alive && config.keep_alive.is_some() && !stopping;
+        let keep_alive = head.keep_alive;
+        let exchange = Exchange::new();
+        let mut guard = CancelOnDrop { exchange: exchange.clone(), armed: true };
+        let request = Request {
+            head: head_bytes,
+            parsed: head,
+            body,
+            peer: self.peer,
+            local: self.local,
+            started,
+            reply: ReplyTo { mailbox: self.ctx.mailbox.clone(), conn: self.token, exchange: exchange.clone() },
+        };
+        if !self.hand_off(request).await {
+            return ExchangeEnd::Close;
+        }
+
+        let mut response_started = false;
+        let mut continue_sent = false;
+        loop {
+            match self.inbox.recv().await {
+                ReplyMsg::Data { bytes, end, close, counted } => {
+                    response_started |= !bytes.is_empty();
+                    let n = bytes.len();
+                    if n > 0 {
+                        let (res, _) = self.stream.write_all(bytes).await;
+                        if let Err(err) = res {
+                            log_debug!("{}: client gone while writing the response: {err}", self.peer);
+                            return ExchangeEnd::Close;
+                        }
+                    }
+                    if counted {
+                        exchange.release(n);
+                    }
+                    if end {
+                        guard.armed = false;
+                        if close || !keep_alive {
+                            return if body_done { ExchangeEnd::Close } else { ExchangeEnd::Linger };
+                        }
+                        // A body the app did not read to the end leaves the connection
+                        // out of sync: close it (after draining a little).
+                        return if body_done { ExchangeEnd::KeepAlive } else { ExchangeEnd::Linger };
+                    }
+                }
+                ReplyMsg::File { file, offset, len } => {
+                    response_started = true;
+                    if let Err(err) = self.send_file(&file, offset, len).await {
+                        log_debug!("{}: sendfile failed: {err}", self.peer);
+                        return ExchangeEnd::Close;
+                    }
+                }
+                ReplyMsg::ReadBody => {
+                    if expect_continue && !continue_sent && !response_started {
+                        continue_sent = true;
+                        let (res, _) = self.stream.write_all(response::CONTINUE).await;
+                        if res.is_err() {
+                            return ExchangeEnd::Close;
+                        }
+                    }
+                    let chunk = self.next_body_chunk(&mut decoder, &mut pending, &mut body_done).await;
+                    if let BodyChunk::Error(err) = &chunk {
+                        log_debug!("{}: {err}", self.peer);
+                        let err = *err;
+                        let _ = exchange.body_tx.try_send(chunk);
+                        // The body cannot be trusted: answer it ourselves if nothing was
+                        // sent yet, and drop whatever the app still produces.
+                        if let BodyError::Invalid(http) = err {
+                            if !response_started {
+                                self.fail(http.status()).await;
+                            }
+                        }
+                        return ExchangeEnd::Close;
+                    }
+                    let _ = exchange.body_tx.try_send(chunk);
+                }
+                ReplyMsg::Abort => return ExchangeEnd::Close,
+            }
+        }
+    }
+
+    /// Queues the request for a Python thread. A full queue holds the connection back
+    /// (back-pressure) for a while, then answers 503.
+    async fn hand_off(&mut self, request: Request) -> bool {
+        let mut request = request;
+        let mut waited = Duration::ZERO;
+        let mut backoff = Duration::from_micros(200);
+        loop {
+            match self.ctx.shared.requests.try_send(request) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(back)) => {
+                    if waited >= QUEUE_WAIT_LIMIT {
+                        log_warn!("request queue full for {QUEUE_WAIT_LIMIT:?}: answering 503");
+                        self.fail(503).await;
+                        return false;
+                    }
+                    request = back;
+                    monoio::time::sleep(backoff).await;
+                    waited += backoff;
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.fail(503).await;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Reads a body of up to [`PREBUFFER_BODY`] whole. `Ok(true)`: complete in `pending`;
+    /// `Ok(false)`: larger, stream it (the part read stays in `pending`); `Err(Some)`:
+    /// invalid or too slow (the status to answer); `Err(None)`: the client went away.
+    async fn prebuffer(&mut self, decoder: &mut BodyDecoder, pending: &mut Vec<u8>) -> Result<bool, Option<u16>> {
+        let timeout = self.ctx.shared.config.header_timeout;
+        loop {
+            if !self.buf.is_empty() {
+                let consumed = decoder.decode(&self.buf, pending).map_err(|e| Some(e.status()))?;
+                self.buf.advance(consumed);
+            }
+            if decoder.is_done() {
+                return Ok(true);
+            }
+            if pending.len() >= PREBUFFER_BODY {
+                return Ok(false);
+            }
+            match self.read_more(Instant::now() + timeout, BODY_READ_SIZE, false).await {
+                ReadOutcome::Data => {}
+                ReadOutcome::TimedOut => return Err(Some(408)),
+                _ => return Err(None),
+            }
+        }
+    }
+
+    /// The next piece of a streamed body for the Python thread.
+    async fn next_body_chunk(&mut self, decoder: &mut BodyDecoder, pending: &mut Vec<u8>, body_done: &mut bool) -> BodyChunk {
+        if !pending.is_empty() {
+            return BodyChunk::Data(std::mem::take(pending));
+        }
+        if *body_done || decoder.is_done() {
+            *body_done = true;
+            return BodyChunk::End;
+        }
+        let timeout = self.ctx.shared.config.header_timeout.max(Duration::from_secs(30));
+        let mut out = Vec::new();
+        loop {
+            if !self.buf.is_empty() {
+                match decoder.decode(&self.buf, &mut out) {
+                    Ok(consumed) => self.buf.advance(consumed),
+                    Err(err) => return BodyChunk::Error(BodyError::Invalid(err)),
+                }
+                if decoder.is_done() {
+                    *body_done = true;
+                }
+                if !out.is_empty() {
+                    return BodyChunk::Data(out);
+                }
+                if *body_done {
+                    return BodyChunk::End;
+                }
+            }
+            match self.read_more(Instant::now() + timeout, BODY_READ_SIZE, false).await {
+                ReadOutcome::Data => {}
+                ReadOutcome::TimedOut => return BodyChunk::Error(BodyError::TimedOut),
+                _ => return BodyChunk::Error(BodyError::Disconnected),
+            }
+        }
+    }
+
+    /// Sends `len` bytes of `file` from `offset` with sendfile, waiting for the socket to
+    /// drain whenever it is full.
+    async fn send_file(&mut self, file: &std::fs::File, mut offset: u64, len: u64) -> std::io::Result<()> {
+        let end = offset + len;
+        let flags = sendfile::set_nonblocking(&self.stream, true)?;
+        let mut result = Ok(());
+        while offset < end {
+            let remaining = end - offset;
+            match sendfile::send(&self.stream, file, &mut offset, remaining) {
+                Ok(0) => {
+                    result = Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than announced"));
+                    break;
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(err) = self.stream.writable(false).await {
+                        result = Err(err);
+                        break;
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        use std::os::fd::AsRawFd;
+        sendfile::restore_flags(self.stream.as_raw_fd(), flags)?;
+        result
+    }
+}
+
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Polls two futures and returns the first to finish (the other is dropped).
+async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(out));
+        }
+        if let Poll::Ready(out) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(out));
+        }
+        Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,55 @@
+//! `sendfile(2)` from a regular file to a non-blocking socket: the bytes of
+//! `wsgi.file_wrapper` responses go from the page cache to the socket without passing
+//! through user space or Python.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Sends up to `len` bytes of `file` starting at `*offset` to `socket`, advancing `*offset`.
+/// Returns the bytes sent; `WouldBlock` when the socket buffer is full.
+pub fn send(socket: &impl AsRawFd, file: &File, offset: &mut u64, len: u64) -> io::Result<u64> {
+    let mut off = *offset as libc::off_t;
+    let count = len.min(1 << 30) as usize;
+    // SAFETY: both descriptors are open for the duration of the call (borrowed), and `off`
+    // is a valid, exclusively borrowed off_t that the kernel updates.
+    let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    *offset = off as u64;
+    Ok(n as u64)
+}
+
+/// Sets or clears O_NONBLOCK on `fd`, returning the previous flags so the caller can put
+/// them back. `sendfile` needs a non-blocking socket to never stall the I/O thread; the
+/// io_uring driver otherwise expects the socket as it made it.
+pub fn set_nonblocking(fd: &impl AsRawFd, nonblocking: bool) -> io::Result<libc::c_int> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_GETFL on a descriptor the caller keeps open has no memory effects.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if nonblocking { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    restore_flags(fd, new)?;
+    Ok(flags)
+}
+
+/// Puts back flags returned by [`set_nonblocking`].
+pub fn restore_flags(fd: libc::c_int, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: F_SETFL on a descriptor the caller keeps open has no memory effects.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Half-closes the write side (`shutdown(SHUT_WR)`): the client sees EOF after our last
+/// response while we can still drain what it sends (lingering close).
+pub fn shutdown_write(fd: &impl AsRawFd) {
+    // SAFETY: shutdown on a descriptor the caller keeps open has no memory effects.
+    unsafe {
+        libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR);
+    }
+}

@@ -1,0 +1,273 @@
+"""Fixtures that run the real Spindle binary.
+
+`SPINDLE_BIN` names the binary (default target/py3.13/release/spindle);
+`SPINDLE_DRIVER` is passed through untouched, the binary reads it itself.
+The server imports the test apps from tests/apps with this test run's own
+virtual environment (`--venv sys.prefix`), so Flask and friends resolve to
+the same packages as here.
+
+A server is ready when it prints `listening on http://HOST:PORT`; with
+`--bind 127.0.0.1:0` that line carries the real port. Its combined
+stdout/stderr is drained by a thread into a list of lines for the tests to
+inspect. Every server is stopped with SIGTERM and must exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rawhttp import RawConnection, request
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = ROOT / "tests" / "apps"
+SPINDLE_BIN = Path(os.environ.get("SPINDLE_BIN") or ROOT / "target" / "py3.13" / "release" / "spindle")
+READY_V4 = r"listening on http://127\.0\.0\.1:(\d+)"
+READY_V6 = r"listening on http://\[::1\]:(\d+)"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+# Lines that wsgiref.validate produces when the server breaks PEP 3333 in a
+# way it cannot raise for (a warning is turned into an error by the apps, an
+# iterator nobody closed is only reported from __del__).
+VALIDATOR_COMPLAINTS = ("WSGIWarning", "Iterator garbage collected without being closed")
+
+
+def base_args() -> list[str]:
+    return ["--bind", "127.0.0.1:0", "--pythonpath", str(APPS), "--venv", sys.prefix,
+            "--log-level", "debug", "--io-threads", "2", "--py-threads", "2"]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+def require_binary() -> None:
+    if not SPINDLE_BIN.exists():
+        pytest.fail(f"Spindle binary not found at {SPINDLE_BIN} (set SPINDLE_BIN)", pytrace=False)
+
+
+class Spindle:
+    """One running Spindle process."""
+
+    _live: list["Spindle"] = []
+
+    def __init__(self, args: list[str], ready: list[str]):
+        require_binary()
+        self.args = [str(SPINDLE_BIN), *args]
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._closed_output = False
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT)
+        self._drain = threading.Thread(target=self._drain_output, daemon=True)
+        self._drain.start()
+        Spindle._live.append(self)
+        self.ports: list[int] = []
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            for pattern in ready:
+                match = self.wait_for_log(pattern, deadline - time.monotonic(), what="readiness line")
+                self.ports.append(int(match.group(1)))
+        except BaseException:
+            self.kill()
+            raise
+        self.host = "127.0.0.1"
+        self.port = self.ports[0]
+
+    # -- output -----------------------------------------------------------
+
+    def _drain_output(self) -> None:
+        for raw in iter(self.proc.stdout.readline, b""):
+            with self._cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._closed_output = True
+            self._cond.notify_all()
+
+    def log_mark(self) -> int:
+        with self._cond:
+            return len(self.lines)
+
+    def log_since(self, mark: int = 0) -> str:
+        with self._cond:
+            return "\n".join(self.lines[mark:])
+
+    def wait_for_log(self, pattern: str, timeout: float = 5.0, since: int = 0,
+                     what: str = "log line") -> re.Match:
+        """First line from index `since` on matching `pattern`; fails with the
+        log seen when none appears in `timeout` seconds or the process ends."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        checked = since
+        with self._cond:
+            while True:
+                for i in range(checked, len(self.lines)):
+                    match = regex.search(self.lines[i])
+                    if match:
+                        return match
+                checked = max(checked, len(self.lines))
+                left = deadline - time.monotonic()
+                if self._closed_output or left <= 0:
+                    status = "exited with %s" % self.proc.poll() if self._closed_output else "timed out"
+                    seen = "\n".join(self.lines[since:][-80:])
+                    pytest.fail(f"{what} /{pattern}/ not seen ({status} after "
+                                f"{timeout:.1f} s); output:\n{seen}", pytrace=False)
+                self._cond.wait(left)
+
+    def assert_no_validator_complaints(self) -> None:
+        bad = [line for line in self.log_since(0).splitlines()
+               if any(c in line for c in VALIDATOR_COMPLAINTS)]
+        assert not bad, "wsgiref.validate complained:\n" + "\n".join(bad[:20])
+
+    # -- talking to it ----------------------------------------------------
+
+    def connect(self, timeout: float = 5.0, port: int | None = None, host: str | None = None) -> RawConnection:
+        return RawConnection(host or self.host, port or self.port, timeout)
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    @property
+    def host_header(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def get(self, target: str, headers: list[tuple[str, str]] | None = None, timeout: float = 5.0):
+        """One request on a fresh connection, answered within `timeout`."""
+        with self.connect(timeout) as conn:
+            conn.send(request("GET", target, self.host_header, headers))
+            return conn.read_response()
+
+    def assert_serving(self, timeout: float = 2.0) -> None:
+        """A good request on a NEW connection is answered at once."""
+        resp = self.get("/path/still-serving", timeout=timeout)
+        assert resp.status == 200 and resp.body == b"/path/still-serving", resp
+
+    # -- process ----------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def proc_status(self, field: str) -> int:
+        """A /proc/<pid>/status field in KiB (VmRSS, VmHWM)."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise KeyError(field)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Send `sig` and wait; the exit code, or None after a SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return None
+        self._drain.join(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._drain.join(5)
+        if self in Spindle._live:
+            Spindle._live.remove(self)
+
+    def finish(self) -> None:
+        """Teardown: SIGTERM must end the server with exit code 0 within
+        STOP_TIMEOUT, and the validator must have had nothing to say."""
+        try:
+            code = self.stop()
+            assert code == 0, (f"spindle exited with {code} after SIGTERM "
+                               f"(None: still running after {STOP_TIMEOUT} s, killed); "
+                               f"last output:\n" + "\n".join(self.lines[-40:]))
+            self.assert_no_validator_complaints()
+        finally:
+            self.kill()
+
+
+class SpindleFactory:
+    def __init__(self):
+        self.servers: list[Spindle] = []
+
+    def __call__(self, app_spec: str | None, *extra_args: str, ready: list[str] | None = None,
+                 base: bool = True) -> Spindle:
+        args = (base_args() if base else []) + list(extra_args)
+        if app_spec is not None:
+            args.append(app_spec)
+        server = Spindle(args, ready or [READY_V4])
+        self.servers.append(server)
+        return server
+
+    def finish_all(self) -> None:
+        errors = []
+        for server in self.servers:
+            try:
+                server.finish()
+            except AssertionError as exc:
+                errors.append(str(exc))
+        if errors:
+            pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def spindle():
+    """Factory: spindle(app_spec, *extra_args) -> a ready server, stopped at teardown."""
+    factory = SpindleFactory()
+    yield factory
+    factory.finish_all()
+
+
+@pytest.fixture(scope="module")
+def module_spindle():
+    """The same factory, with servers shared by a whole test module."""
+    factory = SpindleFactory()
+    yield factory
+    factory.finish_all()
+
+
+@pytest.fixture(scope="module")
+def server(module_spindle):
+    """The module's shared server running tests/apps/wsgi_app.py."""
+    return module_spindle("wsgi_app:app")
+
+
+def run_spindle(args: list[str], timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run the binary to completion (for flags and failures that exit)."""
+    require_binary()
+    return subprocess.run([str(SPINDLE_BIN), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, errors="replace", timeout=timeout, env=child_env(), cwd=ROOT)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.spindle_failed = report.failed
+
+
+@pytest.fixture(autouse=True)
+def _show_server_log_on_failure(request):
+    """When a test fails, show what every live server logged during it."""
+    marks = {id(s): s.log_mark() for s in Spindle._live}
+    yield
+    if getattr(request.node, "spindle_failed", False):
+        for s in Spindle._live:
+            text = "\n".join(s.log_since(marks.get(id(s), 0)).splitlines()[-60:])
+            print(f"--- spindle pid {s.pid} ({' '.join(s.args[1:])}) log during the test ---\n{text}")
