@@ -230,6 +230,11 @@ impl IoMailbox {
         self.waker.wake();
     }
 
+    /// Drops the registered waker (the I/O thread's runtime is ending).
+    pub fn detach(&self) {
+        drop(self.waker.take());
+    }
+
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }

@@ -18,7 +18,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use crossbeam_channel::TrySendError;
+use crossbeam_channel::{Sender, TrySendError};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
@@ -114,6 +114,9 @@ struct Slot {
 /// This I/O thread's state, shared by its tasks.
 struct IoCtx {
     shared: Arc<Shared>,
+    /// This thread's sender of the request queue; taken out (dropped) when the thread
+    /// stops, whatever tasks the runtime may still keep, so the Python threads can end.
+    requests: RefCell<Option<Sender<Request>>>,
     mailbox: Arc<IoMailbox>,
     slots: RefCell<Vec<Slot>>,
     free_slots: RefCell<Vec<u32>>,
@@ -190,10 +193,12 @@ pub(super) async fn io_main(
     _idx: usize,
     shared: Arc<Shared>,
     mailbox: Arc<IoMailbox>,
+    requests: Sender<Request>,
     listeners: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     let ctx = Rc::new(IoCtx {
         shared,
+        requests: RefCell::new(Some(requests)),
         mailbox,
         slots: RefCell::new(Vec::new()),
         free_slots: RefCell::new(Vec::new()),
@@ -233,6 +238,8 @@ pub(super) async fn io_main(
         }
     })
     .await;
+    ctx.requests.borrow_mut().take();
+    ctx.mailbox.detach();
     Ok(())
 }
 
@@ -564,7 +571,11 @@ impl Conn {
         let mut waited = Duration::ZERO;
         let mut backoff = Duration::from_micros(200);
         loop {
-            match self.ctx.shared.requests.try_send(request) {
+            let sent = match self.ctx.requests.borrow().as_ref() {
+                Some(requests) => requests.try_send(request),
+                None => Err(TrySendError::Disconnected(request)),
+            };
+            match sent {
                 Ok(()) => return true,
                 Err(TrySendError::Full(back)) => {
                     if waited >= QUEUE_WAIT_LIMIT {

@@ -121,7 +121,6 @@ fn ensure_port_free(addr: SocketAddr) -> anyhow::Result<()> {
 /// What every I/O thread shares with the rest of the process.
 pub(crate) struct Shared {
     pub config: Arc<Config>,
-    pub requests: Sender<Request>,
     pub stopping: AtomicBool,
 }
 
@@ -143,12 +142,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (req_tx, req_rx) = crate::handoff::request_queue(config.queue_size);
     let python = crate::py::Runtime::start(&config, driver, req_rx).context("cannot start the application")?;
 
-    let shared = Arc::new(Shared { config: config.clone(), requests: req_tx, stopping: AtomicBool::new(false) });
+    let shared = Arc::new(Shared { config: config.clone(), stopping: AtomicBool::new(false) });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut io_handles = Vec::new();
     for (idx, thread_listeners) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let mailbox = mailboxes[idx].clone();
+        let requests = req_tx.clone();
         let core = (!cores.is_empty()).then(|| cores[idx % cores.len()]);
         let handle = std::thread::Builder::new()
             .name(format!("spindle-io-{idx}"))
@@ -156,11 +156,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                io_thread(idx, driver, shared, mailbox, thread_listeners)
+                io_thread(idx, driver, shared, mailbox, requests, thread_listeners)
             })
             .context("cannot start an I/O thread")?;
         io_handles.push(handle);
     }
+    // Only the I/O threads may hold senders: when they end, the queue closes and the
+    // Python threads finish.
+    drop(req_tx);
 
     for addr in &bound {
         log_info!(
@@ -190,8 +193,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Err(_) => failed = true,
         }
     }
-    // Every I/O thread has finished its exchanges: close the queue so Python threads end.
-    drop(shared);
     python.stop();
     log_info!("stopped");
     if failed {
@@ -212,6 +213,7 @@ fn io_thread(
     driver: Driver,
     shared: Arc<Shared>,
     mailbox: Arc<IoMailbox>,
+    requests: Sender<Request>,
     listeners: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     match driver {
@@ -221,14 +223,14 @@ fn io_thread(
                 .enable_timer()
                 .build()
                 .context("cannot create the io_uring runtime")?;
-            rt.block_on(conn::io_main(idx, shared, mailbox, listeners))
+            rt.block_on(conn::io_main(idx, shared, mailbox, requests, listeners))
         }
         Driver::Epoll => {
             let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build()
                 .context("cannot create the epoll runtime")?;
-            rt.block_on(conn::io_main(idx, shared, mailbox, listeners))
+            rt.block_on(conn::io_main(idx, shared, mailbox, requests, listeners))
         }
     }
 }

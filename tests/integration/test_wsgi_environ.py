@@ -153,6 +153,8 @@ def test_empty_query_string_present(server):
 
 def test_root_path_sets_script_name(spindle):
     srv = spindle("wsgi_app:app", "--root-path", "/mount")
-    env = get_env(srv, "/env/x")
+    env = get_env(srv, "/mount/env/x%20y?q=1")
+    # PEP 3333: SCRIPT_NAME + PATH_INFO is the whole (decoded) request path.
     assert value(env, "SCRIPT_NAME") == "/mount"
-    assert value(env, "PATH_INFO").endswith("/env/x")
+    assert value(env, "PATH_INFO") == "/env/x y"
+    assert value(env, "QUERY_STRING") == "q=1"
