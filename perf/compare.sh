@@ -223,6 +223,11 @@ find_spindle() {
 }
 find_spindle
 SPINDLE_BIN=$(cd "$(dirname "$SPINDLE_BIN")" && pwd)/$(basename "$SPINDLE_BIN")
+# Fingerprint the binary now: a build running beside the benchmark can replace
+# it, and the report must name the one that was measured.
+spindle_fingerprint() { echo "sha256 $(sha256sum "$SPINDLE_BIN" | cut -c1-16); built $(date -u -r "$SPINDLE_BIN" '+%F %T UTC')"; }
+SPINDLE_FINGERPRINT=$(spindle_fingerprint)
+SPINDLE_VERSION=$(timeout -k 2 5 "$SPINDLE_BIN" --version 2>&1 </dev/null | head -n 1 || true)
 
 # Gunicorn runs on the Python Spindle embeds, so the two run the same app code
 # on the same interpreter. Sources, in order: SPINDLE_PYTHON; the libpython the
@@ -412,7 +417,12 @@ notes() {
     done
 }
 
-SPINDLE_VERSION=$(timeout -k 2 5 "$SPINDLE_BIN" --version 2>&1 </dev/null | head -n 1 || true)
+if [[ $(spindle_fingerprint) != "$SPINDLE_FINGERPRINT" ]]; then
+    BINARY_CHANGED="- WARNING: $SPINDLE_BIN was replaced during the run (a build beside it?): the spindle row may mix two builds; rerun."
+    warn "${BINARY_CHANGED#- WARNING: }"
+else
+    BINARY_CHANGED=
+fi
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "none")
 DIRTY=$(git -C "$ROOT" --no-optional-locks status --porcelain 2>/dev/null | wc -l || echo "?")
 
@@ -425,7 +435,7 @@ OUT=$RUN_DIR/compare-hello.md
     echo "- host: $(hostname), $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)"
     echo "- load average before: $LOADAVG_BEFORE"
     echo "- commit: $COMMIT ($DIRTY changed or untracked paths)"
-    echo "- spindle: \`$SPINDLE_BIN\` (${SPINDLE_VERSION:-no --version}; sha256 $(sha256sum "$SPINDLE_BIN" | cut -c1-16); built $(date -u -r "$SPINDLE_BIN" '+%F %T UTC'))"
+    echo "- spindle: \`$SPINDLE_BIN\` (${SPINDLE_VERSION:-no --version}; $SPINDLE_FINGERPRINT)"
     echo "- gunicorn: $GUNICORN_VERSION on Python $PY_VERSION (\`$PY\`, from $PY_SOURCE)"
     echo "- wrk: $(wrk -v 2>&1 | head -n 1 || true)"
     echo "- method: server on core $SERVER_CORE, wrk on core $CLIENT_CORE; warm-up $WARMUP, then $DURATION measured; server CPU = utime+stime of its process tree from /proc, ${CLK_TCK} ticks/s, over the measured run"
@@ -434,6 +444,7 @@ OUT=$RUN_DIR/compare-hello.md
     echo
     summary
     notes
+    [[ -z $BINARY_CHANGED ]] || echo "$BINARY_CHANGED"
     for name in spindle gunicorn; do
         echo
         echo "## $name"
@@ -466,5 +477,6 @@ OUT=$RUN_DIR/compare-hello.md
 echo
 summary
 notes
+[[ -z $BINARY_CHANGED ]] || echo "$BINARY_CHANGED"
 echo
 echo "report: ${OUT#"$ROOT"/}"

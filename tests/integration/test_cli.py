@@ -115,7 +115,7 @@ def test_port_held_by_another_spindle_is_in_use(spindle):
     first = spindle("wsgi_app:app")
     args = [a if a != "127.0.0.1:0" else f"127.0.0.1:{first.port}" for a in base_args()]
     try:
-        result = run_spindle(args + ["wsgi_app:app"], timeout=10)
+        result = run_spindle(args + ["wsgi_app:app"], timeout=8)
     except Exception as exc:  # subprocess.TimeoutExpired: it started and kept running.
         pytest.fail(f"a second spindle started on port {first.port} held by the first: {exc}")
     assert result.returncode == 1, f"exit {result.returncode}; stderr:\n{result.stderr}"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# cargo fmt and clippy (warnings are errors), against the newest Python found.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=$(scripts/find-python.sh)
+ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+export PYO3_PYTHON="$py" CARGO_TARGET_DIR="target/py$ver"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+echo "lint clean"
