@@ -111,6 +111,10 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     header_timeout: f64,
 
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM before Spindle exits anyway.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    graceful_timeout: f64,
+
     /// SCRIPT_NAME: the URL prefix the application is mounted under.
     #[arg(long, value_name = "PATH", default_value = "")]
     root_path: String,
@@ -143,6 +147,7 @@ pub struct Config {
     pub limits: Limits,
     pub max_body: Option<u64>,
     pub header_timeout: Duration,
+    pub graceful_timeout: Duration,
     pub root_path: String,
     pub queue_size: usize,
 }
@@ -240,6 +245,7 @@ impl Config {
             },
             max_body: (args.limit_request_body > 0).then_some(args.limit_request_body),
             header_timeout: seconds("header-timeout", args.header_timeout)?.max(Duration::from_millis(10)),
+            graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
             root_path: args.root_path,
             queue_size: args.queue_size.max(1),
         })

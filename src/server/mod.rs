@@ -179,6 +179,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let signal = signals.wait();
     log_info!("{signal} received: finishing in-flight requests, then stopping");
     shared.stopping.store(true, Ordering::SeqCst);
+    // A bounded drain: an application stuck in a request must not keep the server alive
+    // for ever, and a second signal means "now".
+    let grace = config.graceful_timeout;
+    std::thread::Builder::new()
+        .name("spindle-drain".into())
+        .spawn(move || {
+            match signals.wait_timeout(grace) {
+                Some(second) => crate::log_error!("{second} received again: exiting without waiting for in-flight requests"),
+                None => crate::log_error!("in-flight requests still running after --graceful-timeout {}s: exiting", grace.as_secs_f64()),
+            }
+            std::process::exit(1);
+        })
+        .context("cannot start the drain watchdog")?;
     for mailbox in &mailboxes {
         mailbox.request_stop();
     }

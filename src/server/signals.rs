@@ -3,6 +3,7 @@
 
 use std::io;
 
+#[derive(Clone, Copy)]
 pub struct StopSignals {
     set: libc::sigset_t,
 }
@@ -34,6 +35,27 @@ impl StopSignals {
             let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
             if rc == 0 {
                 return if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for SIGINT or SIGTERM; `None` when the time ran out.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<&'static str> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let ts = libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long };
+            // SAFETY: `self.set` was initialised in `block`; `ts` is a valid timespec; the
+            // siginfo pointer may be NULL.
+            let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+            if sig == libc::SIGINT {
+                return Some("SIGINT");
+            }
+            if sig == libc::SIGTERM {
+                return Some("SIGTERM");
             }
         }
     }
