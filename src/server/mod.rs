@@ -180,14 +180,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     log_info!("{signal} received: finishing in-flight requests, then stopping");
     shared.stopping.store(true, Ordering::SeqCst);
     // A bounded drain: an application stuck in a request must not keep the server alive
-    // for ever, and a second signal means "now".
+    // for ever. A second Ctrl-C (SIGINT) means "now"; a repeated SIGTERM (service managers
+    // resend it) changes nothing.
     let grace = config.graceful_timeout;
+    let deadline = std::time::Instant::now() + grace;
     std::thread::Builder::new()
         .name("spindle-drain".into())
         .spawn(move || {
-            match signals.wait_timeout(grace) {
-                Some(second) => crate::log_error!("{second} received again: exiting without waiting for in-flight requests"),
-                None => crate::log_error!("in-flight requests still running after --graceful-timeout {}s: exiting", grace.as_secs_f64()),
+            loop {
+                match signals.wait_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                    Some("SIGINT") => {
+                        crate::log_error!("SIGINT received again: exiting without waiting for in-flight requests");
+                        break;
+                    }
+                    Some(_) => continue,
+                    None => {
+                        crate::log_error!("in-flight requests still running after --graceful-timeout {}s: exiting", grace.as_secs_f64());
+                        break;
+                    }
+                }
             }
             std::process::exit(1);
         })
