@@ -12,7 +12,7 @@
 //!   pushes see the flag and only enqueue.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -196,8 +196,6 @@ pub struct IoMailbox {
     notified: AtomicBool,
     /// Set once when the server stops; the I/O thread then stops accepting.
     stop: AtomicBool,
-    /// Wake-ups actually sent (for the lab: wake-ups per request).
-    pub wakeups: AtomicUsize,
 }
 
 impl IoMailbox {
@@ -209,7 +207,6 @@ impl IoMailbox {
             waker: AtomicWaker::new(),
             notified: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            wakeups: AtomicUsize::new(0),
         })
     }
 
@@ -219,7 +216,6 @@ impl IoMailbox {
         // The receiver lives as long as `self`, so sending cannot fail.
         let _ = self.queue.send(reply);
         if !self.notified.swap(true, Ordering::AcqRel) {
-            self.wakeups.fetch_add(1, Ordering::Relaxed);
             self.waker.wake();
         }
     }
@@ -241,16 +237,18 @@ impl IoMailbox {
 
     /// I/O side: hands every queued reply to `route`, then returns `Pending` with the
     /// waker registered. Never returns `Ready`: the dispatcher task runs for the thread's
-    /// life.
-    pub fn poll_drain(&self, cx: &mut Context<'_>, mut route: impl FnMut(Reply)) -> Poll<()> {
+    /// life. Returns how many replies it routed.
+    pub fn poll_drain(&self, cx: &mut Context<'_>, mut route: impl FnMut(Reply)) -> (Poll<()>, usize) {
         self.waker.register(cx.waker());
         // Clear the flag before draining: a push that lands after the drain looked at the
         // queue sees `false` and wakes us again, so no reply can be stranded.
         self.notified.store(false, Ordering::Release);
+        let mut routed = 0;
         while let Ok(reply) = self.inbox.try_recv() {
             route(reply);
+            routed += 1;
         }
-        Poll::Pending
+        (Poll::Pending, routed)
     }
 }
 

@@ -13,6 +13,8 @@
 //! size is `1*HEXDIG` and cannot overflow, every line ends in exactly CRLF,
 //! extensions may not hide CTLs, trailers are bounded.
 
+#![forbid(unsafe_code)]
+
 use crate::http::error::HttpError;
 use crate::http::head::is_tchar;
 
@@ -49,7 +51,9 @@ pub struct BodyDecoder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DecodeState {
     /// A `Content-Length` body with `remaining` bytes still to come.
-    Length { remaining: u64 },
+    Length {
+        remaining: u64,
+    },
     Chunked(ChunkState),
     /// The message is complete; nothing more is consumed.
     Done,
@@ -400,7 +404,10 @@ mod tests {
             Err(HttpError::ChunkSizeOverflow)
         );
         // The error is sticky.
-        assert_eq!(decoder.decode(b"\r\n", &mut out), Err(HttpError::ChunkSizeOverflow));
+        assert_eq!(
+            decoder.decode(b"\r\n", &mut out),
+            Err(HttpError::ChunkSizeOverflow)
+        );
         // 16 digits fit; leading zeros are not significant.
         let mut decoder = BodyDecoder::new(BodyFraming::Chunked, None).unwrap();
         assert_eq!(decoder.decode(b"0000FFFFFFFFFFFFFFFF", &mut out), Ok(20));
@@ -413,7 +420,10 @@ mod tests {
         let mut decoder = BodyDecoder::new(BodyFraming::Chunked, None).unwrap();
         let mut out = Vec::new();
         assert_eq!(decoder.decode(&line, &mut out), Ok(line.len()));
-        assert_eq!(decoder.decode(b"a", &mut out), Err(HttpError::InvalidChunkSize));
+        assert_eq!(
+            decoder.decode(b"a", &mut out),
+            Err(HttpError::InvalidChunkSize)
+        );
     }
 
     #[test]
@@ -427,7 +437,10 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(decoder.decode(b"6\r\nabcdef\r\n", &mut out), Ok(11));
         assert_eq!(decoder.decode(b"4\r\n", &mut out), Ok(3));
-        assert_eq!(decoder.decode(b"abcd\r\n5\r\n", &mut out), Err(HttpError::BodyTooLarge));
+        assert_eq!(
+            decoder.decode(b"abcd\r\n5\r\n", &mut out),
+            Err(HttpError::BodyTooLarge)
+        );
         assert_eq!(decoder.decoded_len(), 10);
     }
 
@@ -435,7 +448,12 @@ mod tests {
     fn no_body_is_done_at_once() {
         let mut decoder = BodyDecoder::new(BodyFraming::None, None).unwrap();
         assert!(decoder.is_done());
-        assert_eq!(decoder.decode(b"GET / HTTP/1.1\r\n", &mut Vec::new()), Ok(0));
-        assert!(BodyDecoder::new(BodyFraming::Length(0), None).unwrap().is_done());
+        assert_eq!(
+            decoder.decode(b"GET / HTTP/1.1\r\n", &mut Vec::new()),
+            Ok(0)
+        );
+        assert!(BodyDecoder::new(BodyFraming::Length(0), None)
+            .unwrap()
+            .is_done());
     }
 }

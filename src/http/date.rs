@@ -6,6 +6,8 @@
 //! its only contact with the outside. The calendar arithmetic is our own (no
 //! external crate): days since the epoch to a proleptic Gregorian civil date.
 
+#![forbid(unsafe_code)]
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Length of an IMF-fixdate.
@@ -160,7 +162,10 @@ mod tests {
         assert_eq!(date.len(), IMF_FIXDATE_LEN);
         assert!(date.ends_with(b" GMT"));
         assert_eq!(&date[3..5], b", ");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         // The cache renders the second it was asked in; allow a tick between.
         assert!(date == render(now).as_bytes() || date == render(now - 1).as_bytes());
     }

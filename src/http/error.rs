@@ -6,6 +6,8 @@
 //! Every error here ends the connection after the error response (RFC 9112
 //! §11.2: once framing is in doubt, the rest of the stream cannot be trusted).
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
 /// Why a request was refused. Each variant names one rule of RFC 9112 / RFC 9110

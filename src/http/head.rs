@@ -25,6 +25,8 @@
 //! 3. The message-level rules: `Host`, `Content-Length`, `Transfer-Encoding`,
 //!    `Connection`, `Expect`, giving [`BodyFraming`] and keep-alive.
 
+#![forbid(unsafe_code)]
+
 use std::mem::MaybeUninit;
 
 use crate::http::body::BodyFraming;
@@ -152,7 +154,9 @@ const STACK_HEADERS: usize = 128;
 /// `Ok(None)`: the head is not complete yet and nothing seen so far breaks a
 /// rule or a limit; call again with more bytes (the whole buffer, from its
 /// start). A prefix of a request never yields an error other than the one the
-/// complete request yields. Never allocates except the headers `Vec` on success.
+/// complete request yields. Never allocates except the headers `Vec` on success
+/// (and httparse's scratch array when `max_headers` was raised above
+/// [`STACK_HEADERS`] and a request uses that many).
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<ParsedHead>, HttpError> {
     let max_head = limits.max_head_size.min(u32::MAX as usize);
     // A byte at index >= max_head can only prove the head too large, so the
@@ -224,22 +228,56 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<ParsedHead>, Htt
         }
     };
 
-    // Pass 2: httparse tokenizes the complete head (request line included,
-    // already validated above) into name/value slices.
-    let mut headers = Vec::with_capacity(n_headers);
-    let head = &buf[request_line.start..head_len];
+    // Passes 2 and 3 on the complete head. httparse writes into `storage`,
+    // sized by the header count pass 1 established.
     if n_headers <= STACK_HEADERS {
         let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
-        tokenize_headers(buf, head, &mut storage[..n_headers], &mut headers)?;
+        finish_head(buf, request_line, head_len, &mut storage[..n_headers]).map(Some)
     } else {
         let mut storage = Vec::with_capacity(n_headers);
         storage.resize_with(n_headers, MaybeUninit::uninit);
-        tokenize_headers(buf, head, &mut storage, &mut headers)?;
+        finish_head(buf, request_line, head_len, &mut storage).map(Some)
+    }
+}
+
+/// Pass 2 (httparse tokenizes the header lines of the complete head, request
+/// line included and already validated) and pass 3 (the message-level rules,
+/// applied to httparse's slices). The headers `Vec` is only allocated once
+/// both passed. `storage` has exactly one slot per header line.
+fn finish_head<'b>(
+    buf: &'b [u8],
+    request_line: RequestLine,
+    head_len: usize,
+    storage: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<ParsedHead, HttpError> {
+    let head = &buf[request_line.start..head_len];
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(head, storage) {
+        Ok(httparse::Status::Complete(len)) => debug_assert_eq!(len, head.len()),
+        Ok(httparse::Status::Partial) => {
+            // Pass 1 saw the empty line that ends the head, so httparse must too.
+            debug_assert!(false, "httparse found no end in a complete head");
+            return Err(HttpError::MalformedRequestLine);
+        }
+        Err(error) => return Err(map_httparse_error(error)),
     }
 
-    // Pass 3: the message-level rules.
-    let message = MessageRules::check(buf, request_line.version, &headers)?;
-    Ok(Some(ParsedHead {
+    let message = MessageRules::check(
+        request_line.version,
+        request.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+    )?;
+
+    let base = buf.as_ptr() as usize;
+    let mut headers = Vec::with_capacity(request.headers.len());
+    for header in request.headers.iter() {
+        let name = span_in(base, buf.len(), header.name.as_bytes())?;
+        let raw_value = span_in(base, buf.len(), header.value)?;
+        headers.push(HeaderSpan {
+            name,
+            value: trim_ows_span(buf, raw_value),
+        });
+    }
+    Ok(ParsedHead {
         head_len,
         method: request_line.method,
         target: request_line.target,
@@ -251,7 +289,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<ParsedHead>, Htt
         keep_alive: message.keep_alive,
         expect_continue: message.expect_continue,
         is_head: request_line.method.get(buf) == b"HEAD",
-    }))
+    })
 }
 
 /// The validated parts of a request line.
@@ -392,37 +430,6 @@ fn absolute_form_scheme_len(target: &[u8]) -> Option<usize> {
     }
 }
 
-/// Runs httparse over the complete head `head` (a sub-slice of `buf`) and
-/// appends one [`HeaderSpan`] per header line to `out`, as offsets into `buf`.
-/// `storage` has exactly as many slots as pass 1 counted header lines.
-fn tokenize_headers<'b>(
-    buf: &'b [u8],
-    head: &'b [u8],
-    storage: &mut [MaybeUninit<httparse::Header<'b>>],
-    out: &mut Vec<HeaderSpan>,
-) -> Result<(), HttpError> {
-    let mut request = httparse::Request::new(&mut []);
-    match request.parse_with_uninit_headers(head, storage) {
-        Ok(httparse::Status::Complete(len)) => debug_assert_eq!(len, head.len()),
-        Ok(httparse::Status::Partial) => {
-            // Pass 1 saw the empty line that ends the head, so httparse must too.
-            debug_assert!(false, "httparse found no end in a complete head");
-            return Err(HttpError::MalformedRequestLine);
-        }
-        Err(error) => return Err(map_httparse_error(error)),
-    }
-    let base = buf.as_ptr() as usize;
-    for header in request.headers.iter() {
-        let name = span_in(base, buf.len(), header.name.as_bytes())?;
-        let raw_value = span_in(base, buf.len(), header.value)?;
-        out.push(HeaderSpan {
-            name,
-            value: trim_ows_span(buf, raw_value),
-        });
-    }
-    Ok(())
-}
-
 /// The span of `part` inside the buffer starting at address `base` with length
 /// `len`. httparse returns sub-slices of its input, so this always succeeds;
 /// the checks keep a surprise from turning into a wrong span.
@@ -469,7 +476,10 @@ impl MessageRules {
     /// not depend on the order of the header lines. Every 400 comes before the
     /// 501 of an unknown coding: a message whose framing is broken in two ways
     /// is reported as broken, not as unimplemented.
-    fn check(buf: &[u8], version: Version, headers: &[HeaderSpan]) -> Result<Self, HttpError> {
+    fn check<'a>(
+        version: Version,
+        headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<Self, HttpError> {
         let mut host_count = 0usize;
         let mut host_invalid = false;
         let mut content_length: Option<u64> = None;
@@ -480,9 +490,10 @@ impl MessageRules {
         let mut connection_keep_alive = false;
         let mut expect_continue = false;
 
-        for header in headers {
-            let name = header.name.get(buf);
-            let value = header.value.get(buf);
+        for (name, value) in headers {
+            // httparse already trims OWS around values; this keeps the rules
+            // right even if it did not.
+            let value = trim_ows(value);
             match name.len() {
                 4 if name.eq_ignore_ascii_case(b"host") => {
                     host_count += 1;
@@ -753,7 +764,10 @@ mod tests {
             max_field_size: 10,
             max_head_size: 64,
         };
-        assert_eq!(parse_head(b"GET /0123456789", &limits), Err(HttpError::UriTooLong));
+        assert_eq!(
+            parse_head(b"GET /0123456789", &limits),
+            Err(HttpError::UriTooLong)
+        );
         // Exactly the limit, then CR: still undecided.
         assert_eq!(parse_head(b"GET /12345\r", &limits), Ok(None));
         assert_eq!(
@@ -817,7 +831,10 @@ mod tests {
     fn content_length_grammar() {
         assert_eq!(parse_content_length(b"0"), Some(0));
         assert_eq!(parse_content_length(b"0042"), Some(42));
-        assert_eq!(parse_content_length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(
+            parse_content_length(b"18446744073709551615"),
+            Some(u64::MAX)
+        );
         assert_eq!(parse_content_length(b"18446744073709551616"), None);
         for bad in [&b""[..], b"+1", b"-1", b"1 2", b"0x1", b"1,1", b"1.0"] {
             assert_eq!(parse_content_length(bad), None, "{bad:?}");
@@ -827,11 +844,26 @@ mod tests {
     #[test]
     fn version_classes() {
         assert_eq!(parse_version(b"HTTP/1.1"), Ok(Version::Http11));
-        assert_eq!(parse_version(b"HTTP/2.0"), Err(HttpError::UnsupportedVersion));
-        assert_eq!(parse_version(b"HTTP/0.9"), Err(HttpError::UnsupportedVersion));
-        assert_eq!(parse_version(b"HTTP/1.1 "), Err(HttpError::MalformedRequestLine));
-        assert_eq!(parse_version(b"HTTP/11"), Err(HttpError::MalformedRequestLine));
-        assert_eq!(parse_version(b"http/1.1"), Err(HttpError::MalformedRequestLine));
+        assert_eq!(
+            parse_version(b"HTTP/2.0"),
+            Err(HttpError::UnsupportedVersion)
+        );
+        assert_eq!(
+            parse_version(b"HTTP/0.9"),
+            Err(HttpError::UnsupportedVersion)
+        );
+        assert_eq!(
+            parse_version(b"HTTP/1.1 "),
+            Err(HttpError::MalformedRequestLine)
+        );
+        assert_eq!(
+            parse_version(b"HTTP/11"),
+            Err(HttpError::MalformedRequestLine)
+        );
+        assert_eq!(
+            parse_version(b"http/1.1"),
+            Err(HttpError::MalformedRequestLine)
+        );
     }
 
     #[test]

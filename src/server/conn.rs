@@ -124,6 +124,15 @@ struct IoCtx {
     stop: LocalEvent,
     live_conns: Cell<usize>,
     all_closed: RefCell<Option<Waker>>,
+    stats: Cell<Stats>,
+}
+
+/// Counters for the lab: how well replies batch per wake-up.
+#[derive(Clone, Copy, Default)]
+struct Stats {
+    requests: u64,
+    replies: u64,
+    wakeups: u64,
 }
 
 impl IoCtx {
@@ -190,7 +199,7 @@ impl Drop for LiveGuard {
 }
 
 pub(super) async fn io_main(
-    _idx: usize,
+    idx: usize,
     shared: Arc<Shared>,
     mailbox: Arc<IoMailbox>,
     requests: Sender<Request>,
@@ -206,13 +215,18 @@ pub(super) async fn io_main(
         stop: LocalEvent::default(),
         live_conns: Cell::new(0),
         all_closed: RefCell::new(None),
+        stats: Cell::new(Stats::default()),
     });
 
     let dispatcher_ctx = ctx.clone();
     monoio::spawn(async move {
         poll_fn(|cx| {
             let ctx = &dispatcher_ctx;
-            let pending = ctx.mailbox.poll_drain(cx, |reply| ctx.route(reply));
+            let (pending, routed) = ctx.mailbox.poll_drain(cx, |reply| ctx.route(reply));
+            let mut stats = ctx.stats.get();
+            stats.wakeups += 1;
+            stats.replies += routed as u64;
+            ctx.stats.set(stats);
             if ctx.mailbox.stop_requested() {
                 ctx.stop.trigger();
             }
@@ -240,6 +254,14 @@ pub(super) async fn io_main(
     .await;
     ctx.requests.borrow_mut().take();
     ctx.mailbox.detach();
+    let stats = ctx.stats.get();
+    log_debug!(
+        "I/O thread {idx}: {} requests, {} replies in {} dispatcher wake-ups ({:.2} replies per wake-up)",
+        stats.requests,
+        stats.replies,
+        stats.wakeups,
+        stats.replies as f64 / stats.wakeups.max(1) as f64
+    );
     Ok(())
 }
 
@@ -576,7 +598,12 @@ impl Conn {
                 None => Err(TrySendError::Disconnected(request)),
             };
             match sent {
-                Ok(()) => return true,
+                Ok(()) => {
+                    let mut stats = self.ctx.stats.get();
+                    stats.requests += 1;
+                    self.ctx.stats.set(stats);
+                    return true;
+                }
                 Err(TrySendError::Full(back)) => {
                     if waited >= QUEUE_WAIT_LIMIT {
                         log_warn!("request queue full for {QUEUE_WAIT_LIMIT:?}: answering 503");
