@@ -156,7 +156,7 @@ const STACK_HEADERS: usize = 128;
 /// start). A prefix of a request never yields an error other than the one the
 /// complete request yields. Never allocates except the headers `Vec` on success
 /// (and httparse's scratch array when `max_headers` was raised above
-/// [`STACK_HEADERS`] and a request uses that many).
+/// 128 and a request uses that many).
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<ParsedHead>, HttpError> {
     let max_head = limits.max_head_size.min(u32::MAX as usize);
     // A byte at index >= max_head can only prove the head too large, so the
@@ -472,10 +472,10 @@ impl MessageRules {
     /// RFC 9110 §10.1.1 (Expect) to the tokenized headers.
     ///
     /// The facts are gathered in one pass and judged afterwards in a fixed
-    /// order (Host, Content-Length, Transfer-Encoding), so that the error does
-    /// not depend on the order of the header lines. Every 400 comes before the
-    /// 501 of an unknown coding: a message whose framing is broken in two ways
-    /// is reported as broken, not as unimplemented.
+    /// order, so that the error does not depend on the order of the header
+    /// lines: Host, then Content-Length, then Content-Length with
+    /// Transfer-Encoding, then Transfer-Encoding on 1.0, and only then the
+    /// codings themselves (see [`TransferCodings::framing`]).
     fn check<'a>(
         version: Version,
         headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
@@ -609,7 +609,9 @@ impl TransferCodings {
         }
     }
 
-    /// The framing these codings give a request, RFC 9112 §6.1 and §6.3.
+    /// The framing these codings give a request, RFC 9112 §6.1 and §6.3. A
+    /// coding we do not know is reported first (501, §6.1), even when chunked
+    /// is also not last: "xchunked" is an unknown coding, not a misplaced one.
     fn framing(&self) -> Result<BodyFraming, HttpError> {
         if self.any_unknown {
             return Err(HttpError::UnknownTransferCoding);

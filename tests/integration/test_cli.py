@@ -180,8 +180,8 @@ def test_access_log(spindle):
     srv.wait_for_log(r"GET.*/path/access-marker-331.*\b200\b", 5, since=mark, what="an access log line")
 
 
-def test_driver_epoll(spindle):
-    srv = spindle("wsgi_app:app", "--driver", "epoll")
+def test_driver_epoll_and_backlog(spindle):
+    srv = spindle("wsgi_app:app", "--driver", "epoll", "--backlog", "8")
     srv.assert_serving()
 
 

@@ -261,3 +261,34 @@ def test_absolute_form_request_target(server):
         env = json.loads(conn.read_response().body)
     assert env["PATH_INFO"]["value"] == "/env/abs"
     assert env["QUERY_STRING"]["value"] == "q=1"
+
+
+# -- concurrency ----------------------------------------------------------------
+
+def test_many_concurrent_connections(server):
+    conns = [server.connect() for _ in range(64)]
+    try:
+        for i, conn in enumerate(conns):
+            conn.send(request("GET", f"/path/c{i}", server.host_header))
+        for i, conn in enumerate(conns):
+            assert conn.read_response().body == f"/path/c{i}".encode()
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_py_threads_serve_blocking_requests_concurrently(server):
+    # Two Python threads (--py-threads 2): two requests that sleep 0.6 s
+    # each (releasing the GIL) overlap, so both end well before 1.2 s.
+    conns = [server.connect() for _ in range(2)]
+    try:
+        started = time.monotonic()
+        for conn in conns:
+            conn.send(request("GET", "/sleep?s=0.6", server.host_header))
+        for conn in conns:
+            assert conn.read_response().body == b"slept well"
+        elapsed = time.monotonic() - started
+    finally:
+        for conn in conns:
+            conn.close()
+    assert elapsed < 1.1, f"two 0.6 s requests took {elapsed:.2f} s: served one after the other"

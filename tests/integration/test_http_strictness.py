@@ -177,6 +177,7 @@ def _assert_408_or_close(conn, started, what):
         responses = parse_all(data)
         assert [r.status for r in responses] == [408], responses
         assert responses[0].has_token("Connection", "close"), responses[0]
+        assert responses[0].header("Content-Length") is not None, responses[0]
     assert elapsed >= 0.8, f"{what}: gave up after {elapsed:.2f} s, before the 1 s header timeout"
 
 
