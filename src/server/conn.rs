@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::{Sender, TrySendError};
+use monoio::buf::SliceMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
@@ -434,8 +435,12 @@ impl Conn {
         if self.buf.capacity() - self.buf.len() < want / 2 {
             self.buf.reserve(want);
         }
+        // Read into the spare capacity only: monoio's `IoBufMut` for `BytesMut` writes from
+        // the start of the buffer (and sets its length to the bytes read), which would
+        // overwrite a partial head or pipelined bytes already buffered.
         let buf = std::mem::take(&mut self.buf);
-        let read = monoio::time::timeout_at(deadline.into(), self.stream.read(buf));
+        let (start, end) = (buf.len(), buf.capacity());
+        let read = monoio::time::timeout_at(deadline.into(), self.stream.read(SliceMut::new(buf, start, end)));
         let result = if interruptible {
             match race(read, self.ctx.stop.wait()).await {
                 Either::Left(result) => result,
@@ -447,15 +452,15 @@ impl Conn {
         match result {
             Err(_elapsed) => ReadOutcome::TimedOut,
             Ok((Ok(0), buf)) => {
-                self.buf = buf;
+                self.buf = buf.into_inner();
                 ReadOutcome::Eof
             }
             Ok((Ok(_), buf)) => {
-                self.buf = buf;
+                self.buf = buf.into_inner();
                 ReadOutcome::Data
             }
             Ok((Err(err), buf)) => {
-                self.buf = buf;
+                self.buf = buf.into_inner();
                 log_debug!("{}: read failed: {err}", self.peer);
                 ReadOutcome::Failed
             }
