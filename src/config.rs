@@ -175,7 +175,7 @@ impl Config {
     }
 
     /// Parses an explicit argument list (tests, benches).
-    pub fn from_iter<I, T>(args: I) -> Result<Config, String>
+    pub fn from_arg_list<I, T>(args: I) -> Result<Config, String>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
@@ -185,7 +185,9 @@ impl Config {
     }
 
     fn validate(args: Args) -> Result<Config, String> {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let mut binds = Vec::new();
         for bind in &args.bind {
             let addrs: Vec<SocketAddr> = bind
@@ -214,13 +216,20 @@ impl Config {
         };
         if let Some(app) = &args.app {
             if !app.contains(':') && app.contains('(') {
-                return Err(format!("{app}: expected MODULE:APP, for example myproject.wsgi:application"));
+                return Err(format!(
+                    "{app}: expected MODULE:APP, for example myproject.wsgi:application"
+                ));
             }
         }
-        if !args.root_path.is_empty() && (!args.root_path.starts_with('/') || args.root_path.ends_with('/')) {
+        if !args.root_path.is_empty()
+            && (!args.root_path.starts_with('/') || args.root_path.ends_with('/'))
+        {
             return Err("--root-path must start with '/' and not end with '/' (e.g. /api)".into());
         }
-        if args.limit_request_fields == 0 || args.limit_request_line < 16 || args.limit_request_head < 64 {
+        if args.limit_request_fields == 0
+            || args.limit_request_line < 16
+            || args.limit_request_head < 64
+        {
             return Err("request limits are too small to read any request".into());
         }
         let keep_alive = seconds("keep-alive", args.keep_alive)?;
@@ -244,7 +253,8 @@ impl Config {
                 max_head_size: args.limit_request_head,
             },
             max_body: (args.limit_request_body > 0).then_some(args.limit_request_body),
-            header_timeout: seconds("header-timeout", args.header_timeout)?.max(Duration::from_millis(10)),
+            header_timeout: seconds("header-timeout", args.header_timeout)?
+                .max(Duration::from_millis(10)),
             graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
             root_path: args.root_path,
             queue_size: args.queue_size.max(1),

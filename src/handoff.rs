@@ -69,7 +69,9 @@ pub enum BodyError {
 impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BodyError::Disconnected => f.write_str("client disconnected before the request body ended"),
+            BodyError::Disconnected => {
+                f.write_str("client disconnected before the request body ended")
+            }
             BodyError::Invalid(e) => write!(f, "invalid request body: {e}"),
             BodyError::TimedOut => f.write_str("timed out reading the request body"),
         }
@@ -87,7 +89,10 @@ pub struct ReplyTo {
 
 impl ReplyTo {
     pub fn send(&self, msg: ReplyMsg) {
-        self.mailbox.push(Reply { conn: self.conn, msg });
+        self.mailbox.push(Reply {
+            conn: self.conn,
+            msg,
+        });
     }
 }
 
@@ -102,9 +107,18 @@ pub enum ReplyMsg {
     /// Response bytes (head and/or body, already framed). `end`: the response is complete.
     /// `close`: close the connection after writing. `counted`: the bytes count against
     /// the exchange's in-flight window and must be released once written.
-    Data { bytes: Vec<u8>, end: bool, close: bool, counted: bool },
+    Data {
+        bytes: Vec<u8>,
+        end: bool,
+        close: bool,
+        counted: bool,
+    },
     /// Send `len` bytes of `file` from `offset` (sendfile/splice, never through Python).
-    File { file: std::fs::File, offset: u64, len: u64 },
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
     /// Send the next piece of the request body on `Exchange::body_tx` (and answer
     /// `Expect: 100-continue` first if it is still unanswered).
     ReadBody,
@@ -157,7 +171,9 @@ impl Exchange {
         let _guard = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         self.window_open.notify_all();
         drop(_guard);
-        let _ = self.body_tx.try_send(BodyChunk::Error(BodyError::Disconnected));
+        let _ = self
+            .body_tx
+            .try_send(BodyChunk::Error(BodyError::Disconnected));
     }
 
     /// Python side: account for `n` bytes about to be queued; blocks (the caller has
@@ -165,7 +181,10 @@ impl Exchange {
     pub fn reserve(&self, n: usize) -> bool {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         while *in_flight >= RESPONSE_WINDOW && !self.is_cancelled() {
-            in_flight = self.window_open.wait(in_flight).unwrap_or_else(|e| e.into_inner());
+            in_flight = self
+                .window_open
+                .wait(in_flight)
+                .unwrap_or_else(|e| e.into_inner());
         }
         *in_flight += n;
         !self.is_cancelled()
@@ -238,7 +257,11 @@ impl IoMailbox {
     /// I/O side: hands every queued reply to `route`, then returns `Pending` with the
     /// waker registered. Never returns `Ready`: the dispatcher task runs for the thread's
     /// life. Returns how many replies it routed.
-    pub fn poll_drain(&self, cx: &mut Context<'_>, mut route: impl FnMut(Reply)) -> (Poll<()>, usize) {
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        mut route: impl FnMut(Reply),
+    ) -> (Poll<()>, usize) {
         self.waker.register(cx.waker());
         // Clear the flag before draining: a push that lands after the drain looked at the
         // queue sees `false` and wakes us again, so no reply can be stranded.

@@ -1,7 +1,11 @@
 //! Spindle: a WSGI (PEP 3333) server. Thread-per-core HTTP/1.1 I/O on monoio, a pool of
 //! Python threads behind lock-free queues. See README.md, "Architecture", for the code map.
 
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
 
 pub mod config;
 pub mod handoff;

@@ -45,7 +45,9 @@ pub fn error_response(out: &mut Vec<u8>, status: u16, date: &[u8]) {
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\nServer: spindle\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    out.extend_from_slice(
+        b"\r\nServer: spindle\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
+    );
     code = itoa_buf(reason.len() as u64 + 1);
     out.extend_from_slice(code.as_bytes());
     out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");

@@ -59,30 +59,48 @@ const BOOTSTRAP: &str = include_str!("bootstrap.py");
 
 impl Interp {
     /// Runs the bootstrap in the attached interpreter and imports the application.
-    pub(crate) fn new(gil: Gil<'_>, config: &Config, info: &ServerInfo<'_>) -> anyhow::Result<Interp> {
-        let module = load_bootstrap(gil, info).map_err(|e| anyhow!("Spindle's bootstrap failed: {}", e.summary()))?;
-        let get = |name: &CStr| module.getattr(name).map(Obj::hold).map_err(|e| anyhow!("bootstrap: {}", e.summary()));
+    pub(crate) fn new(
+        gil: Gil<'_>,
+        config: &Config,
+        info: &ServerInfo<'_>,
+    ) -> anyhow::Result<Interp> {
+        let module = load_bootstrap(gil, info)
+            .map_err(|e| anyhow!("Spindle's bootstrap failed: {}", e.summary()))?;
+        let get = |name: &CStr| {
+            module
+                .getattr(name)
+                .map(Obj::hold)
+                .map_err(|e| anyhow!("bootstrap: {}", e.summary()))
+        };
         let report_exception = get(c"report_exception")?;
 
         let app = {
-            let load = module.getattr(c"load_app").map_err(|e| anyhow!("bootstrap: {}", e.summary()))?;
+            let load = module
+                .getattr(c"load_app")
+                .map_err(|e| anyhow!("bootstrap: {}", e.summary()))?;
             let spec = match &config.app {
                 Some(spec) => gil.str(spec),
                 None => Ok(gil.none()),
             }
             .map_err(|e| anyhow!("{}", e.summary()))?;
-            match load.call(&[spec.as_ptr()]) {
+            match load.call(&[spec.borrow()]) {
                 Ok(app) => app.hold(),
                 Err(err) => {
                     let summary = err.summary();
                     let name = config.app.as_deref().unwrap_or("<demo>");
-                    super::report(gil, Some(&report_exception), err, &format!("cannot import the application {name}:"));
+                    super::report(
+                        gil,
+                        Some(&report_exception),
+                        err,
+                        &format!("cannot import the application {name}:"),
+                    );
                     return Err(anyhow!("cannot import the application {name}: {summary}"));
                 }
             }
         };
 
-        let py = |r: PyResult<'_, Obj<'_>>| r.map(Obj::hold).map_err(|e| anyhow!("{}", e.summary()));
+        let py =
+            |r: PyResult<'_, Obj<'_>>| r.map(Obj::hold).map_err(|e| anyhow!("{}", e.summary()));
         let keys = Keys {
             request_method: py(gil.intern(c"REQUEST_METHOD"))?,
             script_name: py(gil.intern(c"SCRIPT_NAME"))?,
@@ -97,7 +115,8 @@ impl Interp {
             remote_port: py(gil.intern(c"REMOTE_PORT"))?,
             wsgi_input: py(gil.intern(c"wsgi.input"))?,
         };
-        let base = build_base_environ(gil, config, &module).map_err(|e| anyhow!("environ: {}", e.summary()))?;
+        let base = build_base_environ(gil, config, &module)
+            .map_err(|e| anyhow!("environ: {}", e.summary()))?;
         let mut methods = Vec::new();
         for (name, c) in [
             (&b"GET"[..], c"GET"),
@@ -146,7 +165,19 @@ impl Interp {
             client_disconnected,
             root_path: _,
         } = self;
-        for held in [app, base_environ, http10, http11, stream_input, bytes_io, empty_input, file_wrapper, file_source, report_exception, client_disconnected] {
+        for held in [
+            app,
+            base_environ,
+            http10,
+            http11,
+            stream_input,
+            bytes_io,
+            empty_input,
+            file_wrapper,
+            file_source,
+            report_exception,
+            client_disconnected,
+        ] {
             held.release(gil);
         }
         let Keys {
@@ -204,13 +235,13 @@ impl Interp {
             Some((_, held)) => held.bind(gil),
             None => gil.str_latin1(method)?,
         };
-        environ.dict_set(keys.request_method.ptr(gil), &method_obj)?;
+        environ.dict_set(keys.request_method.borrow(gil), &method_obj)?;
 
         let protocol = match parsed.version {
             Version::Http11 => self.http11.bind(gil),
             Version::Http10 => self.http10.bind(gil),
         };
-        environ.dict_set(keys.server_protocol.ptr(gil), &protocol)?;
+        environ.dict_set(keys.server_protocol.borrow(gil), &protocol)?;
 
         // PATH_INFO: percent-decoded bytes as latin-1 (PEP 3333), minus --root-path.
         let raw_path = parsed.path.get(head);
@@ -221,13 +252,28 @@ impl Interp {
         {
             path.drain(..self.root_path.len());
         }
-        environ.dict_set(keys.path_info.ptr(gil), &gil.str_latin1(&path)?)?;
-        environ.dict_set(keys.query_string.ptr(gil), &gil.str_latin1(parsed.query.get(head))?)?;
+        environ.dict_set(keys.path_info.borrow(gil), &gil.str_latin1(&path)?)?;
+        environ.dict_set(
+            keys.query_string.borrow(gil),
+            &gil.str_latin1(parsed.query.get(head))?,
+        )?;
 
-        environ.dict_set(keys.server_name.ptr(gil), &gil.str(&local.ip().to_string())?)?;
-        environ.dict_set(keys.server_port.ptr(gil), &gil.str(&local.port().to_string())?)?;
-        environ.dict_set(keys.remote_addr.ptr(gil), &gil.str(&peer.ip().to_string())?)?;
-        environ.dict_set(keys.remote_port.ptr(gil), &gil.str(&peer.port().to_string())?)?;
+        environ.dict_set(
+            keys.server_name.borrow(gil),
+            &gil.str(&local.ip().to_string())?,
+        )?;
+        environ.dict_set(
+            keys.server_port.borrow(gil),
+            &gil.str(&local.port().to_string())?,
+        )?;
+        environ.dict_set(
+            keys.remote_addr.borrow(gil),
+            &gil.str(&peer.ip().to_string())?,
+        )?;
+        environ.dict_set(
+            keys.remote_port.borrow(gil),
+            &gil.str(&peer.port().to_string())?,
+        )?;
 
         let mut key = Vec::with_capacity(64);
         for header in &parsed.headers {
@@ -245,10 +291,16 @@ impl Interp {
             } else {
                 key.clear();
                 key.extend_from_slice(b"HTTP_");
-                key.extend(name.iter().map(|&b| if b == b'-' { b'_' } else { b.to_ascii_uppercase() }));
+                key.extend(name.iter().map(|&b| {
+                    if b == b'-' {
+                        b'_'
+                    } else {
+                        b.to_ascii_uppercase()
+                    }
+                }));
                 gil.str_latin1(&key)?
             };
-            let value_obj = match environ.dict_get(key_obj.as_ptr()) {
+            let value_obj = match environ.dict_get(key_obj.borrow()) {
                 // A repeated field: join the values with "," (RFC 9110 §5.3).
                 Some(previous) if !name.eq_ignore_ascii_case(b"content-length") => {
                     let mut joined = previous.encode_latin1().unwrap_or_default();
@@ -259,18 +311,18 @@ impl Interp {
                 Some(_) => continue,
                 None => gil.str_latin1(value)?,
             };
-            environ.dict_set(key_obj.as_ptr(), &value_obj)?;
+            environ.dict_set(key_obj.borrow(), &value_obj)?;
         }
 
         let input = match body {
             RequestBody::Complete(bytes) if bytes.is_empty() => self.empty_input.bind(gil),
             RequestBody::Complete(bytes) => {
                 let data = gil.bytes(bytes)?;
-                self.bytes_io.bind(gil).call(&[data.as_ptr()])?
+                self.bytes_io.bind(gil).call(&[data.borrow()])?
             }
             RequestBody::Stream => stream_input()?,
         };
-        environ.dict_set(keys.wsgi_input.ptr(gil), &input)?;
+        environ.dict_set(keys.wsgi_input.borrow(gil), &input)?;
         Ok(environ)
     }
 }
@@ -287,15 +339,24 @@ fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo<'_>) -> PyResult<'py, Ob
     };
     let dict = module.getattr(c"__dict__")?;
     let builtins = gil.import(c"builtins")?;
-    dict.dict_set(gil.intern(c"__builtins__")?.as_ptr(), &builtins)?;
-    dict.dict_set(gil.intern(c"log")?.as_ptr(), &super::wsgi::log_function(gil)?)?;
+    dict.dict_set(gil.intern(c"__builtins__")?.borrow(), &builtins)?;
+    dict.dict_set(
+        gil.intern(c"log")?.borrow(),
+        &super::wsgi::log_function(gil)?,
+    )?;
     let server_info = gil.new_dict()?;
-    server_info.dict_set(gil.intern(c"version")?.as_ptr(), &gil.str(crate::VERSION)?)?;
-    server_info.dict_set(gil.intern(c"driver")?.as_ptr(), &gil.str(info.driver)?)?;
-    server_info.dict_set(gil.intern(c"mode")?.as_ptr(), &gil.str(info.mode)?)?;
-    server_info.dict_set(gil.intern(c"io_threads")?.as_ptr(), &gil.int(info.io_threads as i64)?)?;
-    server_info.dict_set(gil.intern(c"py_threads")?.as_ptr(), &gil.int(info.py_threads as i64)?)?;
-    dict.dict_set(gil.intern(c"SERVER_INFO")?.as_ptr(), &server_info)?;
+    server_info.dict_set(gil.intern(c"version")?.borrow(), &gil.str(crate::VERSION)?)?;
+    server_info.dict_set(gil.intern(c"driver")?.borrow(), &gil.str(info.driver)?)?;
+    server_info.dict_set(gil.intern(c"mode")?.borrow(), &gil.str(info.mode)?)?;
+    server_info.dict_set(
+        gil.intern(c"io_threads")?.borrow(),
+        &gil.int(info.io_threads as i64)?,
+    )?;
+    server_info.dict_set(
+        gil.intern(c"py_threads")?.borrow(),
+        &gil.int(info.py_threads as i64)?,
+    )?;
+    dict.dict_set(gil.intern(c"SERVER_INFO")?.borrow(), &server_info)?;
 
     let source = std::ffi::CString::new(BOOTSTRAP).expect("bootstrap.py has no NUL");
     // SAFETY: GIL held; NUL-terminated source and file name; the code object is owned and
@@ -303,16 +364,29 @@ fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo<'_>) -> PyResult<'py, Ob
     unsafe {
         let code = Obj::from_owned(
             gil,
-            ffi::Py_CompileString(source.as_ptr(), c"<spindle bootstrap>".as_ptr(), ffi::Py_file_input),
+            ffi::Py_CompileString(
+                source.as_ptr(),
+                c"<spindle bootstrap>".as_ptr(),
+                ffi::Py_file_input,
+            ),
         )?;
-        Obj::from_owned(gil, ffi::PyEval_EvalCode(code.as_ptr(), dict.as_ptr(), dict.as_ptr()))?;
+        Obj::from_owned(
+            gil,
+            ffi::PyEval_EvalCode(code.as_ptr(), dict.as_ptr(), dict.as_ptr()),
+        )?;
     }
     Ok(module)
 }
 
-fn build_base_environ<'py>(gil: Gil<'py>, config: &Config, module: &Obj<'py>) -> PyResult<'py, Obj<'py>> {
+fn build_base_environ<'py>(
+    gil: Gil<'py>,
+    config: &Config,
+    module: &Obj<'py>,
+) -> PyResult<'py, Obj<'py>> {
     let environ = gil.new_dict()?;
-    let set = |key: &CStr, value: Obj<'py>| -> PyResult<'py, ()> { environ.dict_set(gil.intern(key)?.as_ptr(), &value) };
+    let set = |key: &CStr, value: Obj<'py>| -> PyResult<'py, ()> {
+        environ.dict_set(gil.intern(key)?.borrow(), &value)
+    };
     let one = gil.int(1)?;
     let zero = gil.int(0)?;
     set(c"wsgi.version", gil.tuple(&[&one, &zero])?)?;
@@ -323,7 +397,10 @@ fn build_base_environ<'py>(gil: Gil<'py>, config: &Config, module: &Obj<'py>) ->
     set(c"wsgi.run_once", gil.bool(false))?;
     set(c"wsgi.input_terminated", gil.bool(true))?;
     set(c"wsgi.file_wrapper", module.getattr(c"FileWrapper")?)?;
-    set(c"SERVER_SOFTWARE", gil.str(&format!("Spindle/{}", crate::VERSION))?)?;
+    set(
+        c"SERVER_SOFTWARE",
+        gil.str(&format!("Spindle/{}", crate::VERSION))?,
+    )?;
     set(c"SCRIPT_NAME", gil.str(&config.root_path)?)?;
     Ok(environ)
 }

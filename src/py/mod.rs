@@ -35,7 +35,9 @@ pub use environ::Interp;
 pub fn runtime_version() -> String {
     // SAFETY: Py_GetVersion returns a static NUL-terminated string and may be called
     // before the interpreter is initialised.
-    let full = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy().into_owned();
+    let full = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }
+        .to_string_lossy()
+        .into_owned();
     full.split_whitespace().next().unwrap_or("").to_string()
 }
 
@@ -55,7 +57,11 @@ unsafe impl Send for Runtime {}
 impl Runtime {
     /// Initialises CPython, imports the application and starts `config.py_threads` Python
     /// threads taking requests from `requests`.
-    pub fn start(config: &Config, driver: Driver, requests: Receiver<Request>) -> anyhow::Result<Runtime> {
+    pub fn start(
+        config: &Config,
+        driver: Driver,
+        requests: Receiver<Request>,
+    ) -> anyhow::Result<Runtime> {
         if let Some(dir) = &config.chdir {
             std::env::set_current_dir(dir).with_context(|| format!("--chdir {}", dir.display()))?;
         }
@@ -64,13 +70,22 @@ impl Runtime {
         // SAFETY: Py_InitializeFromConfig left the main thread state attached to this thread.
         let gil = unsafe { Gil::assume() };
         let mode = if config.py_threads > 1 {
-            format!("main interpreter, {} threads sharing its GIL", config.py_threads)
+            format!(
+                "main interpreter, {} threads sharing its GIL",
+                config.py_threads
+            )
         } else {
             "main interpreter".to_string()
         };
         let setup = (|| -> anyhow::Result<Interp> {
-            prepare_sys_path(gil, config).map_err(|e| anyhow!("cannot set sys.path: {}", e.summary()))?;
-            let info = ServerInfo { driver: driver.name(), mode: &mode, io_threads: config.io_threads, py_threads: config.py_threads };
+            prepare_sys_path(gil, config)
+                .map_err(|e| anyhow!("cannot set sys.path: {}", e.summary()))?;
+            let info = ServerInfo {
+                driver: driver.name(),
+                mode: &mode,
+                io_threads: config.io_threads,
+                py_threads: config.py_threads,
+            };
             Interp::new(gil, config, &info)
         })();
         let interp = match setup {
@@ -86,7 +101,8 @@ impl Runtime {
         let main_tstate = unsafe { ffi::PyEval_SaveThread() };
 
         let mut threads = Vec::new();
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(config.py_threads);
+        let (ready_tx, ready_rx) =
+            crossbeam_channel::bounded::<Result<(), String>>(config.py_threads);
         for idx in 0..config.py_threads {
             let interp = interp.clone();
             let requests = requests.clone();
@@ -106,8 +122,18 @@ impl Runtime {
                 Err(_) => bail!("a Python thread died while starting"),
             }
         }
-        log_info!("Python {} ({}), app {}", runtime_version(), mode, config.app.as_deref().unwrap_or("<demo>"));
-        Ok(Runtime { main_tstate, interp, threads, mode })
+        log_info!(
+            "Python {} ({}), app {}",
+            runtime_version(),
+            mode,
+            config.app.as_deref().unwrap_or("<demo>")
+        );
+        Ok(Runtime {
+            main_tstate,
+            interp,
+            threads,
+            mode,
+        })
     }
 
     pub fn mode_description(&self) -> &str {
@@ -151,13 +177,21 @@ fn program_name(config: &Config) -> anyhow::Result<Option<PathBuf>> {
         let built = env!("SPINDLE_BUILD_PYTHON");
         return Ok((!built.is_empty() && Path::new(built).exists()).then(|| PathBuf::from(built)));
     };
-    let venv = std::fs::canonicalize(venv).map_err(|e| anyhow!("--venv {}: {e}", venv.display()))?;
+    let venv =
+        std::fs::canonicalize(venv).map_err(|e| anyhow!("--venv {}: {e}", venv.display()))?;
     if !venv.join("pyvenv.cfg").is_file() {
-        bail!("--venv {}: not a virtual environment (no pyvenv.cfg)", venv.display());
+        bail!(
+            "--venv {}: not a virtual environment (no pyvenv.cfg)",
+            venv.display()
+        );
     }
     let version = runtime_version();
     let mut parts = version.split('.');
-    let major_minor = format!("python{}.{}", parts.next().unwrap_or("3"), parts.next().unwrap_or(""));
+    let major_minor = format!(
+        "python{}.{}",
+        parts.next().unwrap_or("3"),
+        parts.next().unwrap_or("")
+    );
     if !venv.join("lib").join(&major_minor).is_dir() {
         bail!(
             "--venv {}: this virtual environment is not for Python {} (no lib/{}); make one with that Python, or build Spindle with SPINDLE_PYTHON set to the venv's Python",
@@ -189,7 +223,11 @@ fn initialize(program: &Option<PathBuf>) -> anyhow::Result<()> {
         if ffi::PyStatus_Exception(status) == 0 {
             if let Some(program) = program {
                 let program = CString::new(program.as_os_str().as_encoded_bytes())?;
-                status = ffi::PyConfig_SetBytesString(&mut config, &mut config.program_name, program.as_ptr());
+                status = ffi::PyConfig_SetBytesString(
+                    &mut config,
+                    &mut config.program_name,
+                    program.as_ptr(),
+                );
             }
         }
         if ffi::PyStatus_Exception(status) == 0 {
@@ -200,7 +238,9 @@ fn initialize(program: &Option<PathBuf>) -> anyhow::Result<()> {
             let msg = if status.err_msg.is_null() {
                 "unknown error".to_string()
             } else {
-                CStr::from_ptr(status.err_msg).to_string_lossy().into_owned()
+                CStr::from_ptr(status.err_msg)
+                    .to_string_lossy()
+                    .into_owned()
             };
             bail!("cannot initialise Python {}: {msg}", runtime_version());
         }
@@ -215,11 +255,15 @@ fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> Result<(), PyErr<'py
     let path = sys.getattr(c"path")?;
     let insert = path.getattr(c"insert")?;
     let zero = gil.int(0)?;
-    let mut dirs: Vec<PathBuf> = config.pythonpath.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+    let mut dirs: Vec<PathBuf> = config
+        .pythonpath
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
     dirs.push(std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")));
     for dir in dirs.iter().rev() {
         let text = gil.str(&dir.to_string_lossy())?;
-        insert.call(&[zero.as_ptr(), text.as_ptr()])?;
+        insert.call(&[zero.borrow(), text.borrow()])?;
     }
     Ok(())
 }
@@ -230,7 +274,10 @@ pub(crate) fn report<'py>(gil: Gil<'py>, reporter: Option<&Held>, err: PyErr<'py
     if let Some(reporter) = reporter {
         let reporter = reporter.bind(gil);
         if let Ok(ctx) = gil.str(context) {
-            if reporter.call(&[err.instance().as_ptr(), ctx.as_ptr()]).is_ok() {
+            if reporter
+                .call(&[err.instance().borrow(), ctx.borrow()])
+                .is_ok()
+            {
                 return;
             }
         }

@@ -31,7 +31,9 @@ impl<'py> Gil<'py> {
     /// # Safety
     /// The calling thread must hold an attached thread state for all of `'py`.
     pub unsafe fn assume() -> Gil<'py> {
-        Gil { _marker: PhantomData }
+        Gil {
+            _marker: PhantomData,
+        }
     }
 
     pub fn none(self) -> Obj<'py> {
@@ -41,7 +43,16 @@ impl<'py> Gil<'py> {
 
     pub fn bool(self, value: bool) -> Obj<'py> {
         // SAFETY: Py_True/Py_False are immortal singletons; we hold the GIL.
-        unsafe { Obj::from_borrowed_unchecked(self, if value { ffi::Py_True() } else { ffi::Py_False() }) }
+        unsafe {
+            Obj::from_borrowed_unchecked(
+                self,
+                if value {
+                    ffi::Py_True()
+                } else {
+                    ffi::Py_False()
+                },
+            )
+        }
     }
 
     /// A `str` from UTF-8 text.
@@ -50,7 +61,10 @@ impl<'py> Gil<'py> {
         unsafe {
             Obj::from_owned(
                 self,
-                ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast::<c_char>(), text.len() as ffi::Py_ssize_t),
+                ffi::PyUnicode_FromStringAndSize(
+                    text.as_ptr().cast::<c_char>(),
+                    text.len() as ffi::Py_ssize_t,
+                ),
             )
         }
     }
@@ -82,7 +96,10 @@ impl<'py> Gil<'py> {
         unsafe {
             Obj::from_owned(
                 self,
-                ffi::PyBytes_FromStringAndSize(data.as_ptr().cast::<c_char>(), data.len() as ffi::Py_ssize_t),
+                ffi::PyBytes_FromStringAndSize(
+                    data.as_ptr().cast::<c_char>(),
+                    data.len() as ffi::Py_ssize_t,
+                ),
             )
         }
     }
@@ -133,18 +150,54 @@ impl<'py> Gil<'py> {
     }
 
     /// Raises `exc_type(message)` in Python; return `NULL` to CPython after this.
-    pub fn raise(self, exc_type: *mut ffi::PyObject, message: &str) {
+    pub fn raise(self, exc_type: Borrowed<'_, 'py>, message: &str) {
         let mut text = message.as_bytes().to_vec();
         text.retain(|&b| b != 0);
         text.push(0);
-        // SAFETY: `text` is NUL-terminated; `exc_type` is an exception type owned by this
-        // interpreter (a builtin or one of our per-interpreter classes); we hold the GIL.
-        unsafe { ffi::PyErr_SetString(exc_type, text.as_ptr().cast::<c_char>()) }
+        // SAFETY: `text` is NUL-terminated; `exc_type` is a live exception type of this
+        // interpreter (the `Borrowed` contract); we hold the GIL.
+        unsafe { ffi::PyErr_SetString(exc_type.as_ptr(), text.as_ptr().cast::<c_char>()) }
+    }
+
+    /// A builtin exception type, e.g. `gil.builtin(ffi::PyExc_TypeError)`.
+    ///
+    /// # Safety
+    /// `ptr` must be one of CPython's builtin (immortal) type objects.
+    pub unsafe fn builtin(self, ptr: *mut ffi::PyObject) -> Borrowed<'static, 'py> {
+        // SAFETY: guaranteed by the caller.
+        unsafe { Borrowed::from_ptr(self, ptr) }
     }
 
     pub fn err_occurred(self) -> bool {
         // SAFETY: we hold the GIL.
         unsafe { !ffi::PyErr_Occurred().is_null() }
+    }
+}
+
+/// A borrowed reference: valid while whatever it was borrowed from (an [`Obj`], a [`Held`]
+/// or a builtin) lives, and only under the attachment `'py`. Layout-compatible with a
+/// `PyObject*`, so a slice of them is a C argument vector.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Borrowed<'a, 'py> {
+    ptr: NonNull<ffi::PyObject>,
+    _marker: PhantomData<(&'a (), Gil<'py>)>,
+}
+
+impl<'a, 'py> Borrowed<'a, 'py> {
+    /// # Safety
+    /// `ptr` must be a live object of the attached interpreter for all of `'a` (e.g. a
+    /// builtin type such as `PyExc_TypeError`, which is immortal).
+    pub unsafe fn from_ptr(_gil: Gil<'py>, ptr: *mut ffi::PyObject) -> Borrowed<'a, 'py> {
+        Borrowed {
+            ptr: NonNull::new(ptr).expect("borrowed NULL"),
+            _marker: PhantomData,
+        }
+    }
+
+    #[inline]
+    pub fn as_ptr(self) -> *mut ffi::PyObject {
+        self.ptr.as_ptr()
     }
 }
 
@@ -175,7 +228,10 @@ impl<'py> Obj<'py> {
     pub unsafe fn from_borrowed_unchecked(gil: Gil<'py>, ptr: *mut ffi::PyObject) -> Obj<'py> {
         // SAFETY: the caller guarantees `ptr` is a live object; we hold the GIL.
         unsafe { ffi::Py_IncRef(ptr) };
-        Obj { ptr: NonNull::new(ptr).expect("borrowed NULL"), gil }
+        Obj {
+            ptr: NonNull::new(ptr).expect("borrowed NULL"),
+            gil,
+        }
     }
 
     #[inline]
@@ -196,7 +252,12 @@ impl<'py> Obj<'py> {
 
     pub fn getattr(&self, name: &CStr) -> PyResult<'py, Obj<'py>> {
         // SAFETY: live object, NUL-terminated name, GIL held.
-        unsafe { Obj::from_owned(self.gil, ffi::PyObject_GetAttrString(self.as_ptr(), name.as_ptr())) }
+        unsafe {
+            Obj::from_owned(
+                self.gil,
+                ffi::PyObject_GetAttrString(self.as_ptr(), name.as_ptr()),
+            )
+        }
     }
 
     pub fn hasattr(&self, name: &CStr) -> bool {
@@ -206,18 +267,34 @@ impl<'py> Obj<'py> {
 
     pub fn setattr(&self, name: &CStr, value: &Obj<'py>) -> PyResult<'py, ()> {
         // SAFETY: live objects, NUL-terminated name, GIL held.
-        let rc = unsafe { ffi::PyObject_SetAttrString(self.as_ptr(), name.as_ptr(), value.as_ptr()) };
+        let rc =
+            unsafe { ffi::PyObject_SetAttrString(self.as_ptr(), name.as_ptr(), value.as_ptr()) };
         self.check(rc)
     }
 
+    /// A borrowed view, e.g. to pass as an argument.
+    #[inline]
+    pub fn borrow(&self) -> Borrowed<'_, 'py> {
+        Borrowed {
+            ptr: self.ptr,
+            _marker: PhantomData,
+        }
+    }
+
     /// Calls the object with positional arguments (vectorcall: no argument tuple).
-    pub fn call(&self, args: &[*mut ffi::PyObject]) -> PyResult<'py, Obj<'py>> {
-        // SAFETY: every pointer in `args` is a live object of this interpreter (callers pass
-        // `as_ptr()` of objects they hold); GIL held; `nargsf` is the exact count.
+    pub fn call(&self, args: &[Borrowed<'_, 'py>]) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: `Borrowed` is a transparent `PyObject*` of a live object of this
+        // interpreter, so `args` is a valid C argument vector; GIL held; `nargsf` is the
+        // exact count.
         unsafe {
             Obj::from_owned(
                 self.gil,
-                ffi::PyObject_Vectorcall(self.as_ptr(), args.as_ptr(), args.len(), std::ptr::null_mut()),
+                ffi::PyObject_Vectorcall(
+                    self.as_ptr(),
+                    args.as_ptr().cast::<*mut ffi::PyObject>(),
+                    args.len(),
+                    std::ptr::null_mut(),
+                ),
             )
         }
     }
@@ -283,26 +360,27 @@ impl<'py> Obj<'py> {
             }
         }
         // SAFETY: live object, GIL held; the result is an owned bytes object or NULL.
-        let encoded = unsafe { Obj::from_owned(self.gil, ffi::PyUnicode_AsLatin1String(self.as_ptr())) };
+        let encoded =
+            unsafe { Obj::from_owned(self.gil, ffi::PyUnicode_AsLatin1String(self.as_ptr())) };
         match encoded {
             Ok(bytes) => bytes.as_bytes().map(<[u8]>::to_vec),
             Err(_) => None,
         }
     }
 
-    pub fn dict_set(&self, key: *mut ffi::PyObject, value: &Obj<'py>) -> PyResult<'py, ()> {
-        // SAFETY: `self` is a dict and `key` a live str of this interpreter (callers pass
-        // interned keys they hold); GIL held. PyDict_SetItem does not steal references.
-        let rc = unsafe { ffi::PyDict_SetItem(self.as_ptr(), key, value.as_ptr()) };
+    pub fn dict_set(&self, key: Borrowed<'_, 'py>, value: &Obj<'py>) -> PyResult<'py, ()> {
+        // SAFETY: `self` is a dict and `key` a live object of this interpreter; GIL held.
+        // PyDict_SetItem does not steal references.
+        let rc = unsafe { ffi::PyDict_SetItem(self.as_ptr(), key.as_ptr(), value.as_ptr()) };
         self.check(rc)
     }
 
     /// Looks `key` up in a dict; `None` when absent.
-    pub fn dict_get(&self, key: *mut ffi::PyObject) -> Option<Obj<'py>> {
+    pub fn dict_get(&self, key: Borrowed<'_, 'py>) -> Option<Obj<'py>> {
         // SAFETY: `self` is a dict, `key` a live object; the result is borrowed, so we take
         // our own reference before anything can change the dict.
         unsafe {
-            let found = ffi::PyDict_GetItemWithError(self.as_ptr(), key);
+            let found = ffi::PyDict_GetItemWithError(self.as_ptr(), key.as_ptr());
             if found.is_null() {
                 ffi::PyErr_Clear();
                 None
@@ -335,7 +413,10 @@ impl<'py> Obj<'py> {
                     Err(PyErr::fetch(self.gil))
                 }
             } else {
-                Ok(Some(Obj { ptr: NonNull::new_unchecked(item), gil: self.gil }))
+                Ok(Some(Obj {
+                    ptr: NonNull::new_unchecked(item),
+                    gil: self.gil,
+                }))
             }
         }
     }
@@ -350,10 +431,18 @@ impl<'py> Obj<'py> {
             if !list && ffi::PyTuple_CheckExact(ptr) == 0 {
                 return None;
             }
-            let len = if list { ffi::PyList_Size(ptr) } else { ffi::PyTuple_Size(ptr) };
+            let len = if list {
+                ffi::PyList_Size(ptr)
+            } else {
+                ffi::PyTuple_Size(ptr)
+            };
             let mut items = Vec::with_capacity(len as usize);
             for i in 0..len {
-                let item = if list { ffi::PyList_GetItem(ptr, i) } else { ffi::PyTuple_GetItem(ptr, i) };
+                let item = if list {
+                    ffi::PyList_GetItem(ptr, i)
+                } else {
+                    ffi::PyTuple_GetItem(ptr, i)
+                };
                 items.push(Obj::from_borrowed_unchecked(self.gil, item));
             }
             Some(items)
@@ -418,7 +507,10 @@ impl Clone for Obj<'_> {
     fn clone(&self) -> Self {
         // SAFETY: live object, GIL held (the `'py` proof).
         unsafe { ffi::Py_IncRef(self.as_ptr()) };
-        Obj { ptr: self.ptr, gil: self.gil }
+        Obj {
+            ptr: self.ptr,
+            gil: self.gil,
+        }
     }
 }
 
@@ -449,7 +541,16 @@ impl Held {
         unsafe { Obj::from_borrowed_unchecked(gil, self.0.as_ptr()) }
     }
 
-    /// The raw pointer, for passing as a borrowed argument while attached.
+    /// A borrowed view for this attachment.
+    #[inline]
+    pub fn borrow<'py>(&self, _gil: Gil<'py>) -> Borrowed<'_, 'py> {
+        Borrowed {
+            ptr: self.0,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The raw pointer, for identity comparisons and C callback state.
     #[inline]
     pub fn ptr(&self, _gil: Gil<'_>) -> *mut ffi::PyObject {
         self.0.as_ptr()
@@ -494,11 +595,14 @@ impl<'py> PyErr<'py> {
             }
         };
         match NonNull::new(exc) {
-            Some(ptr) => PyErr { exc: Obj { ptr, gil } },
+            Some(ptr) => PyErr {
+                exc: Obj { ptr, gil },
+            },
             None => {
+                // SAFETY: SystemError is a builtin type.
+                let system_error = unsafe { gil.builtin(ffi::PyExc_SystemError) };
                 gil.raise(
-                    // SAFETY: reading an immortal builtin exception type pointer.
-                    unsafe { ffi::PyExc_SystemError },
+                    system_error,
                     "a C-API call failed without setting an exception",
                 );
                 PyErr::fetch(gil)
@@ -544,12 +648,6 @@ impl<'py> PyErr<'py> {
             format!("{short}: {}", message.replace('\n', " "))
         }
     }
-
-    /// True when the exception is an instance of `ty` (or a subclass).
-    pub fn is_instance(&self, ty: *mut ffi::PyObject) -> bool {
-        // SAFETY: live instance and type object; GIL held.
-        unsafe { ffi::PyObject_IsInstance(self.exc.as_ptr(), ty) == 1 }
-    }
 }
 
 /// An attached thread state: restores it on creation, saves it (releasing the GIL) on drop.
@@ -564,7 +662,9 @@ impl<'t> Attached<'t> {
     pub unsafe fn restore(tstate: *mut ffi::PyThreadState) -> Attached<'t> {
         // SAFETY: guaranteed by the caller.
         unsafe { ffi::PyEval_RestoreThread(tstate) };
-        Attached { _tstate: PhantomData }
+        Attached {
+            _tstate: PhantomData,
+        }
     }
 
     pub fn gil(&self) -> Gil<'_> {

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pyo3_ffi as ffi;
 
 use super::environ::Interp;
-use super::object::{Attached, Gil, Held, Obj, PyErr, PyResult};
+use super::object::{Attached, Borrowed, Gil, Held, Obj, PyErr, PyResult};
 use crate::config::LogLevel;
 use crate::handoff::{BodyChunk, BodyError, ReplyMsg, ReplyTo, Request, RequestBody};
 use crate::http::date::DateCache;
@@ -68,7 +68,12 @@ enum BuildError {
 }
 
 impl Response {
-    fn new(reply: ReplyTo, parsed: &crate::http::ParsedHead, streaming: bool, token: u64) -> Response {
+    fn new(
+        reply: ReplyTo,
+        parsed: &crate::http::ParsedHead,
+        streaming: bool,
+        token: u64,
+    ) -> Response {
         Response {
             reply,
             http11: parsed.version == Version::Http11,
@@ -137,7 +142,13 @@ impl Response {
     }
 
     /// Builds the next message: the head when not yet sent, then `parts` framed.
-    fn build(&mut self, parts: &[&[u8]], end: bool, known_total: Option<u64>, date: &mut DateCache) -> Result<ReplyMsg, BuildError> {
+    fn build(
+        &mut self,
+        parts: &[&[u8]],
+        end: bool,
+        known_total: Option<u64>,
+        date: &mut DateCache,
+    ) -> Result<ReplyMsg, BuildError> {
         if self.status.is_none() {
             return Err(BuildError::NoStartResponse);
         }
@@ -172,13 +183,21 @@ impl Response {
             match self.framing {
                 Framing::Chunked => out.extend_from_slice(response::LAST_CHUNK),
                 Framing::Length(n) if self.body_bytes < n => {
-                    log_warn!("the application sent {} of its Content-Length {n}; closing the connection", self.body_bytes);
+                    log_warn!(
+                        "the application sent {} of its Content-Length {n}; closing the connection",
+                        self.body_bytes
+                    );
                     self.close = true;
                 }
                 _ => {}
             }
         }
-        Ok(ReplyMsg::Data { bytes: out, end, close: end && (self.close || !self.keep_alive), counted: !end })
+        Ok(ReplyMsg::Data {
+            bytes: out,
+            end,
+            close: end && (self.close || !self.keep_alive),
+            counted: !end,
+        })
     }
 }
 
@@ -196,6 +215,15 @@ struct Callbacks {
     client_disconnected: Cell<*mut ffi::PyObject>,
 }
 
+impl Callbacks {
+    /// `_spindle.ClientDisconnected` of this thread's interpreter.
+    fn disconnected<'py>(&self, gil: Gil<'py>) -> Borrowed<'static, 'py> {
+        // SAFETY: set at thread start from the `Interp`, which keeps the class alive for as
+        // long as this thread serves requests; the caller is attached to that interpreter.
+        unsafe { Borrowed::from_ptr(gil, self.client_disconnected.get()) }
+    }
+}
+
 /// A `PyMethodDef` CPython may read from any thread: its pointers are static C strings and
 /// function pointers, never written after construction.
 struct MethodDef(ffi::PyMethodDef);
@@ -204,33 +232,54 @@ unsafe impl Sync for MethodDef {}
 
 static START_RESPONSE: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_name: c"start_response".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: start_response },
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: start_response,
+    },
     ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
     ml_doc: c"start_response(status, response_headers, exc_info=None) -> write (PEP 3333)".as_ptr(),
 });
 static WRITE: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_name: c"write".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: write },
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: write,
+    },
     ml_flags: ffi::METH_FASTCALL,
     ml_doc: c"write(data: bytes) -> None: send body bytes now (PEP 3333)".as_ptr(),
 });
 static READ_BODY: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_name: c"read_body".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: read_body },
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: read_body,
+    },
     ml_flags: ffi::METH_FASTCALL,
     ml_doc: c"read_body(token) -> bytes: the next piece of a streamed request body".as_ptr(),
 });
 static LOG: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_name: c"log".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: log },
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: log,
+    },
     ml_flags: ffi::METH_FASTCALL,
     ml_doc: c"log(level, text): one line in Spindle's log".as_ptr(),
 });
 
-fn new_function<'py>(gil: Gil<'py>, def: &'static MethodDef, slf: *mut ffi::PyObject) -> PyResult<'py, Obj<'py>> {
+fn new_function<'py>(
+    gil: Gil<'py>,
+    def: &'static MethodDef,
+    slf: *mut ffi::PyObject,
+) -> PyResult<'py, Obj<'py>> {
     // SAFETY: `def` is 'static and never written (CPython only reads it); `slf` is a live
     // object or NULL; GIL held.
-    unsafe { Obj::from_owned(gil, ffi::PyCFunction_NewEx(std::ptr::from_ref(&def.0).cast_mut(), slf, std::ptr::null_mut())) }
+    unsafe {
+        Obj::from_owned(
+            gil,
+            ffi::PyCFunction_NewEx(
+                std::ptr::from_ref(&def.0).cast_mut(),
+                slf,
+                std::ptr::null_mut(),
+            ),
+        )
+    }
 }
 
 /// `_spindle.log`, made per interpreter.
@@ -247,8 +296,12 @@ fn guard<'py>(gil: Gil<'py>, f: impl FnOnce() -> PyResult<'py, Obj<'py>>) -> *mu
             std::ptr::null_mut()
         }
         Err(_) => {
-            // SAFETY: reading an immortal builtin exception type.
-            gil.raise(unsafe { ffi::PyExc_SystemError }, "internal error in Spindle (a bug: please report it)");
+            // SAFETY: SystemError is a builtin type.
+            let system_error = unsafe { gil.builtin(ffi::PyExc_SystemError) };
+            gil.raise(
+                system_error,
+                "internal error in Spindle (a bug: please report it)",
+            );
             std::ptr::null_mut()
         }
     }
@@ -261,24 +314,29 @@ unsafe fn callbacks(slf: *mut ffi::PyObject) -> &'static Callbacks {
     unsafe { &*(ffi::PyCapsule_GetPointer(slf, CAPSULE_NAME.as_ptr()) as *const Callbacks) }
 }
 
-fn raise<'py>(gil: Gil<'py>, ty: *mut ffi::PyObject, message: &str) -> PyErr<'py> {
+/// Raises `ty(message)` and returns it as a `PyErr`.
+fn raise<'py>(gil: Gil<'py>, ty: Borrowed<'_, 'py>, message: &str) -> PyErr<'py> {
     gil.raise(ty, message);
     PyErr::fetch(gil)
 }
 
 fn type_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
-    // SAFETY: reading an immortal builtin exception type.
-    raise(gil, unsafe { ffi::PyExc_TypeError }, message)
+    // SAFETY: a builtin exception type.
+    raise(gil, unsafe { gil.builtin(ffi::PyExc_TypeError) }, message)
 }
 
 fn value_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
-    // SAFETY: reading an immortal builtin exception type.
-    raise(gil, unsafe { ffi::PyExc_ValueError }, message)
+    // SAFETY: a builtin exception type.
+    raise(gil, unsafe { gil.builtin(ffi::PyExc_ValueError) }, message)
 }
 
 fn runtime_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
-    // SAFETY: reading an immortal builtin exception type.
-    raise(gil, unsafe { ffi::PyExc_RuntimeError }, message)
+    // SAFETY: a builtin exception type.
+    raise(
+        gil,
+        unsafe { gil.builtin(ffi::PyExc_RuntimeError) },
+        message,
+    )
 }
 
 /// Hop-by-hop fields belong to the server's connection management, never the app's
@@ -310,23 +368,48 @@ struct StartResponse {
     has_date: bool,
 }
 
-fn validate_start_response<'py>(gil: Gil<'py>, status: &Obj<'py>, headers: &Obj<'py>) -> PyResult<'py, StartResponse> {
+fn validate_start_response<'py>(
+    gil: Gil<'py>,
+    status: &Obj<'py>,
+    headers: &Obj<'py>,
+) -> PyResult<'py, StartResponse> {
     if !status.is_str() {
-        return Err(type_error(gil, &format!("status must be a str, not {}", status.type_name())));
+        return Err(type_error(
+            gil,
+            &format!("status must be a str, not {}", status.type_name()),
+        ));
     }
-    let status_bytes = status.encode_latin1().ok_or_else(|| value_error(gil, "status must be latin-1 text"))?;
+    let status_bytes = status
+        .encode_latin1()
+        .ok_or_else(|| value_error(gil, "status must be latin-1 text"))?;
     let valid = status_bytes.len() >= 4
         && status_bytes[..3].iter().all(u8::is_ascii_digit)
         && status_bytes[3] == b' '
         && status_bytes[0] != b'0'
-        && status_bytes[4..].iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        && status_bytes[4..]
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
     if !valid {
-        return Err(value_error(gil, &format!("status must look like '200 OK', got {:?}", String::from_utf8_lossy(&status_bytes))));
+        return Err(value_error(
+            gil,
+            &format!(
+                "status must look like '200 OK', got {:?}",
+                String::from_utf8_lossy(&status_bytes)
+            ),
+        ));
     }
-    let code = (status_bytes[0] - b'0') as u16 * 100 + (status_bytes[1] - b'0') as u16 * 10 + (status_bytes[2] - b'0') as u16;
+    let code = (status_bytes[0] - b'0') as u16 * 100
+        + (status_bytes[1] - b'0') as u16 * 10
+        + (status_bytes[2] - b'0') as u16;
     // SAFETY: a type check on a live object.
     if unsafe { ffi::PyList_Check(headers.as_ptr()) } == 0 {
-        return Err(type_error(gil, &format!("response_headers must be a list, not {}", headers.type_name())));
+        return Err(type_error(
+            gil,
+            &format!(
+                "response_headers must be a list, not {}",
+                headers.type_name()
+            ),
+        ));
     }
     let items = headers.iter()?;
     let mut head = Vec::with_capacity(256);
@@ -336,11 +419,19 @@ fn validate_start_response<'py>(gil: Gil<'py>, status: &Obj<'py>, headers: &Obj<
     let mut content_length = None;
     let mut has_date = false;
     while let Some(item) = items.next()? {
-        let pair = item.sequence_items().filter(|p| p.len() == 2 && item.sequence_items().is_some());
+        let pair = item
+            .sequence_items()
+            .filter(|p| p.len() == 2 && item.sequence_items().is_some());
         // SAFETY: a type check on a live object.
         let is_tuple = unsafe { ffi::PyTuple_Check(item.as_ptr()) } != 0;
         let Some(pair) = pair.filter(|_| is_tuple) else {
-            return Err(type_error(gil, &format!("each header must be a (name, value) tuple, got {}", item.type_name())));
+            return Err(type_error(
+                gil,
+                &format!(
+                    "each header must be a (name, value) tuple, got {}",
+                    item.type_name()
+                ),
+            ));
         };
         let (name, value) = (&pair[0], &pair[1]);
         if !name.is_str() || !value.is_str() {
@@ -348,26 +439,48 @@ fn validate_start_response<'py>(gil: Gil<'py>, status: &Obj<'py>, headers: &Obj<
         }
         let name_bytes = name.encode_latin1().unwrap_or_default();
         if name_bytes.is_empty() || !name_bytes.iter().all(|&b| is_token_byte(b)) {
-            return Err(value_error(gil, &format!("invalid header name {:?}", String::from_utf8_lossy(&name_bytes))));
+            return Err(value_error(
+                gil,
+                &format!(
+                    "invalid header name {:?}",
+                    String::from_utf8_lossy(&name_bytes)
+                ),
+            ));
         }
         if is_hop_by_hop(&name_bytes) {
             return Err(value_error(
                 gil,
-                &format!("hop-by-hop header {:?} is not allowed from a WSGI application (PEP 3333)", String::from_utf8_lossy(&name_bytes)),
+                &format!(
+                    "hop-by-hop header {:?} is not allowed from a WSGI application (PEP 3333)",
+                    String::from_utf8_lossy(&name_bytes)
+                ),
             ));
         }
-        let value_bytes = value.encode_latin1().ok_or_else(|| value_error(gil, "header values must be latin-1 text"))?;
-        if value_bytes.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        let value_bytes = value
+            .encode_latin1()
+            .ok_or_else(|| value_error(gil, "header values must be latin-1 text"))?;
+        if value_bytes
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
             return Err(value_error(
                 gil,
-                &format!("header {:?} has a control character (CR, LF or NUL) in its value", String::from_utf8_lossy(&name_bytes)),
+                &format!(
+                    "header {:?} has a control character (CR, LF or NUL) in its value",
+                    String::from_utf8_lossy(&name_bytes)
+                ),
             ));
         }
         if name_bytes.eq_ignore_ascii_case(b"content-length") {
             let text = std::str::from_utf8(&value_bytes).unwrap_or("").trim();
             match text.parse::<u64>() {
                 Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) => content_length = Some(n),
-                _ => return Err(value_error(gil, &format!("invalid Content-Length {text:?}"))),
+                _ => {
+                    return Err(value_error(
+                        gil,
+                        &format!("invalid Content-Length {text:?}"),
+                    ))
+                }
             }
         }
         has_date |= name_bytes.eq_ignore_ascii_case(b"date");
@@ -376,7 +489,12 @@ fn validate_start_response<'py>(gil: Gil<'py>, status: &Obj<'py>, headers: &Obj<
         head.extend_from_slice(&value_bytes);
         head.extend_from_slice(b"\r\n");
     }
-    Ok(StartResponse { status: code, head, content_length, has_date })
+    Ok(StartResponse {
+        status: code,
+        head,
+        content_length,
+        has_date,
+    })
 }
 
 unsafe extern "C" fn start_response(
@@ -394,24 +512,41 @@ unsafe extern "C" fn start_response(
         // keyword name, all borrowed for the duration of the call.
         let (status, headers, exc_info) = unsafe {
             let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
-            let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_Size(kwnames) as usize };
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                ffi::PyTuple_Size(kwnames) as usize
+            };
             let all = std::slice::from_raw_parts(args, nargs + nkw);
             let mut exc_info = None;
             for i in 0..nkw {
-                let name = Obj::from_borrowed_unchecked(gil, ffi::PyTuple_GetItem(kwnames, i as ffi::Py_ssize_t));
+                let name = Obj::from_borrowed_unchecked(
+                    gil,
+                    ffi::PyTuple_GetItem(kwnames, i as ffi::Py_ssize_t),
+                );
                 if name.as_str_utf8() == Some(b"exc_info") {
                     exc_info = Some(Obj::from_borrowed_unchecked(gil, all[nargs + i]));
                 } else {
-                    return Err(type_error(gil, "start_response() got an unexpected keyword argument"));
+                    return Err(type_error(
+                        gil,
+                        "start_response() got an unexpected keyword argument",
+                    ));
                 }
             }
             if !(2..=3).contains(&nargs) || (nargs == 3 && exc_info.is_some()) {
-                return Err(type_error(gil, "start_response() takes status, response_headers and an optional exc_info"));
+                return Err(type_error(
+                    gil,
+                    "start_response() takes status, response_headers and an optional exc_info",
+                ));
             }
             if nargs == 3 {
                 exc_info = Some(Obj::from_borrowed_unchecked(gil, all[2]));
             }
-            (Obj::from_borrowed_unchecked(gil, all[0]), Obj::from_borrowed_unchecked(gil, all[1]), exc_info)
+            (
+                Obj::from_borrowed_unchecked(gil, all[0]),
+                Obj::from_borrowed_unchecked(gil, all[1]),
+                exc_info,
+            )
         };
         let exc_info = exc_info.filter(|e| !e.is_none());
 
@@ -419,24 +554,32 @@ unsafe extern "C" fn start_response(
         let headers_sent = match cb.current.try_borrow() {
             Ok(current) => match current.as_ref() {
                 Some(resp) => (resp.headers_sent, resp.status.is_some()),
-                None => return Err(runtime_error(gil, "start_response() called outside of a request")),
+                None => {
+                    return Err(runtime_error(
+                        gil,
+                        "start_response() called outside of a request",
+                    ))
+                }
             },
             Err(_) => return Err(runtime_error(gil, "start_response() called re-entrantly")),
         };
         match (&exc_info, headers_sent) {
             (Some(exc_info), (true, _)) => {
                 // PEP 3333: with exc_info after the headers went out, re-raise it.
-                let value = exc_info.sequence_items().filter(|t| t.len() == 3).map(|t| t[1].clone());
+                let value = exc_info
+                    .sequence_items()
+                    .filter(|t| t.len() == 3)
+                    .map(|t| t[1].clone());
                 return Err(match value {
                     Some(value) => PyErr::from_instance(value),
                     None => type_error(gil, "exc_info must be a (type, value, traceback) tuple"),
                 });
             }
             (None, (_, true)) => {
-                // SAFETY: reading an immortal builtin exception type.
+                // SAFETY: a builtin exception type.
                 return Err(raise(
                     gil,
-                    unsafe { ffi::PyExc_AssertionError },
+                    unsafe { gil.builtin(ffi::PyExc_AssertionError) },
                     "start_response() called a second time without exc_info (PEP 3333)",
                 ));
             }
@@ -447,7 +590,10 @@ unsafe extern "C" fn start_response(
             return Err(runtime_error(gil, "start_response() called re-entrantly"));
         };
         let Some(resp) = current.as_mut() else {
-            return Err(runtime_error(gil, "start_response() called outside of a request"));
+            return Err(runtime_error(
+                gil,
+                "start_response() called outside of a request",
+            ));
         };
         resp.status = Some(validated.status);
         resp.head = validated.head;
@@ -459,7 +605,11 @@ unsafe extern "C" fn start_response(
     })
 }
 
-unsafe extern "C" fn write(slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObject, nargsf: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+unsafe extern "C" fn write(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
     // SAFETY: CPython calls us with the GIL held and `slf` our capsule.
     let gil = unsafe { Gil::assume() };
     // SAFETY: as above.
@@ -473,11 +623,14 @@ unsafe extern "C" fn write(slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObjec
             Obj::from_borrowed_unchecked(gil, *args)
         };
         let Some(bytes) = data.as_bytes() else {
-            return Err(type_error(gil, &format!("write() takes bytes, not {}", data.type_name())));
+            return Err(type_error(
+                gil,
+                &format!("write() takes bytes, not {}", data.type_name()),
+            ));
         };
         match emit(gil, cb, &[bytes], false, None) {
             Ok(true) => Ok(gil.none()),
-            Ok(false) => Err(raise(gil, cb.client_disconnected.get(), "the client disconnected")),
+            Ok(false) => Err(raise(gil, cb.disconnected(gil), "the client disconnected")),
             Err(err) => Err(err),
         }
     })
@@ -485,7 +638,13 @@ unsafe extern "C" fn write(slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObjec
 
 /// Sends body bytes (and the head first, if not yet sent). Blocks, with the GIL released,
 /// while the exchange's window is full. `Ok(false)`: the client is gone.
-fn emit<'py>(gil: Gil<'py>, cb: &Callbacks, parts: &[&[u8]], end: bool, known_total: Option<u64>) -> PyResult<'py, bool> {
+fn emit<'py>(
+    gil: Gil<'py>,
+    cb: &Callbacks,
+    parts: &[&[u8]],
+    end: bool,
+    known_total: Option<u64>,
+) -> PyResult<'py, bool> {
     let (msg, exchange) = {
         let Ok(mut current) = cb.current.try_borrow_mut() else {
             return Err(runtime_error(gil, "response written re-entrantly"));
@@ -499,16 +658,20 @@ fn emit<'py>(gil: Gil<'py>, cb: &Callbacks, parts: &[&[u8]], end: bool, known_to
         let msg = match resp.build(parts, end, known_total, &mut cb.date.borrow_mut()) {
             Ok(msg) => msg,
             Err(BuildError::NoStartResponse) => {
-                // SAFETY: reading an immortal builtin exception type.
+                // SAFETY: a builtin exception type.
                 return Err(raise(
                     gil,
-                    unsafe { ffi::PyExc_AssertionError },
+                    unsafe { gil.builtin(ffi::PyExc_AssertionError) },
                     "the application produced body data before calling start_response()",
                 ));
             }
         };
         let len = match &msg {
-            ReplyMsg::Data { bytes, counted: true, .. } => bytes.len(),
+            ReplyMsg::Data {
+                bytes,
+                counted: true,
+                ..
+            } => bytes.len(),
             _ => 0,
         };
         if len == 0 || resp.reply.exchange.window_available() {
@@ -525,14 +688,24 @@ fn emit<'py>(gil: Gil<'py>, cb: &Callbacks, parts: &[&[u8]], end: bool, known_to
     if !gil.allow_threads(|| exchange.reserve(len)) {
         return Ok(false);
     }
-    match cb.current.try_borrow().ok().as_ref().and_then(|c| c.as_ref()) {
+    match cb
+        .current
+        .try_borrow()
+        .ok()
+        .as_ref()
+        .and_then(|c| c.as_ref())
+    {
         Some(resp) => resp.reply.send(msg),
         None => return Err(runtime_error(gil, "the request ended while writing")),
     }
     Ok(true)
 }
 
-unsafe extern "C" fn read_body(slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObject, nargsf: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+unsafe extern "C" fn read_body(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
     // SAFETY: CPython calls us with the GIL held and `slf` our capsule.
     let gil = unsafe { Gil::assume() };
     // SAFETY: as above.
@@ -547,21 +720,34 @@ unsafe extern "C" fn read_body(slf: *mut ffi::PyObject, args: *mut *mut ffi::PyO
         }
         .as_i64()?;
         let exchange = {
-            let current = cb.current.try_borrow().map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
+            let current = cb
+                .current
+                .try_borrow()
+                .map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
             match current.as_ref() {
                 Some(resp) if resp.token == token as u64 => {
                     resp.reply.send(ReplyMsg::ReadBody);
                     resp.reply.exchange.clone()
                 }
-                _ => return Err(raise(gil, cb.client_disconnected.get(), "wsgi.input read after its request ended")),
+                _ => {
+                    return Err(raise(
+                        gil,
+                        cb.disconnected(gil),
+                        "wsgi.input read after its request ended",
+                    ))
+                }
             }
         };
         let chunk = gil.allow_threads(|| loop {
             match exchange.body_rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(chunk) => break chunk,
-                Err(RecvTimeoutError::Timeout) if exchange.is_cancelled() => break BodyChunk::Error(BodyError::Disconnected),
+                Err(RecvTimeoutError::Timeout) if exchange.is_cancelled() => {
+                    break BodyChunk::Error(BodyError::Disconnected)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break BodyChunk::Error(BodyError::Disconnected),
+                Err(RecvTimeoutError::Disconnected) => {
+                    break BodyChunk::Error(BodyError::Disconnected)
+                }
             }
         });
         match chunk {
@@ -574,12 +760,16 @@ unsafe extern "C" fn read_body(slf: *mut ffi::PyObject, args: *mut *mut ffi::PyO
                 }
                 gil.bytes(b"")
             }
-            BodyChunk::Error(err) => Err(raise(gil, cb.client_disconnected.get(), &err.to_string())),
+            BodyChunk::Error(err) => Err(raise(gil, cb.disconnected(gil), &err.to_string())),
         }
     })
 }
 
-unsafe extern "C" fn log(_slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObject, nargsf: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+unsafe extern "C" fn log(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
     // SAFETY: CPython calls us with the GIL held.
     let gil = unsafe { Gil::assume() };
     guard(gil, || {
@@ -589,7 +779,10 @@ unsafe extern "C" fn log(_slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObject
                 return Err(type_error(gil, "log(level, text)"));
             }
             let all = std::slice::from_raw_parts(args, 2);
-            (Obj::from_borrowed_unchecked(gil, all[0]), Obj::from_borrowed_unchecked(gil, all[1]))
+            (
+                Obj::from_borrowed_unchecked(gil, all[0]),
+                Obj::from_borrowed_unchecked(gil, all[1]),
+            )
         };
         let level = match level.as_i64()? {
             0 => LogLevel::Error,
@@ -597,7 +790,10 @@ unsafe extern "C" fn log(_slf: *mut ffi::PyObject, args: *mut *mut ffi::PyObject
             2 => LogLevel::Info,
             _ => LogLevel::Debug,
         };
-        let text = text.as_str_utf8().map(String::from_utf8_lossy).unwrap_or_default();
+        let text = text
+            .as_str_utf8()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         crate::log_at!(level, "{text}");
         Ok(gil.none())
     })
@@ -634,14 +830,25 @@ impl Worker {
         let capsule = unsafe {
             Obj::from_owned(
                 gil,
-                ffi::PyCapsule_New(std::ptr::from_ref(cb).cast_mut().cast::<c_void>(), CAPSULE_NAME.as_ptr(), None),
+                ffi::PyCapsule_New(
+                    std::ptr::from_ref(cb).cast_mut().cast::<c_void>(),
+                    CAPSULE_NAME.as_ptr(),
+                    None,
+                ),
             )?
         };
         let start_response = new_function(gil, &START_RESPONSE, capsule.as_ptr())?.hold();
         let write = new_function(gil, &WRITE, capsule.as_ptr())?.hold();
         let read_body = new_function(gil, &READ_BODY, capsule.as_ptr())?.hold();
         cb.write.set(write.ptr(gil));
-        Ok(Worker { interp, cb, start_response, write, read_body, access_log })
+        Ok(Worker {
+            interp,
+            cb,
+            start_response,
+            write,
+            read_body,
+            access_log,
+        })
     }
 
     fn release(self, gil: Gil<'_>) {
@@ -651,7 +858,15 @@ impl Worker {
     }
 
     fn handle<'py>(&self, gil: Gil<'py>, request: Request) {
-        let Request { head, parsed, body, peer, local, started, reply } = request;
+        let Request {
+            head,
+            parsed,
+            body,
+            peer,
+            local,
+            started,
+            reply,
+        } = request;
         let token = self.cb.next_token.get();
         self.cb.next_token.set(token + 1);
         let streaming = matches!(body, RequestBody::Stream);
@@ -660,29 +875,36 @@ impl Worker {
 
         let stream_input = || {
             let token = gil.int(token as i64)?;
-            self.interp.stream_input.bind(gil).call(&[self.read_body.ptr(gil), token.as_ptr()])
+            self.interp
+                .stream_input
+                .bind(gil)
+                .call(&[self.read_body.borrow(gil), token.borrow()])
         };
-        let outcome = match self.interp.environ(gil, &head, &parsed, &body, peer, local, stream_input) {
-            Err(err) => Outcome::Failed(err),
-            Ok(environ) => {
-                let app = self.interp.app.bind(gil);
-                match app.call(&[environ.as_ptr(), self.start_response.ptr(gil)]) {
-                    Err(err) => Outcome::Failed(err),
-                    Ok(result) => {
-                        let outcome = self.drain(gil, &result, &exchange);
-                        // close() exactly once, on every path (PEP 3333).
-                        match (close_result(&result), outcome) {
-                            (Err(err), Outcome::Done) => Outcome::Failed(err),
-                            (Err(err), other) => {
-                                self.report(gil, err, "exception in the response's close()");
-                                other
+        let outcome =
+            match self
+                .interp
+                .environ(gil, &head, &parsed, &body, peer, local, stream_input)
+            {
+                Err(err) => Outcome::Failed(err),
+                Ok(environ) => {
+                    let app = self.interp.app.bind(gil);
+                    match app.call(&[environ.borrow(), self.start_response.borrow(gil)]) {
+                        Err(err) => Outcome::Failed(err),
+                        Ok(result) => {
+                            let outcome = self.drain(gil, &result, &exchange);
+                            // close() exactly once, on every path (PEP 3333).
+                            match (close_result(&result), outcome) {
+                                (Err(err), Outcome::Done) => Outcome::Failed(err),
+                                (Err(err), other) => {
+                                    self.report(gil, err, "exception in the response's close()");
+                                    other
+                                }
+                                (Ok(()), other) => other,
                             }
-                            (Ok(()), other) => other,
                         }
                     }
                 }
-            }
-        };
+            };
 
         let request_line = || {
             format!(
@@ -698,7 +920,11 @@ impl Worker {
                 self.cb.current.borrow_mut().take()
             }
             Outcome::Failed(err) => {
-                self.report(gil, err, &format!("exception in the application ({})", request_line()));
+                self.report(
+                    gil,
+                    err,
+                    &format!("exception in the application ({})", request_line()),
+                );
                 let resp = self.cb.current.borrow_mut().take();
                 if let Some(resp) = &resp {
                     if resp.headers_sent {
@@ -708,7 +934,12 @@ impl Worker {
                     } else {
                         let mut out = Vec::new();
                         response::error_response(&mut out, 500, self.cb.date.borrow_mut().get());
-                        resp.reply.send(ReplyMsg::Data { bytes: out, end: true, close: true, counted: false });
+                        resp.reply.send(ReplyMsg::Data {
+                            bytes: out,
+                            end: true,
+                            close: true,
+                            counted: false,
+                        });
                     }
                 }
                 resp.map(|mut r| {
@@ -739,7 +970,12 @@ impl Worker {
     }
 
     /// Sends the application's result.
-    fn drain<'py>(&self, gil: Gil<'py>, result: &Obj<'py>, exchange: &crate::handoff::Exchange) -> Outcome<'py> {
+    fn drain<'py>(
+        &self,
+        gil: Gil<'py>,
+        result: &Obj<'py>,
+        exchange: &crate::handoff::Exchange,
+    ) -> Outcome<'py> {
         match self.drain_inner(gil, result, exchange) {
             Ok(true) => Outcome::Done,
             Ok(false) => Outcome::Cancelled,
@@ -747,7 +983,12 @@ impl Worker {
         }
     }
 
-    fn drain_inner<'py>(&self, gil: Gil<'py>, result: &Obj<'py>, exchange: &crate::handoff::Exchange) -> PyResult<'py, bool> {
+    fn drain_inner<'py>(
+        &self,
+        gil: Gil<'py>,
+        result: &Obj<'py>,
+        exchange: &crate::handoff::Exchange,
+    ) -> PyResult<'py, bool> {
         // Fast path: a list or tuple of bytes (`return [body]`): one message, head and body
         // together, with a Content-Length the app did not have to compute.
         if let Some(items) = result.sequence_items() {
@@ -755,7 +996,15 @@ impl Worker {
             for item in &items {
                 match item.as_bytes() {
                     Some(bytes) => parts.push(bytes),
-                    None => return Err(type_error(gil, &format!("the response iterable must yield bytes, not {}", item.type_name()))),
+                    None => {
+                        return Err(type_error(
+                            gil,
+                            &format!(
+                                "the response iterable must yield bytes, not {}",
+                                item.type_name()
+                            ),
+                        ))
+                    }
                 }
             }
             let total = parts.iter().map(|p| p.len() as u64).sum();
@@ -763,7 +1012,7 @@ impl Worker {
         }
 
         if result.is_exact_instance(self.interp.file_wrapper.ptr(gil)) {
-            let source = self.interp.file_source.bind(gil).call(&[result.as_ptr()])?;
+            let source = self.interp.file_source.bind(gil).call(&[result.borrow()])?;
             if !source.is_none() {
                 return self.send_file(gil, &source);
             }
@@ -776,7 +1025,13 @@ impl Worker {
                 return Ok(false);
             }
             let Some(bytes) = chunk.as_bytes() else {
-                return Err(type_error(gil, &format!("the response iterable must yield bytes, not {}", chunk.type_name())));
+                return Err(type_error(
+                    gil,
+                    &format!(
+                        "the response iterable must yield bytes, not {}",
+                        chunk.type_name()
+                    ),
+                ));
             };
             if bytes.is_empty() {
                 continue;
@@ -789,21 +1044,34 @@ impl Worker {
                 break;
             }
         }
-        let nothing_sent = self.cb.current.borrow().as_ref().is_some_and(|r| !r.headers_sent);
+        let nothing_sent = self
+            .cb
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| !r.headers_sent);
         emit(gil, self.cb, &[], true, nothing_sent.then_some(0))
     }
 
     /// `wsgi.file_wrapper` over a regular file: the head, then the file by sendfile on the
     /// I/O thread, from a duplicate of its descriptor.
     fn send_file<'py>(&self, gil: Gil<'py>, source: &Obj<'py>) -> PyResult<'py, bool> {
-        let items = source.sequence_items().filter(|s| s.len() == 3).ok_or_else(|| type_error(gil, "file_source"))?;
+        let items = source
+            .sequence_items()
+            .filter(|s| s.len() == 3)
+            .ok_or_else(|| type_error(gil, "file_source"))?;
         let fd = items[0].as_i64()? as i32;
         let offset = items[1].as_i64()?.max(0) as u64;
         let mut len = items[2].as_i64()?.max(0) as u64;
         let (app_length, bodyless) = {
             let current = self.cb.current.borrow();
-            let resp = current.as_ref().ok_or_else(|| runtime_error(gil, "no request"))?;
-            (resp.content_length, resp.is_head || resp.status.is_some_and(|s| !status_allows_body(s)))
+            let resp = current
+                .as_ref()
+                .ok_or_else(|| runtime_error(gil, "no request"))?;
+            (
+                resp.content_length,
+                resp.is_head || resp.status.is_some_and(|s| !status_allows_body(s)),
+            )
         };
         if let Some(n) = app_length {
             len = len.min(n);
@@ -818,8 +1086,12 @@ impl Worker {
             let dup = unsafe { libc::dup(fd) };
             if dup < 0 {
                 let err = std::io::Error::last_os_error();
-                // SAFETY: reading an immortal builtin exception type.
-                return Err(raise(gil, unsafe { ffi::PyExc_OSError }, &format!("dup: {err}")));
+                // SAFETY: a builtin exception type.
+                return Err(raise(
+                    gil,
+                    unsafe { gil.builtin(ffi::PyExc_OSError) },
+                    &format!("dup: {err}"),
+                ));
             }
             // SAFETY: `dup` is a fresh descriptor nobody else owns.
             let file = unsafe { std::fs::File::from_raw_fd(dup) };
@@ -843,7 +1115,12 @@ fn close_result<'py>(result: &Obj<'py>) -> PyResult<'py, ()> {
 
 /// The body of one Python thread: attach a thread state of its own, serve batches of
 /// requests until the queue closes, then delete the thread state.
-pub(super) fn python_thread(interp: Arc<Interp>, requests: Receiver<Request>, ready: Sender<Result<(), String>>, access_log: bool) {
+pub(super) fn python_thread(
+    interp: Arc<Interp>,
+    requests: Receiver<Request>,
+    ready: Sender<Result<(), String>>,
+    access_log: bool,
+) {
     // SAFETY: the main interpreter exists for the whole life of the Python threads (it is
     // finalised only after they are joined); a new thread state is made for this thread
     // and attached only here.
@@ -855,7 +1132,13 @@ pub(super) fn python_thread(interp: Arc<Interp>, requests: Receiver<Request>, re
     end_thread_state(tstate);
 }
 
-fn serve(gil: Gil<'_>, interp: Arc<Interp>, requests: &Receiver<Request>, ready: Sender<Result<(), String>>, access_log: bool) {
+fn serve(
+    gil: Gil<'_>,
+    interp: Arc<Interp>,
+    requests: &Receiver<Request>,
+    ready: Sender<Result<(), String>>,
+    access_log: bool,
+) {
     let worker = match Worker::new(gil, interp, access_log) {
         Ok(worker) => worker,
         Err(err) => {
@@ -883,4 +1166,3 @@ fn end_thread_state(tstate: *mut ffi::PyThreadState) {
         ffi::PyThreadState_DeleteCurrent();
     }
 }
-

@@ -25,7 +25,8 @@ use monoio::net::{TcpListener, TcpStream};
 
 use super::{sendfile, Shared};
 use crate::handoff::{
-    BodyChunk, BodyError, ConnToken, Exchange, IoMailbox, Reply, ReplyMsg, ReplyTo, Request, RequestBody,
+    BodyChunk, BodyError, ConnToken, Exchange, IoMailbox, Reply, ReplyMsg, ReplyTo, Request,
+    RequestBody,
 };
 use crate::http::date::DateCache;
 use crate::http::response;
@@ -143,14 +144,23 @@ impl IoCtx {
         let slot = match self.free_slots.borrow_mut().pop() {
             Some(slot) => slot,
             None => {
-                slots.push(Slot { generation: 0, inbox: None });
+                slots.push(Slot {
+                    generation: 0,
+                    inbox: None,
+                });
                 (slots.len() - 1) as u32
             }
         };
         let entry = &mut slots[slot as usize];
         entry.generation = entry.generation.wrapping_add(1);
         entry.inbox = Some(inbox.clone());
-        (ConnToken { slot, generation: entry.generation }, inbox)
+        (
+            ConnToken {
+                slot,
+                generation: entry.generation,
+            },
+            inbox,
+        )
     }
 
     fn unregister(&self, token: ConnToken) {
@@ -169,7 +179,10 @@ impl IoCtx {
         let inbox = {
             let slots = self.slots.borrow();
             match slots.get(reply.conn.slot as usize) {
-                Some(Slot { generation, inbox: Some(inbox) }) if *generation == reply.conn.generation => inbox.clone(),
+                Some(Slot {
+                    generation,
+                    inbox: Some(inbox),
+                }) if *generation == reply.conn.generation => inbox.clone(),
                 _ => return,
             }
         };
@@ -282,7 +295,16 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: TcpListener) {
                     let _ = stream.set_nodelay(true);
                     let ctx = guard.0.clone();
                     let (token, inbox) = ctx.register();
-                    let mut conn = Conn { ctx: ctx.clone(), stream, buf: BytesMut::new(), token, inbox, peer, local, served: 0 };
+                    let mut conn = Conn {
+                        ctx: ctx.clone(),
+                        stream,
+                        buf: BytesMut::new(),
+                        token,
+                        inbox,
+                        peer,
+                        local,
+                        served: 0,
+                    };
                     conn.serve().await;
                     ctx.unregister(token);
                     drop(guard);
@@ -409,7 +431,10 @@ impl Conn {
             if waiting_first_byte && self.ctx.stop.is_set() {
                 return Ok(None);
             }
-            match self.read_more(deadline, READ_BUFFER, waiting_first_byte).await {
+            match self
+                .read_more(deadline, READ_BUFFER, waiting_first_byte)
+                .await
+            {
                 ReadOutcome::Data => {
                     if waiting_first_byte {
                         waiting_first_byte = false;
@@ -417,12 +442,18 @@ impl Conn {
                     }
                 }
                 ReadOutcome::TimedOut if !waiting_first_byte => {
-                    log_debug!("{}: request head not received within --header-timeout", self.peer);
+                    log_debug!(
+                        "{}: request head not received within --header-timeout",
+                        self.peer
+                    );
                     let out = self.ctx.error_response(408);
                     let _ = self.stream.write_all(out).await;
                     return Ok(None);
                 }
-                ReadOutcome::Eof | ReadOutcome::TimedOut | ReadOutcome::Stopped | ReadOutcome::Failed => {
+                ReadOutcome::Eof
+                | ReadOutcome::TimedOut
+                | ReadOutcome::Stopped
+                | ReadOutcome::Failed => {
                     return Ok(None);
                 }
             }
@@ -431,7 +462,12 @@ impl Conn {
 
     /// Reads more bytes into `buf`, until `deadline`; when `interruptible`, a server stop
     /// also ends the wait (only while no request is half-read).
-    async fn read_more(&mut self, deadline: Instant, want: usize, interruptible: bool) -> ReadOutcome {
+    async fn read_more(
+        &mut self,
+        deadline: Instant,
+        want: usize,
+        interruptible: bool,
+    ) -> ReadOutcome {
         if self.buf.capacity() - self.buf.len() < want / 2 {
             self.buf.reserve(want);
         }
@@ -440,7 +476,10 @@ impl Conn {
         // overwrite a partial head or pipelined bytes already buffered.
         let buf = std::mem::take(&mut self.buf);
         let (start, end) = (buf.len(), buf.capacity());
-        let read = monoio::time::timeout_at(deadline.into(), self.stream.read(SliceMut::new(buf, start, end)));
+        let read = monoio::time::timeout_at(
+            deadline.into(),
+            self.stream.read(SliceMut::new(buf, start, end)),
+        );
         let result = if interruptible {
             match race(read, self.ctx.stop.wait()).await {
                 Either::Left(result) => result,
@@ -514,7 +553,10 @@ impl Conn {
         head.keep_alive = head.keep_alive && config.keep_alive.is_some() && !stopping;
         let keep_alive = head.keep_alive;
         let exchange = Exchange::new();
-        let mut guard = CancelOnDrop { exchange: exchange.clone(), armed: true };
+        let mut guard = CancelOnDrop {
+            exchange: exchange.clone(),
+            armed: true,
+        };
         let request = Request {
             head: head_bytes,
             parsed: head,
@@ -522,7 +564,11 @@ impl Conn {
             peer: self.peer,
             local: self.local,
             started,
-            reply: ReplyTo { mailbox: self.ctx.mailbox.clone(), conn: self.token, exchange: exchange.clone() },
+            reply: ReplyTo {
+                mailbox: self.ctx.mailbox.clone(),
+                conn: self.token,
+                exchange: exchange.clone(),
+            },
         };
         if !self.hand_off(request).await {
             return ExchangeEnd::Close;
@@ -532,13 +578,21 @@ impl Conn {
         let mut continue_sent = false;
         loop {
             match self.inbox.recv().await {
-                ReplyMsg::Data { bytes, end, close, counted } => {
+                ReplyMsg::Data {
+                    bytes,
+                    end,
+                    close,
+                    counted,
+                } => {
                     response_started |= !bytes.is_empty();
                     let n = bytes.len();
                     if n > 0 {
                         let (res, _) = self.stream.write_all(bytes).await;
                         if let Err(err) = res {
-                            log_debug!("{}: client gone while writing the response: {err}", self.peer);
+                            log_debug!(
+                                "{}: client gone while writing the response: {err}",
+                                self.peer
+                            );
                             return ExchangeEnd::Close;
                         }
                     }
@@ -548,11 +602,19 @@ impl Conn {
                     if end {
                         guard.armed = false;
                         if close || !keep_alive {
-                            return if body_done { ExchangeEnd::Close } else { ExchangeEnd::Linger };
+                            return if body_done {
+                                ExchangeEnd::Close
+                            } else {
+                                ExchangeEnd::Linger
+                            };
                         }
                         // A body the app did not read to the end leaves the connection
                         // out of sync: close it (after draining a little).
-                        return if body_done { ExchangeEnd::KeepAlive } else { ExchangeEnd::Linger };
+                        return if body_done {
+                            ExchangeEnd::KeepAlive
+                        } else {
+                            ExchangeEnd::Linger
+                        };
                     }
                 }
                 ReplyMsg::File { file, offset, len } => {
@@ -570,7 +632,9 @@ impl Conn {
                             return ExchangeEnd::Close;
                         }
                     }
-                    let chunk = self.next_body_chunk(&mut decoder, &mut pending, &mut body_done).await;
+                    let chunk = self
+                        .next_body_chunk(&mut decoder, &mut pending, &mut body_done)
+                        .await;
                     if let BodyChunk::Error(err) = &chunk {
                         log_debug!("{}: {err}", self.peer);
                         let err = *err;
@@ -631,11 +695,17 @@ impl Conn {
     /// Reads a body of up to [`PREBUFFER_BODY`] whole. `Ok(true)`: complete in `pending`;
     /// `Ok(false)`: larger, stream it (the part read stays in `pending`); `Err(Some)`:
     /// invalid or too slow (the status to answer); `Err(None)`: the client went away.
-    async fn prebuffer(&mut self, decoder: &mut BodyDecoder, pending: &mut Vec<u8>) -> Result<bool, Option<u16>> {
+    async fn prebuffer(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        pending: &mut Vec<u8>,
+    ) -> Result<bool, Option<u16>> {
         let timeout = self.ctx.shared.config.header_timeout;
         loop {
             if !self.buf.is_empty() {
-                let consumed = decoder.decode(&self.buf, pending).map_err(|e| Some(e.status()))?;
+                let consumed = decoder
+                    .decode(&self.buf, pending)
+                    .map_err(|e| Some(e.status()))?;
                 self.buf.advance(consumed);
             }
             if decoder.is_done() {
@@ -644,7 +714,10 @@ impl Conn {
             if pending.len() >= PREBUFFER_BODY {
                 return Ok(false);
             }
-            match self.read_more(Instant::now() + timeout, BODY_READ_SIZE, false).await {
+            match self
+                .read_more(Instant::now() + timeout, BODY_READ_SIZE, false)
+                .await
+            {
                 ReadOutcome::Data => {}
                 ReadOutcome::TimedOut => return Err(Some(408)),
                 _ => return Err(None),
@@ -653,7 +726,12 @@ impl Conn {
     }
 
     /// The next piece of a streamed body for the Python thread.
-    async fn next_body_chunk(&mut self, decoder: &mut BodyDecoder, pending: &mut Vec<u8>, body_done: &mut bool) -> BodyChunk {
+    async fn next_body_chunk(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        pending: &mut Vec<u8>,
+        body_done: &mut bool,
+    ) -> BodyChunk {
         if !pending.is_empty() {
             return BodyChunk::Data(std::mem::take(pending));
         }
@@ -661,7 +739,12 @@ impl Conn {
             *body_done = true;
             return BodyChunk::End;
         }
-        let timeout = self.ctx.shared.config.header_timeout.max(Duration::from_secs(30));
+        let timeout = self
+            .ctx
+            .shared
+            .config
+            .header_timeout
+            .max(Duration::from_secs(30));
         let mut out = Vec::new();
         loop {
             if !self.buf.is_empty() {
@@ -679,7 +762,10 @@ impl Conn {
                     return BodyChunk::End;
                 }
             }
-            match self.read_more(Instant::now() + timeout, BODY_READ_SIZE, false).await {
+            match self
+                .read_more(Instant::now() + timeout, BODY_READ_SIZE, false)
+                .await
+            {
                 ReadOutcome::Data => {}
                 ReadOutcome::TimedOut => return BodyChunk::Error(BodyError::TimedOut),
                 _ => return BodyChunk::Error(BodyError::Disconnected),
@@ -689,7 +775,12 @@ impl Conn {
 
     /// Sends `len` bytes of `file` from `offset` with sendfile, waiting for the socket to
     /// drain whenever it is full.
-    async fn send_file(&mut self, file: &std::fs::File, mut offset: u64, len: u64) -> std::io::Result<()> {
+    async fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        mut offset: u64,
+        len: u64,
+    ) -> std::io::Result<()> {
         let end = offset + len;
         let flags = sendfile::set_nonblocking(&self.stream, true)?;
         let mut result = Ok(());
@@ -697,7 +788,10 @@ impl Conn {
             let remaining = end - offset;
             match sendfile::send(&self.stream, file, &mut offset, remaining) {
                 Ok(0) => {
-                    result = Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than announced"));
+                    result = Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shorter than announced",
+                    ));
                     break;
                 }
                 Ok(_) => {}

@@ -76,14 +76,16 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::Tc
 /// Binds `io_threads` listeners per address. Port 0 is resolved by the first bind and the
 /// rest reuse the port it got.
 fn bind_all(config: &Config) -> anyhow::Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>)> {
-    let mut per_thread: Vec<Vec<std::net::TcpListener>> = (0..config.io_threads).map(|_| Vec::new()).collect();
+    let mut per_thread: Vec<Vec<std::net::TcpListener>> =
+        (0..config.io_threads).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &addr in &config.binds {
         let first = bind_listener(addr, config.backlog).map_err(|e| bind_error(addr, e))?;
         let actual = first.local_addr()?;
         per_thread[0].push(first);
         for listeners in per_thread.iter_mut().skip(1) {
-            listeners.push(bind_listener(actual, config.backlog).map_err(|e| bind_error(actual, e))?);
+            listeners
+                .push(bind_listener(actual, config.backlog).map_err(|e| bind_error(actual, e))?);
         }
         bound.push(actual);
     }
@@ -140,9 +142,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let mailboxes: Vec<Arc<IoMailbox>> = (0..config.io_threads).map(|_| IoMailbox::new()).collect();
     let (req_tx, req_rx) = crate::handoff::request_queue(config.queue_size);
-    let python = crate::py::Runtime::start(&config, driver, req_rx).context("cannot start the application")?;
+    let python = crate::py::Runtime::start(&config, driver, req_rx)
+        .context("cannot start the application")?;
 
-    let shared = Arc::new(Shared { config: config.clone(), stopping: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        stopping: AtomicBool::new(false),
+    });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut io_handles = Vec::new();
     for (idx, thread_listeners) in listeners.into_iter().enumerate() {

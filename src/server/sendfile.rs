@@ -31,7 +31,11 @@ pub fn set_nonblocking(fd: &impl AsRawFd, nonblocking: bool) -> io::Result<libc:
     if flags < 0 {
         return Err(io::Error::last_os_error());
     }
-    let new = if nonblocking { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    let new = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
     restore_flags(fd, new)?;
     Ok(flags)
 }

@@ -34,7 +34,11 @@ impl StopSignals {
             // SAFETY: `self.set` was initialised in `block`; `sig` is a valid out pointer.
             let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
             if rc == 0 {
-                return if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+                return if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
             }
         }
     }
@@ -47,7 +51,10 @@ impl StopSignals {
             if left.is_zero() {
                 return None;
             }
-            let ts = libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long };
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
             // SAFETY: `self.set` was initialised in `block`; `ts` is a valid timespec; the
             // siginfo pointer may be NULL.
             let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
