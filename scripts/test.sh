@@ -27,6 +27,8 @@ read -r -a drivers <<<"${SPINDLE_TEST_DRIVERS:-io_uring epoll}"
 
 failed=()
 step() { echo; echo "=== $*"; }
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 first=1
 for py in "${pythons[@]}"; do
@@ -35,7 +37,7 @@ for py in "${pythons[@]}"; do
     export PYO3_PYTHON="$py" CARGO_TARGET_DIR="target/py$ver"
     if [ "$first" = 1 ]; then
         step "cargo test (Python $ver)"
-        cargo test --quiet || failed+=("cargo test (Python $ver)")
+        cargo test --quiet 2>&1 | tee -a "$log" || failed+=("cargo test (Python $ver)")
         first=0
     fi
     step "build (Python $ver)"
@@ -53,15 +55,32 @@ for py in "${pythons[@]}"; do
     for driver in "${drivers[@]}"; do
         step "integration suite: Python $ver, $driver"
         # shellcheck disable=SC2086
-        if ! SPINDLE_BIN="$bin" SPINDLE_DRIVER="$driver" "$venv/bin/python" -m pytest tests/integration -q -p no:cacheprovider ${PYTEST_ARGS:-}; then
+        if ! SPINDLE_BIN="$bin" SPINDLE_DRIVER="$driver" "$venv/bin/python" -m pytest tests/integration -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee -a "$log"; then
             failed+=("integration (Python $ver, $driver)")
         fi
     done
 done
 
+# One closing line over every run: cargo's "test result: ... N passed; M failed" lines and
+# pytest's "N passed, M failed" summaries, added up.
+read -r n_passed n_failed < <(python3 - "$log" <<'PY'
+import re, sys
+text = open(sys.argv[1], errors="replace").read()
+passed = failed = 0
+for m in re.finditer(r"test result: \w+\. (\d+) passed; (\d+) failed", text):
+    passed += int(m.group(1)); failed += int(m.group(2))
+for line in text.splitlines():
+    if re.search(r"\d+ (passed|failed|error)", line) and " in " in line and "test result" not in line:
+        passed += sum(int(x) for x in re.findall(r"(\d+) passed", line))
+        failed += sum(int(x) for x in re.findall(r"(\d+) (?:failed|errors?)", line))
+print(passed, failed)
+PY
+)
 echo
+echo "Python: ${pythons[*]}; drivers: ${drivers[*]}"
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
+    echo "${n_passed} passed, $((n_failed > 0 ? n_failed : 1)) failed"
     exit 1
 fi
-echo "all test runs passed (Python: ${pythons[*]}; drivers: ${drivers[*]})"
+echo "${n_passed} passed, ${n_failed} failed"

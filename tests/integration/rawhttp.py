@@ -11,7 +11,6 @@ Every wait is bounded by a socket timeout; nothing here sleeps.
 
 from __future__ import annotations
 
-import errno
 import re
 import select
 import socket
@@ -384,8 +383,3 @@ def chunked(pieces: list[bytes]) -> bytes:
     """A chunked body (RFC 9112 §7.1) made of `pieces`, with its last chunk."""
     out = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p)
     return out + b"0\r\n\r\n"
-
-
-def is_reset_or_eof(exc: BaseException) -> bool:
-    return isinstance(exc, (IncompleteResponse, ConnectionResetError)) or (
-        isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE))

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from rawhttp import RawConnection, chunked, request
+from rawhttp import chunked, request
 
 
 def echo_json(resp):
@@ -92,6 +92,32 @@ def test_pipelining_ten_requests_in_one_write(server):
         bodies = [conn.read_response().body for _ in range(10)]
         assert bodies == [f"/path/p{i}".encode() for i in range(10)]
         assert not conn.readable_within(0.05)
+
+
+def test_pipelining_large_heads_across_reads(server):
+    # About 60 KiB of heads in one write: requests straddle every read buffer
+    # boundary, and what is left after one request is the start of the next.
+    pad = [("X-Pad-%d" % j, "p" * 1500) for j in range(4)]
+    reqs = [request("GET", f"/path/big{i}", server.host_header, pad) for i in range(10)]
+    with server.connect() as conn:
+        conn.send(b"".join(reqs))
+        bodies = [conn.read_response().body for _ in range(10)]
+    assert bodies == [f"/path/big{i}".encode() for i in range(10)]
+
+
+def test_head_split_across_many_writes(server):
+    # 20 KiB of head (each field under the 8190-byte default) in 1000-byte writes.
+    fields = [(f"X-Long-{i}", chr(97 + i) * 5000) for i in range(4)] + [("X-After", "tail")]
+    raw = request("GET", "/env/split", server.host_header, fields)
+    with server.connect() as conn:
+        for i in range(0, len(raw), 1000):
+            conn.send(raw[i:i + 1000])
+        resp = conn.read_response()
+    assert resp.status == 200, resp
+    env = json.loads(resp.body)
+    for i in range(4):
+        assert env[f"HTTP_X_LONG_{i}"]["value"] == chr(97 + i) * 5000
+    assert env["HTTP_X_AFTER"]["value"] == "tail"
 
 
 def test_pipelining_mixed_methods_and_bodies_in_order(server):
