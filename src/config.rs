@@ -22,6 +22,17 @@ pub enum DriverChoice {
     Epoll,
 }
 
+/// How Python threads map to interpreters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InterpreterChoice {
+    /// Sub-interpreters when the app imports cleanly in one (Python 3.12+), else main.
+    Auto,
+    /// Each Python thread owns a sub-interpreter with its own GIL (PEP 684; Python 3.12+).
+    Sub,
+    /// All Python threads share the main interpreter and its GIL.
+    Main,
+}
+
 /// Minimum level of the server log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum LogLevel {
@@ -54,6 +65,11 @@ struct Args {
     /// Number of Python threads that run the application [default: one per core]
     #[arg(long, value_name = "N")]
     py_threads: Option<usize>,
+
+    /// Interpreters: `sub` gives each Python thread its own sub-interpreter and GIL, so Python
+    /// runs on every core; `main` shares one; `auto` picks `sub` when the app allows it.
+    #[arg(long, value_enum, env = "SPINDLE_INTERPRETERS", default_value = "auto")]
+    interpreters: InterpreterChoice,
 
     /// Change to this directory before importing the application.
     #[arg(long, value_name = "DIR")]
@@ -135,6 +151,7 @@ pub struct Config {
     pub binds: Vec<SocketAddr>,
     pub io_threads: usize,
     pub py_threads: usize,
+    pub interpreters: InterpreterChoice,
     pub chdir: Option<PathBuf>,
     pub pythonpath: Vec<PathBuf>,
     pub venv: Option<PathBuf>,
@@ -238,6 +255,7 @@ impl Config {
             binds,
             io_threads: positive("io-threads", args.io_threads)?,
             py_threads: positive("py-threads", args.py_threads)?,
+            interpreters: args.interpreters,
             chdir: args.chdir,
             pythonpath: args.pythonpath,
             venv: args.venv.filter(|p| !p.as_os_str().is_empty()),

@@ -55,14 +55,36 @@ pub struct Interp {
     root_path: Vec<u8>,
 }
 
+/// The application failed to import: `summary` is the exception in one line.
+#[derive(Debug)]
+pub struct ImportFailure {
+    pub app: String,
+    pub summary: String,
+}
+
+impl std::fmt::Display for ImportFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot import the application {}: {}",
+            self.app, self.summary
+        )
+    }
+}
+
+impl std::error::Error for ImportFailure {}
+
 const BOOTSTRAP: &str = include_str!("bootstrap.py");
 
 impl Interp {
     /// Runs the bootstrap in the attached interpreter and imports the application.
+    /// `report_import_errors`: log the traceback when the application fails to import (off
+    /// while probing whether it can run in a sub-interpreter at all).
     pub(crate) fn new(
         gil: Gil<'_>,
         config: &Config,
-        info: &ServerInfo<'_>,
+        info: &ServerInfo,
+        report_import_errors: bool,
     ) -> anyhow::Result<Interp> {
         let module = load_bootstrap(gil, info)
             .map_err(|e| anyhow!("Spindle's bootstrap failed: {}", e.summary()))?;
@@ -86,15 +108,16 @@ impl Interp {
             match load.call(&[spec.borrow()]) {
                 Ok(app) => app.hold(),
                 Err(err) => {
-                    let summary = err.summary();
-                    let name = config.app.as_deref().unwrap_or("<demo>");
-                    super::report(
-                        gil,
-                        Some(&report_exception),
-                        err,
-                        &format!("cannot import the application {name}:"),
-                    );
-                    return Err(anyhow!("cannot import the application {name}: {summary}"));
+                    let failure = ImportFailure {
+                        app: config.app.clone().unwrap_or_else(|| "<demo>".into()),
+                        summary: err.summary(),
+                    };
+                    if report_import_errors {
+                        let context = format!("cannot import the application {}:", failure.app);
+                        super::report(gil, Some(&report_exception), err, &context);
+                    }
+                    report_exception.release(gil);
+                    return Err(failure.into());
                 }
             }
         };
@@ -115,7 +138,7 @@ impl Interp {
             remote_port: py(gil.intern(c"REMOTE_PORT"))?,
             wsgi_input: py(gil.intern(c"wsgi.input"))?,
         };
-        let base = build_base_environ(gil, config, &module)
+        let base = build_base_environ(gil, config, info, &module)
             .map_err(|e| anyhow!("environ: {}", e.summary()))?;
         let mut methods = Vec::new();
         for (name, c) in [
@@ -327,7 +350,7 @@ impl Interp {
     }
 }
 
-fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo<'_>) -> PyResult<'py, Obj<'py>> {
+fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo) -> PyResult<'py, Obj<'py>> {
     // SAFETY: GIL held; PyImport_AddModule returns a borrowed module registered in this
     // interpreter's sys.modules, which we take our own reference to at once.
     let module = unsafe {
@@ -347,7 +370,7 @@ fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo<'_>) -> PyResult<'py, Ob
     let server_info = gil.new_dict()?;
     server_info.dict_set(gil.intern(c"version")?.borrow(), &gil.str(crate::VERSION)?)?;
     server_info.dict_set(gil.intern(c"driver")?.borrow(), &gil.str(info.driver)?)?;
-    server_info.dict_set(gil.intern(c"mode")?.borrow(), &gil.str(info.mode)?)?;
+    server_info.dict_set(gil.intern(c"mode")?.borrow(), &gil.str(&info.mode)?)?;
     server_info.dict_set(
         gil.intern(c"io_threads")?.borrow(),
         &gil.int(info.io_threads as i64)?,
@@ -381,6 +404,7 @@ fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo<'_>) -> PyResult<'py, Ob
 fn build_base_environ<'py>(
     gil: Gil<'py>,
     config: &Config,
+    info: &ServerInfo,
     module: &Obj<'py>,
 ) -> PyResult<'py, Obj<'py>> {
     let environ = gil.new_dict()?;
@@ -392,8 +416,8 @@ fn build_base_environ<'py>(
     set(c"wsgi.version", gil.tuple(&[&one, &zero])?)?;
     set(c"wsgi.url_scheme", gil.str("http")?)?;
     set(c"wsgi.errors", module.getattr(c"ERRORS")?)?;
-    set(c"wsgi.multithread", gil.bool(config.py_threads > 1))?;
-    set(c"wsgi.multiprocess", gil.bool(false))?;
+    set(c"wsgi.multithread", gil.bool(info.multithread))?;
+    set(c"wsgi.multiprocess", gil.bool(info.multiprocess))?;
     set(c"wsgi.run_once", gil.bool(false))?;
     set(c"wsgi.input_terminated", gil.bool(true))?;
     set(c"wsgi.file_wrapper", module.getattr(c"FileWrapper")?)?;

@@ -23,13 +23,13 @@ use anyhow::{anyhow, bail, Context as _};
 use crossbeam_channel::Receiver;
 use pyo3_ffi as ffi;
 
-use crate::config::Config;
+use crate::config::{Config, InterpreterChoice};
 use crate::handoff::Request;
-use crate::log_info;
 use crate::server::Driver;
+use crate::{log_info, log_warn};
 use object::{Attached, Gil, Held, PyErr};
 
-pub use environ::Interp;
+pub use environ::{ImportFailure, Interp};
 
 /// The Python version Spindle embeds, e.g. "3.13.0".
 pub fn runtime_version() -> String {
@@ -44,7 +44,8 @@ pub fn runtime_version() -> String {
 /// The running Python side: the main interpreter and the Python threads.
 pub struct Runtime {
     main_tstate: *mut ffi::PyThreadState,
-    interp: Arc<Interp>,
+    /// The main interpreter's state, when the application runs there.
+    main_interp: Option<Arc<Interp>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     mode: String,
 }
@@ -54,11 +55,30 @@ pub struct Runtime {
 // anywhere else.
 unsafe impl Send for Runtime {}
 
+/// What a Python thread is told to run on.
+pub(crate) enum ThreadInterp {
+    /// The main interpreter, whose state all Python threads share.
+    Main(Arc<Interp>),
+    /// A sub-interpreter with its own GIL, created by the thread itself.
+    Sub {
+        config: Arc<Config>,
+        info: Arc<ServerInfo>,
+        /// Log import tracebacks (`--interpreters sub`); quiet while `auto` probes.
+        report_import_errors: bool,
+    },
+}
+
+/// Why a Python thread could not start.
+pub(crate) struct StartError {
+    pub message: String,
+}
+
 impl Runtime {
     /// Initialises CPython, imports the application and starts `config.py_threads` Python
-    /// threads taking requests from `requests`.
+    /// threads taking requests from `requests`, on sub-interpreters or the main one as
+    /// `--interpreters` and the application allow.
     pub fn start(
-        config: &Config,
+        config: &Arc<Config>,
         driver: Driver,
         requests: Receiver<Request>,
     ) -> anyhow::Result<Runtime> {
@@ -67,91 +87,196 @@ impl Runtime {
         }
         let program = program_name(config)?;
         initialize(&program)?;
-        // SAFETY: Py_InitializeFromConfig left the main thread state attached to this thread.
-        let gil = unsafe { Gil::assume() };
-        let mode = if config.py_threads > 1 {
-            format!(
-                "main interpreter, {} threads sharing its GIL",
-                config.py_threads
-            )
-        } else {
-            "main interpreter".to_string()
-        };
-        let setup = (|| -> anyhow::Result<Interp> {
-            prepare_sys_path(gil, config)
-                .map_err(|e| anyhow!("cannot set sys.path: {}", e.summary()))?;
-            let info = ServerInfo {
-                driver: driver.name(),
-                mode: &mode,
-                io_threads: config.io_threads,
-                py_threads: config.py_threads,
-            };
-            Interp::new(gil, config, &info)
-        })();
-        let interp = match setup {
-            Ok(interp) => Arc::new(interp),
-            Err(err) => {
-                // SAFETY: still attached; finalising here lets atexit handlers run.
+        let n = config.py_threads;
+        let app_name = config.app.as_deref().unwrap_or("<demo>");
+        let try_sub = match config.interpreters {
+            InterpreterChoice::Main => false,
+            InterpreterChoice::Auto => cfg!(Py_3_12),
+            InterpreterChoice::Sub if cfg!(Py_3_12) => true,
+            InterpreterChoice::Sub => {
+                // SAFETY: still attached after initialisation; nothing else runs yet.
                 unsafe { ffi::Py_FinalizeEx() };
-                return Err(err);
+                bail!(
+                    "--interpreters sub needs Python 3.12 or newer (own-GIL sub-interpreters, PEP 684), and this Spindle embeds Python {}: use --interpreters main, or rebuild with SPINDLE_PYTHON=python3.13",
+                    runtime_version()
+                );
             }
         };
+        {
+            // SAFETY: Py_InitializeFromConfig left the main thread state attached here.
+            let gil = unsafe { Gil::assume() };
+            if let Err(err) = prepare_sys_path(gil, config) {
+                let msg = err.summary();
+                drop(err);
+                // SAFETY: still attached; nothing else runs yet.
+                unsafe { ffi::Py_FinalizeEx() };
+                bail!("cannot set sys.path: {msg}");
+            }
+            #[cfg(all(Py_3_12, not(Py_3_13)))]
+            if try_sub {
+                // CPython 3.12 can abort when a single-phase extension that failed in an
+                // own-GIL sub-interpreter is imported later in the main one; importing
+                // the app in the main interpreter first avoids it (DESIGN.md §7).
+                preimport_in_main(gil, config);
+            }
+        }
         // SAFETY: the main thread state is attached; saving it releases the GIL so the
         // Python threads can take it. `stop` restores it.
         let main_tstate = unsafe { ffi::PyEval_SaveThread() };
+        let mut runtime = Runtime {
+            main_tstate,
+            main_interp: None,
+            threads: Vec::new(),
+            mode: String::new(),
+        };
+        let mut on_sub = false;
+        let mut sub_refusal = None;
 
-        let mut threads = Vec::new();
-        let (ready_tx, ready_rx) =
-            crossbeam_channel::bounded::<Result<(), String>>(config.py_threads);
-        for idx in 0..config.py_threads {
-            let interp = interp.clone();
+        if try_sub {
+            let mode = format!(
+                "{n} sub-interpreter{}, each with its own GIL",
+                if n == 1 { "" } else { "s" }
+            );
+            let info = Arc::new(ServerInfo {
+                driver: driver.name(),
+                mode: mode.clone(),
+                io_threads: config.io_threads,
+                py_threads: n,
+                multithread: false,
+                multiprocess: n > 1,
+            });
+            let sub = || ThreadInterp::Sub {
+                config: config.clone(),
+                info: info.clone(),
+                report_import_errors: config.interpreters == InterpreterChoice::Sub,
+            };
+            // The first interpreter alone decides whether the app runs in one at all; the
+            // others then start in parallel.
+            match runtime.spawn(config, &requests, 0..1, |_| sub()) {
+                Ok(()) => {
+                    runtime
+                        .spawn(config, &requests, 1..n, |_| sub())
+                        .map_err(|e| anyhow!("a sub-interpreter failed to start: {}", e.message))?;
+                    runtime.mode = mode;
+                    on_sub = true;
+                }
+                Err(err) if config.interpreters == InterpreterChoice::Sub => {
+                    return Err(anyhow!(
+                        "the application cannot run in a sub-interpreter: {} (run it with --interpreters main)",
+                        err.message
+                    ));
+                }
+                Err(err) => sub_refusal = Some(err.message),
+            }
+        }
+        if !on_sub {
+            let mode = if n > 1 {
+                format!("main interpreter, {n} threads sharing its GIL")
+            } else {
+                "main interpreter".to_string()
+            };
+            let info = ServerInfo {
+                driver: driver.name(),
+                mode: mode.clone(),
+                io_threads: config.io_threads,
+                py_threads: n,
+                multithread: n > 1,
+                multiprocess: false,
+            };
+            let interp = {
+                // SAFETY: the main thread state saved above is restored on the thread that
+                // saved it; no Python thread runs yet.
+                let attached = unsafe { Attached::restore(runtime.main_tstate) };
+                let interp = Interp::new(attached.gil(), config, &info, true);
+                drop(attached);
+                interp?
+            };
+            let interp = Arc::new(interp);
+            runtime.main_interp = Some(interp.clone());
+            runtime
+                .spawn(config, &requests, 0..n, |_| {
+                    ThreadInterp::Main(interp.clone())
+                })
+                .map_err(|e| anyhow!("a Python thread failed to start: {}", e.message))?;
+            if let Some(why) = sub_refusal {
+                // Said only now: when the app does not import in the main interpreter
+                // either, its own error is the one that matters.
+                log_warn!("{app_name} cannot run in a sub-interpreter ({why}): running it on the main interpreter instead");
+            }
+            runtime.mode = mode;
+        }
+        log_info!(
+            "Python {} ({}), app {app_name}",
+            runtime_version(),
+            runtime.mode
+        );
+        Ok(runtime)
+    }
+
+    /// Starts Python threads `indices` and waits until each is ready (or one failed).
+    fn spawn(
+        &mut self,
+        config: &Config,
+        requests: &Receiver<Request>,
+        indices: std::ops::Range<usize>,
+        interp: impl Fn(usize) -> ThreadInterp,
+    ) -> Result<(), StartError> {
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<(), StartError>>();
+        let count = indices.len();
+        for idx in indices {
+            let interp = interp(idx);
             let requests = requests.clone();
             let ready_tx = ready_tx.clone();
             let access_log = config.access_log;
             let handle = std::thread::Builder::new()
                 .name(format!("spindle-py-{idx}"))
                 .spawn(move || wsgi::python_thread(interp, requests, ready_tx, access_log))
-                .context("cannot start a Python thread")?;
-            threads.push(handle);
+                .map_err(|e| StartError {
+                    message: format!("cannot start a Python thread: {e}"),
+                })?;
+            self.threads.push(handle);
         }
         drop(ready_tx);
-        for _ in 0..config.py_threads {
+        let mut first_error = None;
+        for _ in 0..count {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(msg)) => bail!("a Python thread failed to start: {msg}"),
-                Err(_) => bail!("a Python thread died while starting"),
+                Ok(Err(err)) => {
+                    first_error.get_or_insert(err);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(StartError {
+                        message: "a Python thread died while starting".into(),
+                    });
+                }
             }
         }
-        log_info!(
-            "Python {} ({}), app {}",
-            runtime_version(),
-            mode,
-            config.app.as_deref().unwrap_or("<demo>")
-        );
-        Ok(Runtime {
-            main_tstate,
-            interp,
-            threads,
-            mode,
-        })
+        match first_error {
+            None => Ok(()),
+            // Threads that failed end by themselves; the others end when the queue closes.
+            Some(err) => Err(err),
+        }
     }
 
     pub fn mode_description(&self) -> &str {
         &self.mode
     }
 
-    /// Waits for the Python threads (they end when the request queue closes), then
-    /// finalises the interpreter, which runs the application's atexit handlers.
+    /// Waits for the Python threads (they end when the request queue closes, each ending
+    /// its own sub-interpreter, which runs that interpreter's atexit handlers), then
+    /// finalises the main interpreter.
     pub fn stop(self) {
         for handle in self.threads {
             let _ = handle.join();
         }
-        // SAFETY: every Python thread has ended and deleted its thread state; the main
+        // SAFETY: every Python thread has ended and deleted its thread states; the main
         // thread state saved in `start` is restored on the thread that saved it.
         let attached = unsafe { Attached::restore(self.main_tstate) };
-        match Arc::try_unwrap(self.interp) {
-            Ok(interp) => interp.release(attached.gil()),
-            Err(_) => crate::log_warn!("interpreter state still shared at exit; leaking it"),
+        if let Some(interp) = self.main_interp {
+            match Arc::try_unwrap(interp) {
+                Ok(interp) => interp.release(attached.gil()),
+                Err(_) => crate::log_warn!("interpreter state still shared at exit; leaking it"),
+            }
         }
         std::mem::forget(attached);
         // SAFETY: the main thread state is attached and no other thread state exists.
@@ -161,12 +286,37 @@ impl Runtime {
     }
 }
 
-/// What the demo page and the log show about the running server.
-pub(crate) struct ServerInfo<'a> {
-    pub driver: &'a str,
-    pub mode: &'a str,
+/// On 3.12 only: import the application's module in the main interpreter (see caller).
+#[cfg(all(Py_3_12, not(Py_3_13)))]
+fn preimport_in_main(gil: Gil<'_>, config: &Config) {
+    if let Some(module) = config
+        .app
+        .as_deref()
+        .and_then(|spec| spec.split(':').next())
+    {
+        if let Ok(name) = CString::new(module) {
+            if let Err(err) = gil.import(&name) {
+                log_warn!(
+                    "importing {module} in the main interpreter failed: {}",
+                    err.summary()
+                );
+            }
+        }
+    }
+}
+
+/// What an interpreter is told about the server it runs in: the demo page shows it, and
+/// `wsgi.multithread`/`wsgi.multiprocess` must tell the application the truth.
+pub(crate) struct ServerInfo {
+    pub driver: &'static str,
+    pub mode: String,
     pub io_threads: usize,
     pub py_threads: usize,
+    /// Other threads may call the same application object at the same time.
+    pub multithread: bool,
+    /// Other interpreters run their own copy of the application at the same time (module
+    /// state is per interpreter, as per process).
+    pub multiprocess: bool,
 }
 
 /// The `sys.executable` Spindle presents: the venv's python when one is used (so
@@ -250,7 +400,7 @@ fn initialize(program: &Option<PathBuf>) -> anyhow::Result<()> {
 
 /// Puts the working directory and each `--pythonpath` in front of sys.path, as `python -m`
 /// and gunicorn do, so `spindle module:app` finds modules next to where it runs.
-fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> Result<(), PyErr<'py>> {
+pub(crate) fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> Result<(), PyErr<'py>> {
     let sys = gil.import(c"sys")?;
     let path = sys.getattr(c"path")?;
     let insert = path.getattr(c"insert")?;

@@ -142,8 +142,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let mailboxes: Vec<Arc<IoMailbox>> = (0..config.io_threads).map(|_| IoMailbox::new()).collect();
     let (req_tx, req_rx) = crate::handoff::request_queue(config.queue_size);
-    let python = crate::py::Runtime::start(&config, driver, req_rx)
-        .context("cannot start the application")?;
+    let python = crate::py::Runtime::start(&config, driver, req_rx)?;
 
     let shared = Arc::new(Shared {
         config: config.clone(),

@@ -1,0 +1,121 @@
+"""Plots of a perf/lab.sh run: req/s and server CPU per request, grouped bars.
+
+Usage: python lab_plot.py lab.csv OUT_DIR   (writes OUT_DIR/lab-rps.png, lab-cpu.png)
+
+One group per scenario, one bar per server, in the order of the CSV. Both
+axes are logarithmic: the servers span two orders of magnitude. Each bar
+carries its value; a server that could not run a scenario gets "n/a" at the
+foot of its slot, one that failed gets "failed".
+"""
+
+import csv
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+COLORS = {
+    "spindle-uring": "#c0392b",
+    "spindle-epoll": "#f1948a",
+    "gunicorn-sync": "#7fb3d5",
+    "gunicorn-gthread": "#2471a3",
+    "uwsgi": "#76d7c4",
+    "granian": "#27ae60",
+    "bjoern": "#f5b041",
+    "waitress": "#a569bd",
+    "nginx": "#424949",
+}
+
+
+def si(v, _pos=None):
+    if v >= 1e6:
+        return "%gM" % (v / 1e6)
+    if v >= 1e3:
+        return "%gk" % (v / 1e3)
+    return "%g" % v
+
+
+def short(v):
+    if v >= 1e5:
+        return "%.0fk" % (v / 1e3)
+    if v >= 1e3:
+        return "%.1fk" % (v / 1e3)
+    if v >= 100:
+        return "%.0f" % v
+    if v >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def load(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    servers, scenarios, by = [], [], {}
+    for r in rows:
+        if r["server"] not in servers:
+            servers.append(r["server"])
+        if r["scenario"] not in scenarios:
+            scenarios.append(r["scenario"])
+        by[(r["scenario"], r["server"])] = r
+    return servers, scenarios, by
+
+
+def plot(servers, scenarios, by, key, title, ylabel, out, lower_better):
+    n = len(servers)
+    width = 0.8 / n
+    fig_w = max(8.0, 1.6 + 1.55 * len(scenarios) * max(1.0, n / 6))
+    fig, ax = plt.subplots(figsize=(fig_w, 6.2), dpi=110)
+    values = [float(r[key]) for r in by.values() if r["status"] == "ok" and r[key]]
+    if not values:
+        plt.close(fig)
+        return
+    floor = min(values) / 3
+    for i, server in enumerate(servers):
+        xs, ys = [], []
+        for j, scenario in enumerate(scenarios):
+            x = j + (i - (n - 1) / 2) * width
+            r = by.get((scenario, server))
+            if r is None:
+                continue
+            if r["status"] == "ok" and r[key]:
+                v = float(r[key])
+                xs.append(x)
+                ys.append(v)
+                ax.text(x, v * 1.06, short(v), ha="center", va="bottom", rotation=90, fontsize=6.5)
+            else:
+                label = "n/a" if r["status"] == "n/a" else r["status"]
+                ax.text(x, floor * 1.15, label, ha="center", va="bottom", rotation=90, fontsize=6.5, color="#777777")
+        ax.bar(xs, ys, width=width * 0.92, label=server, color=COLORS.get(server, None), edgecolor="white", linewidth=0.3)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor, top=max(values) * 4)
+    ax.yaxis.set_major_formatter(FuncFormatter(si))
+    ax.set_xticks(range(len(scenarios)))
+    ax.set_xticklabels(scenarios, fontsize=9)
+    ax.set_xlim(-0.6, len(scenarios) - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + (" (lower is better)" if lower_better else " (higher is better)"), fontsize=11)
+    ax.grid(axis="y", which="major", alpha=0.35)
+    ax.grid(axis="y", which="minor", alpha=0.12)
+    ax.set_axisbelow(True)
+    ax.legend(ncol=min(n, 9), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), frameon=False)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main():
+    path, out_dir = sys.argv[1], sys.argv[2]
+    servers, scenarios, by = load(path)
+    run = os.path.basename(os.path.abspath(out_dir))
+    plot(servers, scenarios, by, "rps", "req/s per scenario, server on one core, wrk on another — %s" % run,
+         "requests per second (log scale)", os.path.join(out_dir, "lab-rps.png"), False)
+    plot(servers, scenarios, by, "cpu_us_per_req", "server CPU time per request — %s" % run,
+         "µs of server CPU (user + system) per request (log scale)", os.path.join(out_dir, "lab-cpu.png"), True)
+
+
+if __name__ == "__main__":
+    main()
