@@ -112,11 +112,11 @@ server_def() {
         ;;
     gunicorn-sync)
         SV_CMD=("${pin[@]}" "$VENV/bin/gunicorn" -w 1 -b "127.0.0.1:$port" lab:app)
-        missing gunicorn && SV_NA="not installed: pip install gunicorn failed"
+        if missing gunicorn; then SV_NA="not installed: pip install gunicorn failed"; fi
         ;;
     gunicorn-gthread)
         SV_CMD=("${pin[@]}" "$VENV/bin/gunicorn" -k gthread -w 1 --threads 4 -b "127.0.0.1:$port" lab:app)
-        missing gunicorn && SV_NA="not installed: pip install gunicorn failed"
+        if missing gunicorn; then SV_NA="not installed: pip install gunicorn failed"; fi
         ;;
     uwsgi)
         # One process, no master, HTTP/1.1 keep-alive on its native http
@@ -125,20 +125,20 @@ server_def() {
         SV_CMD=("${pin[@]}" "$VENV/bin/uwsgi" --http11-socket "127.0.0.1:$port" --wsgi-file lab.py --callable app
             --processes 1 --single-interpreter --disable-logging --listen 1024 --buffer-size 32768)
         SV_STOP=INT # without a master, SIGTERM means "reload"; SIGINT means exit
-        missing uwsgi && SV_NA="not installed: pip install uwsgi failed"
+        if missing uwsgi; then SV_NA="not installed: pip install uwsgi failed"; fi
         ;;
     granian)
         SV_CMD=("${pin[@]}" "$VENV/bin/granian" --interface wsgi --workers 1 --http 1 --no-ws
             --host 127.0.0.1 --port "$port" lab:app)
-        missing granian && SV_NA="not installed: pip install granian failed"
+        if missing granian; then SV_NA="not installed: pip install granian failed"; fi
         ;;
     bjoern)
         SV_CMD=("${pin[@]}" "$VENV/bin/python" bjoern_run.py 127.0.0.1 "$port")
-        missing bjoern && SV_NA="not installed: pip install bjoern failed (it needs libev-dev)"
+        if missing bjoern; then SV_NA="not installed: pip install bjoern failed (it needs libev-dev)"; fi
         ;;
     waitress)
         SV_CMD=("${pin[@]}" "$VENV/bin/waitress-serve" --threads=4 "--listen=127.0.0.1:$port" lab:app)
-        missing waitress && SV_NA="not installed: pip install waitress failed"
+        if missing waitress; then SV_NA="not installed: pip install waitress failed"; fi
         ;;
     nginx)
         nginx_conf "$port"

@@ -112,6 +112,9 @@ impl Runtime {
                 unsafe { ffi::Py_FinalizeEx() };
                 bail!("cannot set sys.path: {msg}");
             }
+            if try_sub {
+                prime_main_interpreter(gil);
+            }
             #[cfg(all(Py_3_12, not(Py_3_13)))]
             if try_sub {
                 // CPython 3.12 can abort when a single-phase extension that failed in an
@@ -282,6 +285,20 @@ impl Runtime {
         // SAFETY: the main thread state is attached and no other thread state exists.
         if unsafe { ffi::Py_FinalizeEx() } < 0 {
             crate::log_warn!("Python reported errors while finalising (flushing buffered output)");
+        }
+    }
+}
+
+/// Imports, in the main interpreter, stdlib extensions whose static types own data that
+/// sub-interpreters would otherwise create: the first importer allocates it. On CPython
+/// 3.13.0, when a sub-interpreter imports the C `datetime` first, ending a second one
+/// frees a tuple from the first one's allocator ("double free"/SIGSEGV at stop, seen here
+/// in most stops with two interpreters and Flask). Imported by the main interpreter first,
+/// that data lives as long as the process.
+fn prime_main_interpreter(gil: Gil<'_>) {
+    for module in [c"_datetime"] {
+        if let Err(err) = gil.import(module) {
+            crate::log_debug!("priming {:?} in the main interpreter: {}", module, err.summary());
         }
     }
 }
