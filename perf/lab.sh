@@ -196,6 +196,8 @@ static_na() {
 check_hint() {
     case $1:$2 in
     uwsgi:chunked4k-c64) echo " (uWSGI does not de-chunk request bodies into wsgi.input; only its own uwsgi.chunked_read() API sees them)" ;;
+    gunicorn-sync:pipeline*) echo " (the sync worker closes the connection after each response: no keep-alive, so no pipelining)" ;;
+    bjoern:pipeline* | uwsgi:pipeline*) echo " (it answers the first request of a pipelined batch and never the rest)" ;;
     esac
 }
 
@@ -271,14 +273,14 @@ record() {
     shift 4
     local rest=
     (($#)) && rest=$(IFS=,; echo "$*")
-    [[ -n $rest ]] || rest=",,,,,,,,,,,,,,,"
+    [[ -n $rest ]] || rest=",,,,,,,,,,,,,,,,,,,"
     echo "$scenario,$server,$status,$(csv_quote "$reason"),$rest" >>"$CSV"
     case $status in
     ok) ;;
     *) log "$server / $scenario: $status: $reason" ;;
     esac
 }
-CSV_HEADER="scenario,server,status,reason,rps,requests,p50_ms,p99_ms,max_ms,socket_errors,timeouts,non2xx,errors,cpu_us_per_req,server_busy_pct,wrk_busy_pct,other0_pct,other1_pct,peak_rss_mib,served_all"
+CSV_HEADER="scenario,server,status,reason,rps,requests,p50_ms,p99_ms,max_ms,socket_errors,timeouts,non2xx,errors,cpu_us_per_req,server_busy_pct,wrk_busy_pct,other0_pct,other1_pct,irq0_pct,irq1_pct,peak_rss_mib,conns_open,conns_starved,served_all"
 
 # run_one SCENARIO SERVER
 run_one() {
@@ -327,7 +329,17 @@ run_one() {
         return 0
     fi
 
+    # Beside wrk, two snapshots of its connections (ss), 1 s in and 1 s
+    # before the end: a connection open at both that received nothing in
+    # between was starved, which wrk itself does not report.
+    local sampler=
+    rm -f "$WORK/conns.1" "$WORK/conns.2"
+    if ((DURATION_S >= 3)); then
+        conn_sampler "$port" 1 $((DURATION_S - 2)) "$WORK/conns" &
+        sampler=$!
+    fi
     measure "$RAW/$key.wrk" $((DURATION_S + 30)) "${wrk_cmd[@]}" || status=$?
+    if [[ -n $sampler ]]; then wait "$sampler" 2>/dev/null || true; fi
     local died=
     alive "$SERVER_PID" || died=1
     keep_log "$key"
@@ -342,27 +354,52 @@ run_one() {
         record "$scenario" "$server" failed "wrk status $status, ${requests:-no} requests${died:+, server died}: $(head -c 300 "$RAW/$key.wrk" | tr '\n' ' ')"
         return 0
     fi
-    local rps p50 p99 max sock tmo non2 errs cpu busy wrkb o0 o1 rss served=no
+    local rps p50 p99 max sock tmo non2 errs cpu busy wrkb o0 o1 i0 i1 rss open='' stuck='' served=''
     rps=$(wrk_rps "$RAW/$key.wrk")
     p50=$(wrk_latency_ms "$RAW/$key.wrk" 50)
     p99=$(wrk_latency_ms "$RAW/$key.wrk" 99)
     max=$(wrk_latency_ms "$RAW/$key.wrk" max)
+    if [[ $scenario == pipeline* ]]; then
+        # wrk records one latency per pipelined batch and its percentiles
+        # come out as 0 or garbage: not reported.
+        p50='' p99=''
+    fi
     sock=$(wrk_socket_errors "$RAW/$key.wrk")
     tmo=$(wrk_timeouts "$RAW/$key.wrk")
     non2=$(wrk_non2xx "$RAW/$key.wrk")
     errs=$((sock + non2))
     cpu=$(awk -v t="$M_TICKS" -v hz="$CLK_TCK" -v r="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / r }')
     read -r busy wrkb o0 o1 <<<"$(measured_busy)"
+    read -r i0 i1 <<<"$(measured_irq)"
+    # "other" here: busy time of the core that is neither the measured
+    # process tree nor interrupts/softirq (the loopback traffic itself).
+    o0=$((o0 > i0 ? o0 - i0 : 0)) o1=$((o1 > i1 ? o1 - i1 : 0))
     rss=$(awk -v k="$M_PEAK_RSS_KIB" 'BEGIN { printf "%.1f", k / 1024 }')
-    # Every connection served: no socket error of any kind (a starved
-    # connection shows up as wrk timeouts), no non-2xx, and the slowest
-    # response within wrk's timeout.
-    if ((errs == 0)) && awk -v m="$max" -v t="$(duration_secs "$WRK_TIMEOUT")" 'BEGIN { exit !(m < t * 1000) }'; then
-        served=yes
+    # Every connection served: none starved between the two snapshots, no
+    # socket error, no 4xx/5xx, and the slowest response within wrk's timeout.
+    if [[ -s $WORK/conns.2 ]]; then
+        read -r open stuck <<<"$(conn_progress "$WORK/conns.1" "$WORK/conns.2")"
     fi
+    if [[ -n $stuck ]]; then
+        served=no
+        if ((stuck == 0 && errs == 0)) && awk -v m="$max" -v t="$(duration_secs "$WRK_TIMEOUT")" 'BEGIN { exit !(m < t * 1000) }'; then
+            served=yes
+        fi
+    fi
+    [[ -s $WORK/conns.2 ]] && cp "$WORK/conns.1" "$RAW/$key.conns1" && cp "$WORK/conns.2" "$RAW/$key.conns2"
     record "$scenario" "$server" "$([[ -n $died ]] && echo died || echo ok)" "${died:+server died during the measured run}" \
-        "$rps" "$requests" "$p50" "$p99" "$max" "$sock" "$tmo" "$non2" "$errs" "$cpu" "$busy" "$wrkb" "$o0" "$o1" "$rss" "$served"
-    log "$scenario: $server: $rps req/s, p99 ${p99} ms, $errs errors, $cpu µs CPU/req, peak RSS $rss MiB"
+        "$rps" "$requests" "$p50" "$p99" "$max" "$sock" "$tmo" "$non2" "$errs" "$cpu" "$busy" "$wrkb" "$o0" "$o1" \
+        "$i0" "$i1" "$rss" "$open" "$stuck" "$served"
+    log "$scenario: $server: $rps req/s, p99 ${p99:-?} ms, $errs errors, $cpu µs CPU/req, peak RSS $rss MiB${stuck:+, $stuck of $open connections starved}"
+}
+
+# conn_sampler PORT FIRST_S THEN_S PREFIX: PREFIX.1 after FIRST_S, PREFIX.2
+# THEN_S later (see conn_snapshot).
+conn_sampler() {
+    sleep "$2"
+    conn_snapshot "$1" >"$4.1"
+    sleep "$3"
+    conn_snapshot "$1" >"$4.2"
 }
 
 # The server log of a run, its first 200 lines, into raw/ (empty ones are not kept).

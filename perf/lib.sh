@@ -131,6 +131,34 @@ core_busy_ticks() {
         END { print busy[a], busy[b] }' /proc/stat
 }
 
+# Interrupt and softirq ticks of each core so far, "server_core client_core".
+# Loopback traffic is largely processed in softirq context, which the kernel
+# (with IRQ time accounting) charges to no process: part of both sides' cost
+# that /proc/PID/stat does not show.
+core_irq_ticks() {
+    awk -v a="cpu$SERVER_CORE" -v b="cpu$CLIENT_CORE" '
+        $1 == a || $1 == b { irq[$1] = $7 + $8 }
+        END { print irq[a], irq[b] }' /proc/stat
+}
+
+# conn_snapshot PORT: one line per established client connection to
+# 127.0.0.1:PORT (wrk's side), "LOCAL_PORT BYTES_RECEIVED", from ss -ti.
+conn_snapshot() {
+    taskset -c "$CLIENT_CORE" ss -tinH state established "( dport = :$1 )" 2>/dev/null | awk '
+        /^[^ \t]/ { if (port != "") print port, got; n = split($3, a, ":"); port = a[n]; got = 0; next }
+        { if (match($0, /bytes_received:[0-9]+/)) got = substr($0, RSTART + 15, RLENGTH - 15) }
+        END { if (port != "") print port, got }'
+}
+
+# conn_progress SNAPSHOT1 SNAPSHOT2: "OPEN STUCK": connections open at the
+# second snapshot, and how many of those already open at the first received
+# nothing in between (starved for the whole interval).
+conn_progress() {
+    awk 'NR == FNR { seen[$1] = $2; next }
+         { open++; if (($1 in seen) && $2 <= seen[$1]) stuck++ }
+         END { print open + 0, stuck + 0 }' "$1" "$2"
+}
+
 free_port() {
     "${PY:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -203,8 +231,8 @@ stop_server() {
 # pinned) once, bounded by `timeout`, output to OUTFILE, and around it reads
 # the server tree's CPU ticks, its peak RSS (reset just before), wrk's own CPU
 # time and both cores' busy ticks. Sets M_TICKS, M_WALL (s), M_WRK_SECS,
-# M_CORES0, M_CORES1 ("server client" busy ticks before/after) and
-# M_PEAK_RSS_KIB. Returns wrk's status (124 when it overran).
+# M_CORES0, M_CORES1 ("server client" busy ticks before/after), M_IRQ0,
+# M_IRQ1 (the same for irq + softirq) and M_PEAK_RSS_KIB. Returns wrk's status (124 when it overran).
 measure() {
     local out=$1 limit=$2 before after t0 t1 c0 c1 status=0
     shift 2
@@ -212,10 +240,12 @@ measure() {
     before=$(tree_ticks "$SERVER_PID")
     times >"$WORK/times0"
     M_CORES0=$(core_busy_ticks)
+    M_IRQ0=$(core_irq_ticks)
     t0=$EPOCHREALTIME
     timeout -k 5 "$limit" "$@" >"$out" 2>&1 || status=$?
     t1=$EPOCHREALTIME
     M_CORES1=$(core_busy_ticks)
+    M_IRQ1=$(core_irq_ticks)
     times >"$WORK/times1"
     c0=$(children_cpu_secs "$WORK/times0")
     c1=$(children_cpu_secs "$WORK/times1")
@@ -245,10 +275,22 @@ measured_busy() {
         }'
 }
 
+# Interrupt + softirq share of each core over the last measure, "irq0 irq1" (%).
+measured_irq() {
+    awk -v hz="$CLK_TCK" -v wall="$M_WALL" -v i0="$M_IRQ0" -v i1="$M_IRQ1" '
+        BEGIN {
+            split(i0, a, " "); split(i1, b, " ")
+            printf "%.0f %.0f\n", 100 * (b[1] - a[1]) / hz / wall, 100 * (b[2] - a[2]) / hz / wall
+        }'
+}
+
 # wrk's summary lines to numbers.
 wrk_requests() { awk '/ requests in / { print $1 }' "$1"; }
 wrk_rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
-# Socket errors (connect, read, write, timeout) and non-2xx/3xx responses.
+# Socket errors (connect, read, write, timeout) and responses with a status
+# above 399 (wrk's "Non-2xx or 3xx"). wrk 4 counts a "timeout" for each
+# response slower than --timeout; a request never answered at all counts
+# nothing (see conn_progress for that).
 wrk_socket_errors() { awk '/Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$1"; }
 wrk_timeouts() { awk '/Socket errors:/ { gsub(",", ""); n += $10 } END { print n + 0 }' "$1"; }
 wrk_non2xx() { awk '/Non-2xx or 3xx responses:/ { n += $NF } END { print n + 0 }' "$1"; }

@@ -15,12 +15,12 @@ def main():
     host, port = hostport.rsplit(":", 1)
     request = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % hostport.encode()
     try:
-        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock = socket.create_connection((host, int(port)), timeout=3)
         sock.sendall(request * n)
     except OSError as e:
         print("could not send: %s" % e)
         return 1
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 3
     data = b""
     seen = 0
     # Count complete responses: each hello response is a head (ending in a
@@ -56,7 +56,7 @@ def main():
             data = data[end + 4 + length :]
     sock.close()
     if seen != n:
-        print("%d of %d responses before the connection closed or 5 s passed" % (seen, n))
+        print("%d of %d responses before the connection closed or 3 s passed" % (seen, n))
         return 1
     print("%d responses" % n)
     return 0

@@ -2,10 +2,13 @@
 # Runs every test Spindle has:
 #   1. unit tests and the HTTP corpus (cargo test), against the newest Python found;
 #   2. the integration suite (tests/integration, real binary, real clients) for each
-#      I/O driver (io_uring, epoll) and each Python: the newest >= 3.12 found and 3.11.
+#      I/O driver (io_uring, epoll), each interpreter mode (own-GIL sub-interpreters and
+#      the main interpreter; 3.11 has only main) and each Python: the newest >= 3.12
+#      found, and 3.11.
 # Installs what it needs itself (one venv per Python under build/). Fails loudly.
 #   SPINDLE_TEST_PYTHONS="python3.13 python3.11"   choose the interpreters
 #   SPINDLE_TEST_DRIVERS="io_uring epoll"          choose the drivers
+#   SPINDLE_TEST_MODES="sub main"                   choose the interpreter modes
 #   PYTEST_ARGS="-k chunked"                       pass through to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,12 +55,20 @@ for py in "${pythons[@]}"; do
         "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
         cp tests/requirements.txt "$venv/.requirements"
     fi
+    if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+        read -r -a modes <<<"${SPINDLE_TEST_MODES:-sub main}"
+    else
+        modes=(main)
+    fi
     for driver in "${drivers[@]}"; do
-        step "integration suite: Python $ver, $driver"
-        # shellcheck disable=SC2086
-        if ! SPINDLE_BIN="$bin" SPINDLE_DRIVER="$driver" "$venv/bin/python" -m pytest tests/integration -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee -a "$log"; then
-            failed+=("integration (Python $ver, $driver)")
-        fi
+        for mode in "${modes[@]}"; do
+            step "integration suite: Python $ver, $driver, --interpreters $mode"
+            # shellcheck disable=SC2086
+            if ! SPINDLE_BIN="$bin" SPINDLE_DRIVER="$driver" SPINDLE_INTERPRETERS="$mode" \
+                "$venv/bin/python" -m pytest tests/integration -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee -a "$log"; then
+                failed+=("integration (Python $ver, $driver, $mode)")
+            fi
+        done
     done
 done
 
@@ -77,7 +88,7 @@ print(passed, failed)
 PY
 )
 echo
-echo "Python: ${pythons[*]}; drivers: ${drivers[*]}"
+echo "Python: ${pythons[*]}; drivers: ${drivers[*]}; interpreter modes: sub (3.12+) and main"
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
     echo "${n_passed} passed, $((n_failed > 0 ? n_failed : 1)) failed"
