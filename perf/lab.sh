@@ -265,6 +265,13 @@ check_scenario() {
 
 # ---------------------------------------------------------------- one run
 
+# The ss sampler running beside wrk (a child of this shell), stopped by PID
+# if the script exits mid-run.
+SAMPLER_PID=
+lib_cleanup_hook() {
+    if [[ -n $SAMPLER_PID ]]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi
+}
+
 csv_quote() { local v=${1//\"/\"\"}; printf '"%s"' "${v//$'\n'/ }"; }
 
 # record SCENARIO SERVER STATUS REASON [numbers...]: one CSV row.
@@ -332,14 +339,14 @@ run_one() {
     # Beside wrk, two snapshots of its connections (ss), 1 s in and 1 s
     # before the end: a connection open at both that received nothing in
     # between was starved, which wrk itself does not report.
-    local sampler=
     rm -f "$WORK/conns.1" "$WORK/conns.2"
     if ((DURATION_S >= 3)); then
         conn_sampler "$port" 1 $((DURATION_S - 2)) "$WORK/conns" &
-        sampler=$!
+        SAMPLER_PID=$!
     fi
     measure "$RAW/$key.wrk" $((DURATION_S + 30)) "${wrk_cmd[@]}" || status=$?
-    if [[ -n $sampler ]]; then wait "$sampler" 2>/dev/null || true; fi
+    if [[ -n $SAMPLER_PID ]]; then wait "$SAMPLER_PID" 2>/dev/null || true; fi
+    SAMPLER_PID=
     local died=
     alive "$SERVER_PID" || died=1
     keep_log "$key"

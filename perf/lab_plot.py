@@ -5,7 +5,8 @@ Usage: python lab_plot.py lab.csv OUT_DIR   (writes OUT_DIR/lab-rps.png, lab-cpu
 One group per scenario, one bar per server, in the order of the CSV. Both
 axes are logarithmic: the servers span two orders of magnitude. Each bar
 carries its value; a server that could not run a scenario gets "n/a" at the
-foot of its slot, one that failed gets "failed".
+foot of its slot, one that failed gets "failed". Hatched bars: the run had errors or left
+connections unserved (see lab.md), so the figure is not comparable.
 """
 
 import csv
@@ -16,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 COLORS = {
@@ -75,7 +77,7 @@ def plot(servers, scenarios, by, key, title, ylabel, out, lower_better):
         return
     floor = min(values) / 3
     for i, server in enumerate(servers):
-        xs, ys = [], []
+        xs, ys, flagged = [], [], []
         for j, scenario in enumerate(scenarios):
             x = j + (i - (n - 1) / 2) * width
             r = by.get((scenario, server))
@@ -85,11 +87,16 @@ def plot(servers, scenarios, by, key, title, ylabel, out, lower_better):
                 v = float(r[key])
                 xs.append(x)
                 ys.append(v)
+                flagged.append(r.get("served_all") == "no" or float(r.get("errors") or 0) > 0)
                 ax.text(x, v * 1.06, short(v), ha="center", va="bottom", rotation=90, fontsize=6.5)
             else:
                 label = "n/a" if r["status"] == "n/a" else r["status"]
                 ax.text(x, floor * 1.15, label, ha="center", va="bottom", rotation=90, fontsize=6.5, color="#777777")
-        ax.bar(xs, ys, width=width * 0.92, label=server, color=COLORS.get(server, None), edgecolor="white", linewidth=0.3)
+        bars = ax.bar(xs, ys, width=width * 0.92, color=COLORS.get(server, "#999999"),
+                      edgecolor="white", linewidth=0.3)
+        for bar, flag in zip(bars, flagged):
+            if flag:
+                bar.set_hatch("///")
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor, top=max(values) * 4)
     ax.yaxis.set_major_formatter(FuncFormatter(si))
@@ -97,11 +104,14 @@ def plot(servers, scenarios, by, key, title, ylabel, out, lower_better):
     ax.set_xticklabels(scenarios, fontsize=9)
     ax.set_xlim(-0.6, len(scenarios) - 0.4)
     ax.set_ylabel(ylabel)
-    ax.set_title(title + (" (lower is better)" if lower_better else " (higher is better)"), fontsize=11)
+    ax.set_title(title + (" (lower is better)" if lower_better else " (higher is better)")
+                 + "\nhatched: errors, or connections left unserved, in that run", fontsize=11)
     ax.grid(axis="y", which="major", alpha=0.35)
     ax.grid(axis="y", which="minor", alpha=0.12)
     ax.set_axisbelow(True)
-    ax.legend(ncol=min(n, 9), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), frameon=False)
+    handles = [Patch(facecolor=COLORS.get(s, "#999999"), label=s) for s in servers]
+    ax.legend(handles=handles, ncol=min(n, 9), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07),
+              frameon=False)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
