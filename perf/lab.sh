@@ -417,6 +417,16 @@ keep_log() {
 
 # ---------------------------------------------------------------- run
 
+# How busy the two cores were just before: a build or a test suite beside the
+# lab moves req/s by more than most changes being measured.
+read -r b0 b1 <<<"$(core_busy_ticks)"
+sleep 2
+read -r a0 a1 <<<"$(core_busy_ticks)"
+IDLE_CHECK=$(awk -v a="$((a0 - b0))" -v b="$((a1 - b1))" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f%% / %.0f%%", 100 * a / hz / 2, 100 * b / hz / 2 }')
+if (((a0 - b0) * 100 / (2 * CLK_TCK) >= 10 || (a1 - b1) * 100 / (2 * CLK_TCK) >= 10)); then
+    warn "cores $SERVER_CORE/$CLIENT_CORE were $IDLE_CHECK busy before the start: the machine is not quiet, figures will be noisy"
+fi
+
 mkdir -p "$RUN_DIR"
 rm -rf "$RAW"
 mkdir -p "$RAW"
@@ -471,7 +481,7 @@ COMMAND+="perf/lab.sh"
     echo
     echo "- command: \`$COMMAND\` (${ELAPSED}s)"
     echo "- host: $(hostname), $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)"
-    echo "- load average before / after: $LOADAVG_BEFORE / $LOADAVG_AFTER"
+    echo "- load average before / after: $LOADAVG_BEFORE / $LOADAVG_AFTER; cores $SERVER_CORE / $CLIENT_CORE busy in the 2 s before the start: $IDLE_CHECK"
     echo "- commit: $COMMIT ($DIRTY changed or untracked paths)"
     echo "- Python: $PY_VERSION (\`$PY\`, from $PY_SOURCE); venv \`${VENV#"$ROOT"/}\`"
     echo "- wrk: $(wrk -v 2>&1 | head -n 1 || true)"

@@ -11,7 +11,7 @@ Every server gets one I/O thread / no pinning: the point is how Python spreads o
 >= 1.8x sub with 1 thread on the CPU-bound app.
 
 Usage: perf/subinterp.py [--duration 10] [--connections 16]
-  SPINDLE_BIN (default: newest target/*/release/spindle), GUNICORN (default: from
+  SPINDLE_BIN (default: the target/py3.X/release/spindle with the newest Python), GUNICORN (default: from
   build/perf-venv-<ver>/bin/gunicorn, installed with pip when missing).
 Writes perf/runs/<date>-<host>/subinterp.md and prints it.
 """
@@ -42,7 +42,12 @@ def free_port() -> int:
 def spindle_bin() -> str:
     if os.environ.get("SPINDLE_BIN"):
         return os.environ["SPINDLE_BIN"]
-    found = sorted(glob.glob(str(ROOT / "target/*/release/spindle")), key=os.path.getmtime)
+    # The newest Python wins (sub-interpreters need 3.12+), not the newest build.
+    def version(path: str) -> tuple[int, ...]:
+        m = re.search(r"target/py(\d+)\.(\d+)/", path)
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+    found = sorted(glob.glob(str(ROOT / "target/*/release/spindle")), key=version)
     if not found:
         sys.exit("no Spindle binary: run scripts/build.sh first (or set SPINDLE_BIN)")
     return found[-1]
@@ -91,11 +96,30 @@ def peak_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of every thread in the process tree, grouped by thread name:
+    Spindle names its threads spindle-py-N and spindle-io-N."""
+    tick = os.sysconf("SC_CLK_TCK")
+    groups: dict[str, float] = {}
+    for p in tree_pids(pid):
+        for task in glob.glob(f"/proc/{p}/task/*"):
+            try:
+                with open(f"{task}/comm") as f:
+                    name = f.read().strip()
+                with open(f"{task}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            group = "python" if name.startswith("spindle-py") else "io" if name.startswith("spindle-io") else "other"
+            groups[group] = groups.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return groups
+
+
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
                 if r.status == 200:
@@ -125,17 +149,23 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def measure(name: str, cmd: list[str], port: int, args) -> tuple[float, float]:
+def measure(name: str, cmd: list[str], port: int, args) -> tuple[float, float, float]:
+    """req/s, peak RSS (MiB) and the cores the server's Python threads kept busy (for
+    Spindle; for gunicorn the whole process tree)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(port, proc)
         wrk(port, 2, args.connections)  # warm-up
+        before, t0 = thread_cpu(proc.pid), time.monotonic()
         rps = wrk(port, args.duration, args.connections)
+        after, elapsed = thread_cpu(proc.pid), time.monotonic() - t0
         rss = peak_rss_mib(proc.pid)
     finally:
         stop(proc)
-    print(f"  {name:32s} {rps:10.0f} req/s  {rss:7.1f} MiB", file=sys.stderr)
-    return rps, rss
+    group = "python" if "python" in after else "other"
+    cores = (after.get(group, 0.0) - before.get(group, 0.0)) / elapsed
+    print(f"  {name:32s} {rps:10.0f} req/s  {rss:7.1f} MiB  {cores:4.2f} Python cores", file=sys.stderr)
+    return rps, rss, cores
 
 
 def main() -> None:
@@ -170,9 +200,9 @@ def main() -> None:
                "--log-level", "warning", app]
         results["gunicorn"] = measure("gunicorn -w 2 (sync)", cmd, port, args)
         base = results[("sub", 1)][0]
-        for key, (rps, rss) in results.items():
+        for key, (rps, rss, cores) in results.items():
             name = "gunicorn -w 2 (sync)" if key == "gunicorn" else f"spindle {key[0]} --py-threads {key[1]}"
-            rows.append((app, name, rps, rps / base, rss))
+            rows.append((app, name, rps, rps / base, rss, cores))
 
     host = socket.gethostname()
     out_dir = ROOT / "perf" / "runs" / f"{datetime.date.today()}-{host}"
@@ -185,11 +215,13 @@ def main() -> None:
         f"- cpu:app does {cpu.ITERATIONS} loop iterations: {call_us:.0f} µs per call here "
         f"(so one core tops out near {1e6 / call_us:.0f} req/s)",
         "- ratio: req/s relative to `spindle sub --py-threads 1` on the same app",
+        "- Python cores: CPU time of Spindle's Python threads per second of the run (gunicorn: all",
+        "  its processes); the I/O thread and wrk share the same 2 cores, so 2 is out of reach",
         "",
-        "| app | server | req/s | ratio | peak RSS MiB |",
-        "|---|---|---:|---:|---:|",
+        "| app | server | req/s | ratio | Python cores | peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {a} | {n} | {r:.0f} | {x:.2f} | {m:.1f} |" for a, n, r, x, m in rows]
+    lines += [f"| {a} | {n} | {r:.0f} | {x:.2f} | {c:.2f} | {m:.1f} |" for a, n, r, x, m, c in rows]
     lines += ["", f"Command: `perf/subinterp.py --duration {args.duration} --connections {args.connections}`", ""]
     (out_dir / "subinterp.md").write_text("\n".join(lines))
     print("\n".join(lines))
