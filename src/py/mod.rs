@@ -298,7 +298,11 @@ impl Runtime {
 fn prime_main_interpreter(gil: Gil<'_>) {
     for module in [c"_datetime"] {
         if let Err(err) = gil.import(module) {
-            crate::log_debug!("priming {:?} in the main interpreter: {}", module, err.summary());
+            crate::log_debug!(
+                "priming {:?} in the main interpreter: {}",
+                module,
+                err.summary()
+            );
         }
     }
 }
