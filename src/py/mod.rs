@@ -6,10 +6,14 @@
 //! is touched without an attached thread state of its interpreter.** The types enforce it
 //! where they can: `object::Obj<'py>` cannot outlive the `Gil<'py>` proof of attachment;
 //! `object::Held` (kept across attachments) lives only inside an [`Interp`], whose objects
-//! all belong to one interpreter and are used only by threads attached to it. Today every
-//! Python thread attaches to the main interpreter with a thread state of its own (explicit
-//! `PyThreadState_New`/`PyEval_RestoreThread`, never `PyGILState_*`), which is exactly the
-//! shape a sub-interpreter per thread needs.
+//! all belong to one interpreter and are used only by threads attached to it: the one
+//! thread that owns a sub-interpreter, or the threads sharing the main interpreter. What
+//! crosses between Python threads and I/O threads is bytes and files, never objects.
+//!
+//! Each Python thread attaches with a thread state of its own (explicit `PyThreadState_New`,
+//! `PyEval_RestoreThread`/`PyEval_SaveThread`, `Py_NewInterpreterFromConfig` with an own
+//! GIL, `Py_EndInterpreter`), never `PyGILState_*`, which only knows the main interpreter.
+//! The same code serves both modes; DESIGN.md §3 and §7 have the C-API rules.
 
 mod environ;
 pub mod object;
