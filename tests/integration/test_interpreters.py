@@ -138,6 +138,10 @@ def test_every_interpreter_runs_its_atexit_handlers(spindle, tmp_path, monkeypat
     server = spindle("interp_app:app", "--interpreters", mode)
     get_json(server, "/info")
     assert server.stop() == 0, server.log_since()
+    if mode == "sub" and python_version()[:2] == (3, 12):
+        # On 3.12 Spindle also imports the app's module in the main interpreter first (a
+        # CPython 3.12 crash workaround, README "Interpreter modes"): one more import.
+        interpreters += 1
     lines = marks.read_text().splitlines()
     assert len(lines) == interpreters and len(set(lines)) == interpreters, lines
 
