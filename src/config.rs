@@ -47,7 +47,9 @@ pub enum LogLevel {
     name = "spindle",
     about = "Spindle: a fast, strict WSGI server (PEP 3333) for Python web apps",
     long_about = None,
-    disable_version_flag = true
+    disable_version_flag = true,
+    // A later flag overrides an earlier one (wrapper scripts can append their own).
+    args_override_self = true
 )]
 struct Args {
     /// The WSGI application, as MODULE:NAME or MODULE:FACTORY(ARGS). Without it, a bundled
@@ -127,6 +129,11 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     header_timeout: f64,
 
+    /// Seconds a client may read nothing of a response before the connection is closed
+    /// (and the application's iteration stopped), like nginx's send_timeout.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    write_timeout: f64,
+
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM before Spindle exits anyway.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     graceful_timeout: f64,
@@ -164,6 +171,7 @@ pub struct Config {
     pub limits: Limits,
     pub max_body: Option<u64>,
     pub header_timeout: Duration,
+    pub write_timeout: Duration,
     pub graceful_timeout: Duration,
     pub root_path: String,
     pub queue_size: usize,
@@ -272,6 +280,8 @@ impl Config {
             },
             max_body: (args.limit_request_body > 0).then_some(args.limit_request_body),
             header_timeout: seconds("header-timeout", args.header_timeout)?
+                .max(Duration::from_millis(10)),
+            write_timeout: seconds("write-timeout", args.write_timeout)?
                 .max(Duration::from_millis(10)),
             graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
             root_path: args.root_path,

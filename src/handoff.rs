@@ -48,7 +48,8 @@ pub enum RequestBody {
 
 /// One piece of body delivered to a Python thread that asked for it.
 pub enum BodyChunk {
-    Data(Vec<u8>),
+    /// A piece of the body; `last`: nothing follows (the app need not ask again).
+    Data { bytes: Vec<u8>, last: bool },
     /// The body ended cleanly.
     End,
     /// The body did not arrive whole: the client closed early, or it broke the framing.
@@ -84,6 +85,10 @@ pub struct ReplyTo {
     /// The connection's slot in its I/O thread, and the slot's generation, so a late reply
     /// for a connection that is gone is dropped instead of reaching a new one.
     pub conn: ConnToken,
+    /// The request's number on its connection, so a late reply for an earlier request
+    /// (an app writing from `close()` or another thread after its response ended) is
+    /// dropped instead of landing in the next response on the same connection.
+    pub seq: u32,
     pub exchange: Arc<Exchange>,
 }
 
@@ -91,6 +96,7 @@ impl ReplyTo {
     pub fn send(&self, msg: ReplyMsg) {
         self.mailbox.push(Reply {
             conn: self.conn,
+            seq: self.seq,
             msg,
         });
     }
@@ -128,6 +134,7 @@ pub enum ReplyMsg {
 
 pub struct Reply {
     pub conn: ConnToken,
+    pub seq: u32,
     pub msg: ReplyMsg,
 }
 
@@ -234,7 +241,7 @@ impl IoMailbox {
     pub fn push(&self, reply: Reply) {
         // The receiver lives as long as `self`, so sending cannot fail.
         let _ = self.queue.send(reply);
-        if !self.notified.swap(true, Ordering::AcqRel) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
             self.waker.wake();
         }
     }
@@ -265,7 +272,10 @@ impl IoMailbox {
         self.waker.register(cx.waker());
         // Clear the flag before draining: a push that lands after the drain looked at the
         // queue sees `false` and wakes us again, so no reply can be stranded.
-        self.notified.store(false, Ordering::Release);
+        // SeqCst swap: a full barrier between clearing the flag and looking at the queue,
+        // pairing with the producer's push-then-swap, without relying on the channel's
+        // own fences.
+        self.notified.swap(false, Ordering::SeqCst);
         let mut routed = 0;
         while let Ok(reply) = self.inbox.try_recv() {
             route(reply);

@@ -140,10 +140,11 @@ impl Runtime {
         let mut sub_refusal = None;
 
         if try_sub {
-            let mode = format!(
-                "{n} sub-interpreter{}, each with its own GIL",
-                if n == 1 { "" } else { "s" }
-            );
+            let mode = if n == 1 {
+                "1 sub-interpreter with its own GIL".to_string()
+            } else {
+                format!("{n} sub-interpreters, each with its own GIL")
+            };
             let info = Arc::new(ServerInfo {
                 driver: driver.name(),
                 mode: mode.clone(),
@@ -444,7 +445,7 @@ pub(crate) fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> Result<()
 }
 
 /// Reports a Python exception into the log with its traceback, through the interpreter's
-/// `_spindle.report_exception` (falls back to CPython's own printer).
+/// `_spindle.report_exception` (falls back to one log line).
 pub(crate) fn report<'py>(gil: Gil<'py>, reporter: Option<&Held>, err: PyErr<'py>, context: &str) {
     if let Some(reporter) = reporter {
         let reporter = reporter.bind(gil);
@@ -457,8 +458,7 @@ pub(crate) fn report<'py>(gil: Gil<'py>, reporter: Option<&Held>, err: PyErr<'py
             }
         }
     }
+    // No PyErr_Print here: for a SystemExit it would exit the process (fatal from a
+    // sub-interpreter's thread). One line is what we can say safely.
     crate::log_error!("{context}: {}", err.summary());
-    err.restore();
-    // SAFETY: an exception is set (just restored); GIL held.
-    unsafe { ffi::PyErr_PrintEx(0) };
 }

@@ -133,8 +133,9 @@ impl<'py> Gil<'py> {
     }
 
     /// Runs `f` with this thread's state detached (the GIL released), for blocking waits.
-    /// Nothing Python may be touched inside `f`; the signature makes `'py` unusable there.
-    pub fn allow_threads<T>(self, f: impl FnOnce() -> T) -> T {
+    /// Nothing Python may be touched inside `f`: `Send` keeps `Gil` and `Obj` (neither is
+    /// `Send`) out of it.
+    pub fn allow_threads<T: Send>(self, f: impl FnOnce() -> T + Send) -> T {
         // SAFETY: we hold the GIL (the `Gil` proof), so there is a thread state to save;
         // it is restored before returning, also if `f` panics (the guard).
         let saved = unsafe { ffi::PyEval_SaveThread() };
@@ -344,6 +345,12 @@ impl<'py> Obj<'py> {
             }
             Some(std::slice::from_raw_parts(data.cast::<u8>(), len as usize))
         }
+    }
+
+    /// True for an instance of BaseException (or a subclass).
+    pub fn is_exception_instance(&self) -> bool {
+        // SAFETY: a type check on a live object.
+        unsafe { ffi::PyExceptionInstance_Check(self.as_ptr()) != 0 }
     }
 
     pub fn is_str(&self) -> bool {

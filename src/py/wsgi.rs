@@ -50,6 +50,12 @@ struct Response {
     keep_alive: bool,
     /// The body is streamed and the app has not read it to the end (yet).
     input_pending: bool,
+    /// The I/O thread said the streamed body is complete: no more asking.
+    input_done: bool,
+    /// The end of the response was sent: nothing more may go out for this request (an
+    /// app writing from `close()` or from another thread gets an error, not another
+    /// client's connection).
+    ended: bool,
     /// The token `wsgi.input` must present (guards against use after the request).
     token: u64,
     status: Option<u16>,
@@ -66,6 +72,7 @@ struct Response {
 /// What went wrong building a response message (raised in Python as the given type).
 enum BuildError {
     NoStartResponse,
+    Ended,
 }
 
 impl Response {
@@ -81,6 +88,8 @@ impl Response {
             is_head: parsed.is_head,
             keep_alive: parsed.keep_alive,
             input_pending: streaming,
+            input_done: false,
+            ended: false,
             token,
             status: None,
             head: Vec::new(),
@@ -150,9 +159,13 @@ impl Response {
         known_total: Option<u64>,
         date: &mut DateCache,
     ) -> Result<ReplyMsg, BuildError> {
+        if self.ended {
+            return Err(BuildError::Ended);
+        }
         if self.status.is_none() {
             return Err(BuildError::NoStartResponse);
         }
+        self.ended = end;
         let data_len: usize = parts.iter().map(|p| p.len()).sum();
         let mut out = Vec::with_capacity(self.head.len() + data_len + 160);
         if !self.headers_sent {
@@ -219,9 +232,15 @@ struct Callbacks {
 impl Callbacks {
     /// `_spindle.ClientDisconnected` of this thread's interpreter.
     fn disconnected<'py>(&self, gil: Gil<'py>) -> Borrowed<'static, 'py> {
-        // SAFETY: set at thread start from the `Interp`, which keeps the class alive for as
-        // long as this thread serves requests; the caller is attached to that interpreter.
-        unsafe { Borrowed::from_ptr(gil, self.client_disconnected.get()) }
+        let class = self.client_disconnected.get();
+        if class.is_null() {
+            // The thread stopped serving (its `Interp` may be gone): a builtin will do.
+            // SAFETY: a builtin exception type.
+            return unsafe { gil.builtin(ffi::PyExc_ConnectionResetError) };
+        }
+        // SAFETY: set at thread start from the `Interp`, which keeps the class alive until
+        // `Worker::release` clears this pointer; the caller is attached to that interpreter.
+        unsafe { Borrowed::from_ptr(gil, class) }
     }
 }
 
@@ -475,6 +494,9 @@ fn validate_start_response<'py>(
         if name_bytes.eq_ignore_ascii_case(b"content-length") {
             let text = std::str::from_utf8(&value_bytes).unwrap_or("").trim();
             match text.parse::<u64>() {
+                Ok(n) if content_length.is_some_and(|c| c != n) => {
+                    return Err(value_error(gil, "two different Content-Length headers"));
+                }
                 Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) => content_length = Some(n),
                 _ => {
                     return Err(value_error(
@@ -554,6 +576,12 @@ unsafe extern "C" fn start_response(
         // Validate first (this may run Python code), then apply under a short borrow.
         let headers_sent = match cb.current.try_borrow() {
             Ok(current) => match current.as_ref() {
+                Some(resp) if resp.ended => {
+                    return Err(runtime_error(
+                        gil,
+                        "start_response() called after the response ended",
+                    ))
+                }
                 Some(resp) => (resp.headers_sent, resp.status.is_some()),
                 None => {
                     return Err(runtime_error(
@@ -570,10 +598,14 @@ unsafe extern "C" fn start_response(
                 let value = exc_info
                     .sequence_items()
                     .filter(|t| t.len() == 3)
-                    .map(|t| t[1].clone());
+                    .map(|t| t[1].clone())
+                    .filter(|value| value.is_exception_instance());
                 return Err(match value {
                     Some(value) => PyErr::from_instance(value),
-                    None => type_error(gil, "exc_info must be a (type, value, traceback) tuple"),
+                    None => type_error(
+                        gil,
+                        "exc_info must be a (type, value, traceback) tuple of a raised exception",
+                    ),
                 });
             }
             (None, (_, true)) => {
@@ -666,6 +698,12 @@ fn emit<'py>(
                     "the application produced body data before calling start_response()",
                 ));
             }
+            Err(BuildError::Ended) => {
+                return Err(runtime_error(
+                    gil,
+                    "write() called after the response ended",
+                ));
+            }
         };
         let len = match &msg {
             ReplyMsg::Data {
@@ -675,7 +713,14 @@ fn emit<'py>(
             } => bytes.len(),
             _ => 0,
         };
-        if len == 0 || resp.reply.exchange.window_available() {
+        // Only counted bytes wait for the window, and only ever with the GIL released
+        // (below): the end of a response never waits.
+        if len == 0 {
+            resp.reply.send(msg);
+            return Ok(true);
+        }
+        if resp.reply.exchange.window_available() {
+            // Cannot block: the window has room and only this thread adds to it.
             resp.reply.exchange.reserve(len);
             resp.reply.send(msg);
             return Ok(true);
@@ -726,15 +771,17 @@ unsafe extern "C" fn read_body(
                 .try_borrow()
                 .map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
             match current.as_ref() {
-                Some(resp) if resp.token == token as u64 => {
+                Some(resp) if resp.token == token as u64 && !resp.ended => {
+                    if resp.input_done {
+                        return gil.bytes(b"");
+                    }
                     resp.reply.send(ReplyMsg::ReadBody);
                     resp.reply.exchange.clone()
                 }
                 _ => {
-                    return Err(raise(
+                    return Err(runtime_error(
                         gil,
-                        cb.disconnected(gil),
-                        "wsgi.input read after its request ended",
+                        "wsgi.input read after its response ended (or from another request)",
                     ))
                 }
             }
@@ -751,14 +798,25 @@ unsafe extern "C" fn read_body(
                 }
             }
         });
-        match chunk {
-            BodyChunk::Data(data) => gil.bytes(&data),
-            BodyChunk::End => {
-                if let Ok(mut current) = cb.current.try_borrow_mut() {
-                    if let Some(resp) = current.as_mut() {
-                        resp.input_pending = false;
-                    }
+        let mark_done = || {
+            if let Ok(mut current) = cb.current.try_borrow_mut() {
+                if let Some(resp) = current.as_mut() {
+                    resp.input_pending = false;
+                    resp.input_done = true;
                 }
+            }
+        };
+        match chunk {
+            BodyChunk::Data { bytes, last } => {
+                if last {
+                    // Read to the end (e.g. read(CONTENT_LENGTH)): the connection stays
+                    // reusable without another round trip.
+                    mark_done();
+                }
+                gil.bytes(&bytes)
+            }
+            BodyChunk::End => {
+                mark_done();
                 gil.bytes(b"")
             }
             BodyChunk::Error(err) => Err(raise(gil, cb.disconnected(gil), &err.to_string())),
@@ -853,6 +911,7 @@ impl Worker {
     }
 
     fn release(self, gil: Gil<'_>) {
+        self.cb.client_disconnected.set(std::ptr::null_mut());
         self.start_response.release(gil);
         self.write.release(gil);
         self.read_body.release(gil);
@@ -920,6 +979,16 @@ impl Worker {
                 log_debug!("{peer}: client gone during {}", request_line());
                 self.cb.current.borrow_mut().take()
             }
+            Outcome::Failed(err) if exchange.is_cancelled() => {
+                // Most likely the app tripping over the client going away (a
+                // ClientDisconnected from wsgi.input or write()): not an app error.
+                log_debug!(
+                    "{peer}: client gone during {}: {}",
+                    request_line(),
+                    err.summary()
+                );
+                self.cb.current.borrow_mut().take()
+            }
             Outcome::Failed(err) => {
                 self.report(
                     gil,
@@ -928,7 +997,10 @@ impl Worker {
                 );
                 let resp = self.cb.current.borrow_mut().take();
                 if let Some(resp) = &resp {
-                    if resp.headers_sent {
+                    if resp.ended {
+                        // The response went out whole (the failure came from close()):
+                        // nothing more to send, and the connection may carry on.
+                    } else if resp.headers_sent {
                         // Too late for a 500: the client must not take a cut-short body
                         // for a whole one, so the connection closes.
                         resp.reply.send(ReplyMsg::Abort);

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::{Sender, TrySendError};
-use monoio::buf::SliceMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::buf::{IoBuf, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::{TcpListener, TcpStream};
 
 use super::{sendfile, Shared};
@@ -48,17 +48,26 @@ const QUEUE_WAIT_LIMIT: Duration = Duration::from_secs(30);
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
-/// A one-shot, thread-local event that any number of tasks can wait for.
+/// A one-shot, thread-local event that any number of tasks can wait for. Each waiting
+/// future owns one slot for its waker and frees it when dropped, so the many waits that
+/// lose a race (every idle read races the stop event) leave nothing behind.
 #[derive(Default)]
 struct LocalEvent {
     set: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl LocalEvent {
     fn trigger(&self) {
         if !self.set.replace(true) {
-            for waker in self.waiters.borrow_mut().drain(..) {
+            let wakers: Vec<Waker> = self
+                .waiters
+                .borrow_mut()
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect();
+            for waker in wakers {
                 waker.wake();
             }
         }
@@ -68,35 +77,78 @@ impl LocalEvent {
         self.set.get()
     }
 
-    async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.get() {
-                Poll::Ready(())
-            } else {
-                self.waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
+    fn wait(&self) -> EventWait<'_> {
+        EventWait {
+            event: self,
+            slot: None,
+        }
+    }
+}
+
+/// A wait for a [`LocalEvent`]; see there.
+struct EventWait<'a> {
+    event: &'a LocalEvent,
+    slot: Option<usize>,
+}
+
+impl Future for EventWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let event = self.event;
+        if event.set.get() {
+            return Poll::Ready(());
+        }
+        let mut waiters = event.waiters.borrow_mut();
+        match self.slot {
+            Some(slot) => match &mut waiters[slot] {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                entry => *entry = Some(cx.waker().clone()),
+            },
+            None => {
+                let slot = match event.free.borrow_mut().pop() {
+                    Some(slot) => {
+                        waiters[slot] = Some(cx.waker().clone());
+                        slot
+                    }
+                    None => {
+                        waiters.push(Some(cx.waker().clone()));
+                        waiters.len() - 1
+                    }
+                };
+                self.slot = Some(slot);
             }
-        })
-        .await
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for EventWait<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            self.event.waiters.borrow_mut()[slot] = None;
+            self.event.free.borrow_mut().push(slot);
+        }
     }
 }
 
 /// The replies routed to one connection, in the order its Python thread sent them.
 #[derive(Default)]
 struct ConnInbox {
-    msgs: RefCell<VecDeque<ReplyMsg>>,
+    msgs: RefCell<VecDeque<(u32, ReplyMsg)>>,
     waker: Cell<Option<Waker>>,
 }
 
 impl ConnInbox {
-    fn push(&self, msg: ReplyMsg) {
-        self.msgs.borrow_mut().push_back(msg);
+    fn push(&self, seq: u32, msg: ReplyMsg) {
+        self.msgs.borrow_mut().push_back((seq, msg));
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
     }
 
-    async fn recv(&self) -> ReplyMsg {
+    /// The next reply with its request number.
+    async fn recv(&self) -> (u32, ReplyMsg) {
         poll_fn(|cx| match self.msgs.borrow_mut().pop_front() {
             Some(msg) => Poll::Ready(msg),
             None => {
@@ -186,7 +238,7 @@ impl IoCtx {
                 _ => return,
             }
         };
-        inbox.push(reply.msg);
+        inbox.push(reply.seq, reply.msg);
     }
 
     fn error_response(&self, status: u16) -> Vec<u8> {
@@ -386,11 +438,38 @@ impl Conn {
         }
     }
 
+    /// Writes all of `buf`, giving up when one write makes no progress for
+    /// `--write-timeout` (nginx's send_timeout: between two writes, not for the whole
+    /// response): a client that stops reading must not hold a connection, and the Python
+    /// thread feeding it, for ever.
+    async fn write<B: IoBuf + 'static>(&mut self, buf: B) -> std::io::Result<()> {
+        let timeout = self.ctx.shared.config.write_timeout;
+        let len = buf.bytes_init();
+        let mut buf = buf;
+        let mut written = 0;
+        while written < len {
+            match monoio::time::timeout(timeout, self.stream.write(buf.slice(written..len))).await {
+                Ok((Ok(0), _)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok((Ok(n), slice)) => {
+                    written += n;
+                    buf = slice.into_inner();
+                }
+                Ok((Err(err), _)) => return Err(err),
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client read nothing for --write-timeout",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a server error response and closes with a lingering drain.
     async fn fail(&mut self, status: u16) {
         let out = self.ctx.error_response(status);
-        let (res, _) = self.stream.write_all(out).await;
-        if res.is_ok() {
+        if self.write(out).await.is_ok() {
             self.linger().await;
         }
     }
@@ -447,7 +526,7 @@ impl Conn {
                         self.peer
                     );
                     let out = self.ctx.error_response(408);
-                    let _ = self.stream.write_all(out).await;
+                    let _ = self.write(out).await;
                     return Ok(None);
                 }
                 ReadOutcome::Eof
@@ -509,6 +588,8 @@ impl Conn {
     /// Hands one request to Python and writes its reply.
     async fn exchange(&mut self, mut head: ParsedHead) -> ExchangeEnd {
         let started = Instant::now();
+        // Unique per request on this connection: `served` counts finished exchanges.
+        let seq = self.served as u32;
         let config = self.ctx.shared.config.clone();
         let mut decoder = match BodyDecoder::new(head.framing, config.max_body) {
             Ok(decoder) => decoder,
@@ -567,6 +648,7 @@ impl Conn {
             reply: ReplyTo {
                 mailbox: self.ctx.mailbox.clone(),
                 conn: self.token,
+                seq,
                 exchange: exchange.clone(),
             },
         };
@@ -577,7 +659,12 @@ impl Conn {
         let mut response_started = false;
         let mut continue_sent = false;
         loop {
-            match self.inbox.recv().await {
+            let (reply_seq, msg) = self.inbox.recv().await;
+            if reply_seq != seq {
+                // A late reply for an earlier request on this connection.
+                continue;
+            }
+            match msg {
                 ReplyMsg::Data {
                     bytes,
                     end,
@@ -587,8 +674,7 @@ impl Conn {
                     response_started |= !bytes.is_empty();
                     let n = bytes.len();
                     if n > 0 {
-                        let (res, _) = self.stream.write_all(bytes).await;
-                        if let Err(err) = res {
+                        if let Err(err) = self.write(bytes).await {
                             log_debug!(
                                 "{}: client gone while writing the response: {err}",
                                 self.peer
@@ -601,6 +687,10 @@ impl Conn {
                     }
                     if end {
                         guard.armed = false;
+                        if !body_done {
+                            // Wake anyone still waiting for body the app will never get.
+                            exchange.cancel();
+                        }
                         if close || !keep_alive {
                             return if body_done {
                                 ExchangeEnd::Close
@@ -627,8 +717,7 @@ impl Conn {
                 ReplyMsg::ReadBody => {
                     if expect_continue && !continue_sent && !response_started {
                         continue_sent = true;
-                        let (res, _) = self.stream.write_all(response::CONTINUE).await;
-                        if res.is_err() {
+                        if self.write(response::CONTINUE).await.is_err() {
                             return ExchangeEnd::Close;
                         }
                     }
@@ -733,7 +822,10 @@ impl Conn {
         body_done: &mut bool,
     ) -> BodyChunk {
         if !pending.is_empty() {
-            return BodyChunk::Data(std::mem::take(pending));
+            return BodyChunk::Data {
+                bytes: std::mem::take(pending),
+                last: decoder.is_done(),
+            };
         }
         if *body_done || decoder.is_done() {
             *body_done = true;
@@ -756,7 +848,10 @@ impl Conn {
                     *body_done = true;
                 }
                 if !out.is_empty() {
-                    return BodyChunk::Data(out);
+                    return BodyChunk::Data {
+                        bytes: out,
+                        last: *body_done,
+                    };
                 }
                 if *body_done {
                     return BodyChunk::End;
@@ -796,9 +891,20 @@ impl Conn {
                 }
                 Ok(_) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Err(err) = self.stream.writable(false).await {
-                        result = Err(err);
-                        break;
+                    let timeout = self.ctx.shared.config.write_timeout;
+                    match monoio::time::timeout(timeout, self.stream.writable(false)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            result = Err(err);
+                            break;
+                        }
+                        Err(_) => {
+                            result = Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the client read nothing for --write-timeout",
+                            ));
+                            break;
+                        }
                     }
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
