@@ -266,15 +266,20 @@ impl Interp {
         };
         environ.dict_set(keys.server_protocol.borrow(gil), &protocol)?;
 
-        // PATH_INFO: percent-decoded bytes as latin-1 (PEP 3333), minus --root-path.
-        let raw_path = parsed.path.get(head);
-        let mut path = percent_decode(if raw_path.is_empty() { b"/" } else { raw_path });
-        if !self.root_path.is_empty()
-            && path.starts_with(&self.root_path)
-            && matches!(path.get(self.root_path.len()), None | Some(b'/'))
-        {
-            path.drain(..self.root_path.len());
+        // PATH_INFO: percent-decoded bytes as latin-1 (PEP 3333), minus --root-path. The
+        // prefix is matched on the raw path, whole segments only, so an encoded slash
+        // (`/app%2Fx`) is not taken for the mount point.
+        let mut raw_path = parsed.path.get(head);
+        if raw_path.is_empty() {
+            raw_path = b"/";
         }
+        if !self.root_path.is_empty()
+            && raw_path.starts_with(&self.root_path)
+            && matches!(raw_path.get(self.root_path.len()), None | Some(b'/'))
+        {
+            raw_path = &raw_path[self.root_path.len()..];
+        }
+        let path = percent_decode(raw_path);
         environ.dict_set(keys.path_info.borrow(gil), &gil.str_latin1(&path)?)?;
         environ.dict_set(
             keys.query_string.borrow(gil),
