@@ -314,6 +314,9 @@ def notes(run):
         if num(row, "errors"):
             out.append("- %s: %d errors (socket errors + non-2xx): its req/s and latency are not comparable."
                        % (where, num(row, "errors")))
+        if row.get("attempts") == "2":
+            out.append("- %s: measured twice; something else disturbed the first attempt (its wrk output: raw/%s--%s.try1.wrk)."
+                       % (where, row["server"], row["scenario"]))
         if num(row, "conns_starved"):
             out.append("- %s: %d of %d connections received nothing for the whole snapshot interval (starved)."
                        % (where, num(row, "conns_starved"), num(row, "conns_open")))

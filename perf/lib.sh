@@ -142,19 +142,26 @@ core_irq_ticks() {
 }
 
 # conn_snapshot PORT: one line per established client connection to
-# 127.0.0.1:PORT (wrk's side), "LOCAL_PORT BYTES_RECEIVED", from ss -ti.
+# 127.0.0.1:PORT (wrk's side), "LOCAL_PORT/COOKIE BYTES_RECEIVED", from ss
+# -tie. The socket cookie tells a connection from a later one that reuses its
+# local port (with a new connection per request, ports come round in seconds).
 conn_snapshot() {
-    taskset -c "$CLIENT_CORE" ss -tinH state established "( dport = :$1 )" 2>/dev/null | awk '
-        /^[^ \t]/ { if (port != "") print port, got; n = split($3, a, ":"); port = a[n]; got = 0; next }
+    taskset -c "$CLIENT_CORE" ss -tineH state established "( dport = :$1 )" 2>/dev/null | awk '
+        /^[^ \t]/ {
+            if (key != "") print key, got
+            n = split($3, a, ":"); key = a[n]; got = 0
+            for (i = 5; i <= NF; i++) if ($i ~ /^sk:/) key = key "/" substr($i, 4)
+            next
+        }
         { if (match($0, /bytes_received:[0-9]+/)) got = substr($0, RSTART + 15, RLENGTH - 15) }
-        END { if (port != "") print port, got }'
+        END { if (key != "") print key, got }'
 }
 
 # conn_progress SNAPSHOT1 SNAPSHOT2: "OPEN STUCK": connections open at the
 # second snapshot, and how many of those already open at the first received
 # nothing in between (starved for the whole interval).
 conn_progress() {
-    awk 'NR == FNR { seen[$1] = $2; next }
+    awk 'FILENAME == ARGV[1] { seen[$1] = $2; next }
          { open++; if (($1 in seen) && $2 <= seen[$1]) stuck++ }
          END { print open + 0, stuck + 0 }' "$1" "$2"
 }
