@@ -6,6 +6,7 @@
 //! head's bytes (offsets into the frozen read buffer), decoded as latin-1 (PEP 3333).
 
 use std::ffi::CStr;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use anyhow::anyhow;
@@ -286,22 +287,19 @@ impl Interp {
             &gil.str_latin1(parsed.query.get(head))?,
         )?;
 
-        environ.dict_set(
-            keys.server_name.borrow(gil),
-            &gil.str(&local.ip().to_string())?,
-        )?;
-        environ.dict_set(
-            keys.server_port.borrow(gil),
-            &gil.str(&local.port().to_string())?,
-        )?;
-        environ.dict_set(
-            keys.remote_addr.borrow(gil),
-            &gil.str(&peer.ip().to_string())?,
-        )?;
-        environ.dict_set(
-            keys.remote_port.borrow(gil),
-            &gil.str(&peer.port().to_string())?,
-        )?;
+        // Addresses and ports, formatted through one buffer.
+        let mut text = String::with_capacity(48);
+        let fields: [(&Held, &dyn std::fmt::Display); 4] = [
+            (&keys.server_name, &local.ip()),
+            (&keys.server_port, &local.port()),
+            (&keys.remote_addr, &peer.ip()),
+            (&keys.remote_port, &peer.port()),
+        ];
+        for (key, value) in fields {
+            text.clear();
+            let _ = write!(text, "{value}");
+            environ.dict_set(key.borrow(gil), &gil.str(&text)?)?;
+        }
 
         let mut key = Vec::with_capacity(64);
         for header in &parsed.headers {
