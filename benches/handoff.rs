@@ -39,7 +39,7 @@ fn request(mailbox: &Arc<IoMailbox>, seq: u32) -> Request {
                 generation: 1,
             },
             seq,
-            exchange: Exchange::new(),
+            exchange: Exchange::new(false),
         },
     }
 }
@@ -94,5 +94,15 @@ fn round_trip(c: &mut Criterion) {
     responder.join().unwrap();
 }
 
-criterion_group!(benches, round_trip);
+/// What every request allocates for its exchange (cancellation, window, body channel).
+fn exchange_new(c: &mut Criterion) {
+    c.bench_function("handoff/exchange_new", |b| {
+        b.iter(|| std::hint::black_box(Exchange::new(false)))
+    });
+    c.bench_function("handoff/exchange_new_streamed_body", |b| {
+        b.iter(|| std::hint::black_box(Exchange::new(true)))
+    });
+}
+
+criterion_group!(benches, round_trip, exchange_new);
 criterion_main!(benches);

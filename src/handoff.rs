@@ -41,7 +41,7 @@ pub enum RequestBody {
     /// The whole body was already read (possibly empty).
     Complete(Bytes),
     /// The body is still on the socket; the Python thread pulls it chunk by chunk with
-    /// [`ReplyMsg::ReadBody`] and receives it on [`Exchange::body_rx`]. The first pull
+    /// [`ReplyMsg::ReadBody`] and receives it through [`Exchange::recv_body`]. The first pull
     /// also answers `Expect: 100-continue`.
     Stream,
 }
@@ -125,7 +125,7 @@ pub enum ReplyMsg {
         offset: u64,
         len: u64,
     },
-    /// Send the next piece of the request body on `Exchange::body_tx` (and answer
+    /// Send the next piece of the request body through `Exchange::send_body` (and answer
     /// `Expect: 100-continue` first if it is still unanswered).
     ReadBody,
     /// Something failed after the head was sent: close the connection without more bytes.
@@ -147,9 +147,9 @@ pub struct Exchange {
     /// thread sleeps on (GIL released) while the window is full.
     in_flight: Mutex<usize>,
     window_open: Condvar,
-    /// Streamed request body, I/O thread -> Python thread, one chunk per `ReadBody`.
-    pub body_tx: Sender<BodyChunk>,
-    pub body_rx: Receiver<BodyChunk>,
+    /// Streamed request body, I/O thread -> Python thread, one chunk per `ReadBody`; only
+    /// made for streamed bodies (a channel costs ~100 ns per request; most have none).
+    body: Option<(Sender<BodyChunk>, Receiver<BodyChunk>)>,
 }
 
 /// Most response bytes a Python thread may have queued for one connection before it waits
@@ -157,15 +157,36 @@ pub struct Exchange {
 pub const RESPONSE_WINDOW: usize = 1 << 20;
 
 impl Exchange {
-    pub fn new() -> Arc<Exchange> {
-        let (body_tx, body_rx) = crossbeam_channel::bounded(1);
+    /// `streamed_body`: the request body will be pulled with `ReadBody`.
+    pub fn new(streamed_body: bool) -> Arc<Exchange> {
         Arc::new(Exchange {
             cancelled: AtomicBool::new(false),
             in_flight: Mutex::new(0),
             window_open: Condvar::new(),
-            body_tx,
-            body_rx,
+            body: streamed_body.then(|| crossbeam_channel::bounded(1)),
         })
+    }
+
+    /// I/O side: hands the Python thread the piece of body it asked for.
+    pub fn send_body(&self, chunk: BodyChunk) {
+        if let Some((tx, _)) = &self.body {
+            let _ = tx.try_send(chunk);
+        }
+    }
+
+    /// Python side (GIL released): waits up to `timeout` for the piece of body asked for;
+    /// `None` when none came in time. Without a streamed body there is nothing to wait for.
+    pub fn recv_body(&self, timeout: std::time::Duration) -> Option<BodyChunk> {
+        match &self.body {
+            Some((_, rx)) => match rx.recv_timeout(timeout) {
+                Ok(chunk) => Some(chunk),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    Some(BodyChunk::Error(BodyError::Disconnected))
+                }
+            },
+            None => Some(BodyChunk::Error(BodyError::Disconnected)),
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -178,9 +199,7 @@ impl Exchange {
         let _guard = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         self.window_open.notify_all();
         drop(_guard);
-        let _ = self
-            .body_tx
-            .try_send(BodyChunk::Error(BodyError::Disconnected));
+        self.send_body(BodyChunk::Error(BodyError::Disconnected));
     }
 
     /// Python side: account for `n` bytes about to be queued; blocks (the caller has

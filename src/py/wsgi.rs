@@ -13,7 +13,7 @@ use std::os::fd::FromRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use pyo3_ffi as ffi;
 
 use super::environ::Interp;
@@ -787,15 +787,10 @@ unsafe extern "C" fn read_body(
             }
         };
         let chunk = gil.allow_threads(|| loop {
-            match exchange.body_rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(chunk) => break chunk,
-                Err(RecvTimeoutError::Timeout) if exchange.is_cancelled() => {
-                    break BodyChunk::Error(BodyError::Disconnected)
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    break BodyChunk::Error(BodyError::Disconnected)
-                }
+            match exchange.recv_body(Duration::from_millis(100)) {
+                Some(chunk) => break chunk,
+                None if exchange.is_cancelled() => break BodyChunk::Error(BodyError::Disconnected),
+                None => {}
             }
         });
         let mark_done = || {

@@ -633,7 +633,7 @@ impl Conn {
         let stopping = self.ctx.shared.stopping.load(Ordering::Relaxed);
         head.keep_alive = head.keep_alive && config.keep_alive.is_some() && !stopping;
         let keep_alive = head.keep_alive;
-        let exchange = Exchange::new();
+        let exchange = Exchange::new(matches!(body, RequestBody::Stream));
         let mut guard = CancelOnDrop {
             exchange: exchange.clone(),
             armed: true,
@@ -727,7 +727,7 @@ impl Conn {
                     if let BodyChunk::Error(err) = &chunk {
                         log_debug!("{}: {err}", self.peer);
                         let err = *err;
-                        let _ = exchange.body_tx.try_send(chunk);
+                        exchange.send_body(chunk);
                         // The body cannot be trusted: answer it ourselves if nothing was
                         // sent yet, and drop whatever the app still produces.
                         if let BodyError::Invalid(http) = err {
@@ -737,7 +737,7 @@ impl Conn {
                         }
                         return ExchangeEnd::Close;
                     }
-                    let _ = exchange.body_tx.try_send(chunk);
+                    exchange.send_body(chunk);
                 }
                 ReplyMsg::Abort => return ExchangeEnd::Close,
             }
