@@ -216,9 +216,15 @@ impl Exchange {
         !self.is_cancelled()
     }
 
-    /// True when `reserve` would not block (lets the caller keep its GIL).
-    pub fn window_available(&self) -> bool {
-        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) < RESPONSE_WINDOW
+    /// Accounts for `n` bytes only if the window has room now (one lock, never blocks), so
+    /// the caller can keep its GIL; `false`: call `reserve` with the GIL released.
+    pub fn try_reserve(&self, n: usize) -> bool {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if *in_flight >= RESPONSE_WINDOW {
+            return false;
+        }
+        *in_flight += n;
+        true
     }
 
     /// I/O side: `n` counted bytes were written.

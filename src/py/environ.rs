@@ -21,7 +21,6 @@ use crate::http::{ParsedHead, Version};
 /// Interned environ keys.
 pub(crate) struct Keys {
     pub request_method: Held,
-    pub script_name: Held,
     pub path_info: Held,
     pub query_string: Held,
     pub content_type: Held,
@@ -127,7 +126,6 @@ impl Interp {
             |r: PyResult<'_, Obj<'_>>| r.map(Obj::hold).map_err(|e| anyhow!("{}", e.summary()));
         let keys = Keys {
             request_method: py(gil.intern(c"REQUEST_METHOD"))?,
-            script_name: py(gil.intern(c"SCRIPT_NAME"))?,
             path_info: py(gil.intern(c"PATH_INFO"))?,
             query_string: py(gil.intern(c"QUERY_STRING"))?,
             content_type: py(gil.intern(c"CONTENT_TYPE"))?,
@@ -206,7 +204,6 @@ impl Interp {
         }
         let Keys {
             request_method,
-            script_name,
             path_info,
             query_string,
             content_type,
@@ -220,7 +217,6 @@ impl Interp {
         } = keys;
         for held in [
             request_method,
-            script_name,
             path_info,
             query_string,
             content_type,

@@ -266,13 +266,6 @@ impl<'py> Obj<'py> {
         unsafe { ffi::PyObject_HasAttrString(self.as_ptr(), name.as_ptr()) == 1 }
     }
 
-    pub fn setattr(&self, name: &CStr, value: &Obj<'py>) -> PyResult<'py, ()> {
-        // SAFETY: live objects, NUL-terminated name, GIL held.
-        let rc =
-            unsafe { ffi::PyObject_SetAttrString(self.as_ptr(), name.as_ptr(), value.as_ptr()) };
-        self.check(rc)
-    }
-
     /// A borrowed view, e.g. to pass as an argument.
     #[inline]
     pub fn borrow(&self) -> Borrowed<'_, 'py> {
@@ -307,12 +300,6 @@ impl<'py> Obj<'py> {
     pub fn is_none(&self) -> bool {
         // SAFETY: comparing with the immortal None singleton.
         self.as_ptr() == unsafe { ffi::Py_None() }
-    }
-
-    pub fn is_true(&self) -> PyResult<'py, bool> {
-        // SAFETY: live object, GIL held.
-        let rc = unsafe { ffi::PyObject_IsTrue(self.as_ptr()) };
-        self.check(rc).map(|()| rc == 1)
     }
 
     /// The contents of a `bytes` object (exact or subclass), or `None` for other types.

@@ -719,9 +719,7 @@ fn emit<'py>(
             resp.reply.send(msg);
             return Ok(true);
         }
-        if resp.reply.exchange.window_available() {
-            // Cannot block: the window has room and only this thread adds to it.
-            resp.reply.exchange.reserve(len);
+        if resp.reply.exchange.try_reserve(len) {
             resp.reply.send(msg);
             return Ok(true);
         }
