@@ -38,6 +38,13 @@ use crate::{log_debug, log_warn};
 const PREBUFFER_BODY: usize = 64 * 1024;
 /// Bytes read from the socket per body read when streaming a larger body.
 const BODY_READ_SIZE: usize = 64 * 1024;
+/// At most this many pipelined requests of one connection are in flight at once.
+const PIPELINE_BATCH: usize = 32;
+/// Response data of at least this size is written from its own buffer, not copied into
+/// the coalescing buffer.
+const DIRECT_WRITE: usize = 16 * 1024;
+/// The coalescing buffer is written out before it would grow past this.
+const COALESCE_LIMIT: usize = 64 * 1024;
 /// Initial read buffer per connection.
 const READ_BUFFER: usize = 8 * 1024;
 /// How long a full request queue may hold a request back before the client gets 503.
@@ -145,6 +152,11 @@ impl ConnInbox {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+
+    /// The next reply if one is here already.
+    fn try_recv(&self) -> Option<(u32, ReplyMsg)> {
+        self.msgs.borrow_mut().pop_front()
     }
 
     /// The next reply with its request number.
@@ -415,6 +427,21 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// One request handed to Python whose response is not written completely yet.
+struct InFlight {
+    seq: u32,
+    /// Holds the exchange; cancels it if the connection gives up before its end.
+    guard: CancelOnDrop,
+    keep_alive: bool,
+    body_done: bool,
+    decoder: BodyDecoder,
+    /// Body bytes read ahead for a streamed body, not yet given to the app.
+    pending: Vec<u8>,
+    expect_continue: bool,
+    /// Replies that came before an earlier request of the batch finished.
+    early: VecDeque<ReplyMsg>,
+}
+
 impl Conn {
     async fn serve(&mut self) {
         loop {
@@ -428,7 +455,7 @@ impl Conn {
                 }
             };
             match self.exchange(head).await {
-                ExchangeEnd::KeepAlive => self.served += 1,
+                ExchangeEnd::KeepAlive => {}
                 ExchangeEnd::Close => return,
                 ExchangeEnd::Linger => {
                     self.linger().await;
@@ -443,27 +470,41 @@ impl Conn {
     /// response): a client that stops reading must not hold a connection, and the Python
     /// thread feeding it, for ever.
     async fn write<B: IoBuf + 'static>(&mut self, buf: B) -> std::io::Result<()> {
+        self.write_buf(buf).await.0
+    }
+
+    /// [`Conn::write`], giving the buffer back (not after a timeout: the abandoned write
+    /// took it).
+    async fn write_buf<B: IoBuf + 'static>(&mut self, buf: B) -> (std::io::Result<()>, Option<B>) {
         let timeout = self.ctx.shared.config.write_timeout;
         let len = buf.bytes_init();
         let mut buf = buf;
         let mut written = 0;
         while written < len {
             match monoio::time::timeout(timeout, self.stream.write(buf.slice(written..len))).await {
-                Ok((Ok(0), _)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok((Ok(0), slice)) => {
+                    return (
+                        Err(std::io::ErrorKind::WriteZero.into()),
+                        Some(slice.into_inner()),
+                    )
+                }
                 Ok((Ok(n), slice)) => {
                     written += n;
                     buf = slice.into_inner();
                 }
-                Ok((Err(err), _)) => return Err(err),
+                Ok((Err(err), slice)) => return (Err(err), Some(slice.into_inner())),
                 Err(_) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client read nothing for --write-timeout",
-                    ))
+                    return (
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client read nothing for --write-timeout",
+                        )),
+                        None,
+                    );
                 }
             }
         }
-        Ok(())
+        (Ok(()), Some(buf))
     }
 
     /// Writes a server error response and closes with a lingering drain.
@@ -585,25 +626,24 @@ impl Conn {
         }
     }
 
-    /// Hands one request to Python and writes its reply.
-    async fn exchange(&mut self, mut head: ParsedHead) -> ExchangeEnd {
+    /// Starts the exchange for `head`: frames its body (whole when small and already here,
+    /// or quickly here; streamed otherwise) and hands the request to Python. `Err`: the
+    /// connection ends here (an error response, if any, was sent).
+    async fn start(&mut self, mut head: ParsedHead, seq: u32) -> Result<InFlight, ExchangeEnd> {
         let started = Instant::now();
-        // Unique per request on this connection: `served` counts finished exchanges.
-        let seq = self.served as u32;
-        let config = self.ctx.shared.config.clone();
+        let config = &self.ctx.shared.config;
         let mut decoder = match BodyDecoder::new(head.framing, config.max_body) {
             Ok(decoder) => decoder,
             Err(err) => {
                 self.fail(err.status()).await;
-                return ExchangeEnd::Close;
+                return Err(ExchangeEnd::Close);
             }
         };
         let head_bytes: Bytes = self.buf.split_to(head.head_len).freeze();
         let expect_continue = head.expect_continue;
 
-        // Frame the body: whole when small and already here (or quickly here), streamed
-        // otherwise. `Expect: 100-continue` bodies are never pre-read: the client waits
-        // for our 100 before sending, which goes out when the app first reads.
+        // `Expect: 100-continue` bodies are never pre-read: the client waits for our 100
+        // before sending, which goes out when the app first reads.
         let mut pending = Vec::new();
         let mut body_done = false;
         let body = match head.framing {
@@ -624,17 +664,18 @@ impl Conn {
                 Ok(false) => RequestBody::Stream,
                 Err(Some(status)) => {
                     self.fail(status).await;
-                    return ExchangeEnd::Close;
+                    return Err(ExchangeEnd::Close);
                 }
-                Err(None) => return ExchangeEnd::Close,
+                Err(None) => return Err(ExchangeEnd::Close),
             },
         };
 
+        let config = &self.ctx.shared.config;
         let stopping = self.ctx.shared.stopping.load(Ordering::Relaxed);
         head.keep_alive = head.keep_alive && config.keep_alive.is_some() && !stopping;
         let keep_alive = head.keep_alive;
         let exchange = Exchange::new(matches!(body, RequestBody::Stream));
-        let mut guard = CancelOnDrop {
+        let guard = CancelOnDrop {
             exchange: exchange.clone(),
             armed: true,
         };
@@ -649,99 +690,256 @@ impl Conn {
                 mailbox: self.ctx.mailbox.clone(),
                 conn: self.token,
                 seq,
-                exchange: exchange.clone(),
+                exchange,
             },
         };
         if !self.hand_off(request).await {
-            return ExchangeEnd::Close;
+            return Err(ExchangeEnd::Close);
         }
+        Ok(InFlight {
+            seq,
+            guard,
+            keep_alive,
+            body_done,
+            decoder,
+            pending,
+            expect_continue,
+            early: VecDeque::new(),
+        })
+    }
 
-        let mut response_started = false;
-        let mut continue_sent = false;
-        loop {
-            let (reply_seq, msg) = self.inbox.recv().await;
-            if reply_seq != seq {
-                // A late reply for an earlier request on this connection.
-                continue;
+    /// Serves the request `head` and the pipelined requests already buffered behind it:
+    /// all of them go to Python at once (up to [`PIPELINE_BATCH`]), and their responses are
+    /// written in request order, coalesced into as few writes as the timing allows.
+    async fn exchange(&mut self, head: ParsedHead) -> ExchangeEnd {
+        // Unique per request on this connection: `served` counts finished exchanges.
+        let first_seq = self.served as u32;
+        let first = match self.start(head, first_seq).await {
+            Ok(first) => first,
+            Err(end) => return end,
+        };
+        let mut batch = vec![first];
+        // Only requests whose body is already complete in the buffer join the batch: a
+        // streamed body needs this connection's reads for itself.
+        while batch.len() < PIPELINE_BATCH {
+            let last = &batch[batch.len() - 1];
+            if !last.keep_alive || !last.body_done || self.buf.is_empty() {
+                break;
             }
-            match msg {
-                ReplyMsg::Data {
-                    bytes,
-                    end,
-                    close,
-                    counted,
-                } => {
-                    response_started |= !bytes.is_empty();
-                    let n = bytes.len();
-                    if n > 0 {
-                        if let Err(err) = self.write(bytes).await {
-                            log_debug!(
-                                "{}: client gone while writing the response: {err}",
-                                self.peer
-                            );
-                            return ExchangeEnd::Close;
-                        }
-                    }
-                    if counted {
-                        exchange.release(n);
-                    }
-                    if end {
-                        guard.armed = false;
-                        if !body_done {
-                            // Wake anyone still waiting for body the app will never get.
-                            exchange.cancel();
-                        }
-                        if close || !keep_alive {
-                            return if body_done {
-                                ExchangeEnd::Close
-                            } else {
-                                ExchangeEnd::Linger
-                            };
-                        }
-                        // A body the app did not read to the end leaves the connection
-                        // out of sync: close it (after draining a little).
-                        return if body_done {
-                            ExchangeEnd::KeepAlive
-                        } else {
-                            ExchangeEnd::Linger
+            let head = match parse_head(&self.buf, &self.ctx.shared.config.limits) {
+                Ok(Some(head)) => head,
+                // Incomplete or invalid: the next `read_head` deals with it, after the
+                // responses before it went out.
+                _ => break,
+            };
+            let body_here = match head.framing {
+                BodyFraming::None => true,
+                BodyFraming::Length(n) => (self.buf.len() - head.head_len) as u64 >= n,
+                BodyFraming::Chunked => false,
+            };
+            if !body_here || head.expect_continue {
+                break;
+            }
+            let seq = first_seq.wrapping_add(batch.len() as u32);
+            match self.start(head, seq).await {
+                Ok(next) => batch.push(next),
+                Err(end) => {
+                    // Answer what was already handed off, then end as `start` said.
+                    let served = self.finish(&mut batch).await;
+                    return match served {
+                        ExchangeEnd::KeepAlive => end,
+                        other => other,
+                    };
+                }
+            }
+        }
+        self.finish(&mut batch).await
+    }
+
+    /// Writes the responses of `batch` in order. Each ends the connection when it must
+    /// (`Connection: close`, an unread body, an error); otherwise `KeepAlive` after all.
+    async fn finish(&mut self, batch: &mut [InFlight]) -> ExchangeEnd {
+        let mut out = Vec::new();
+        let mut to_release: Vec<(usize, usize)> = Vec::new();
+        let mut end = self.finish_inner(batch, &mut out, &mut to_release).await;
+        if self.flush(&mut out, batch, &mut to_release).await.is_err() {
+            end = ExchangeEnd::Close;
+        }
+        self.served += batch.len() as u64;
+        end
+    }
+
+    async fn finish_inner(
+        &mut self,
+        batch: &mut [InFlight],
+        out: &mut Vec<u8>,
+        to_release: &mut Vec<(usize, usize)>,
+    ) -> ExchangeEnd {
+        let first_seq = batch[0].seq;
+        for idx in 0..batch.len() {
+            let mut response_started = false;
+            let mut continue_sent = false;
+            loop {
+                let msg = match batch[idx].early.pop_front() {
+                    Some(msg) => msg,
+                    None => {
+                        let (seq, msg) = match self.inbox.try_recv() {
+                            Some(next) => next,
+                            None => {
+                                // Nothing more to coalesce now: write what we have before
+                                // waiting (the Python thread may wait for that window).
+                                if self.flush(out, batch, to_release).await.is_err() {
+                                    return ExchangeEnd::Close;
+                                }
+                                self.inbox.recv().await
+                            }
                         };
-                    }
-                }
-                ReplyMsg::File { file, offset, len } => {
-                    response_started = true;
-                    if let Err(err) = self.send_file(&file, offset, len).await {
-                        log_debug!("{}: sendfile failed: {err}", self.peer);
-                        return ExchangeEnd::Close;
-                    }
-                }
-                ReplyMsg::ReadBody => {
-                    if expect_continue && !continue_sent && !response_started {
-                        continue_sent = true;
-                        if self.write(response::CONTINUE).await.is_err() {
-                            return ExchangeEnd::Close;
+                        let offset = seq.wrapping_sub(first_seq) as usize;
+                        if offset == idx {
+                            msg
+                        } else {
+                            // A reply for a later request of the batch waits its turn; one
+                            // for an earlier request (late, after its end) is dropped.
+                            if offset > idx && offset < batch.len() {
+                                batch[offset].early.push_back(msg);
+                            }
+                            continue;
                         }
                     }
-                    let chunk = self
-                        .next_body_chunk(&mut decoder, &mut pending, &mut body_done)
-                        .await;
-                    if let BodyChunk::Error(err) = &chunk {
-                        log_debug!("{}: {err}", self.peer);
-                        let err = *err;
-                        exchange.send_body(chunk);
-                        // The body cannot be trusted: answer it ourselves if nothing was
-                        // sent yet, and drop whatever the app still produces.
-                        if let BodyError::Invalid(http) = err {
-                            if !response_started {
-                                self.fail(http.status()).await;
+                };
+                match msg {
+                    ReplyMsg::Data {
+                        bytes,
+                        end,
+                        close,
+                        counted,
+                    } => {
+                        response_started |= !bytes.is_empty();
+                        let n = bytes.len();
+                        if n >= DIRECT_WRITE || out.len() + n > COALESCE_LIMIT {
+                            if self.flush(out, batch, to_release).await.is_err() {
+                                return ExchangeEnd::Close;
+                            }
+                            if let Err(err) = self.write(bytes).await {
+                                log_debug!(
+                                    "{}: client gone while writing the response: {err}",
+                                    self.peer
+                                );
+                                return ExchangeEnd::Close;
+                            }
+                            if counted {
+                                batch[idx].guard.exchange.release(n);
+                            }
+                        } else {
+                            out.extend_from_slice(&bytes);
+                            if counted {
+                                to_release.push((idx, n));
                             }
                         }
+                        if end {
+                            let current = &mut batch[idx];
+                            current.guard.armed = false;
+                            if !current.body_done {
+                                // Wake anyone still waiting for body the app will never get.
+                                current.guard.exchange.cancel();
+                            }
+                            let body_done = current.body_done;
+                            if close || !current.keep_alive || !body_done {
+                                if self.flush(out, batch, to_release).await.is_err() {
+                                    return ExchangeEnd::Close;
+                                }
+                                // A body the app did not read to the end leaves the
+                                // connection out of sync: close it after draining a little.
+                                return if body_done {
+                                    ExchangeEnd::Close
+                                } else {
+                                    ExchangeEnd::Linger
+                                };
+                            }
+                            break;
+                        }
+                    }
+                    ReplyMsg::File { file, offset, len } => {
+                        response_started = true;
+                        if self.flush(out, batch, to_release).await.is_err() {
+                            return ExchangeEnd::Close;
+                        }
+                        if let Err(err) = self.send_file(&file, offset, len).await {
+                            log_debug!("{}: sendfile failed: {err}", self.peer);
+                            return ExchangeEnd::Close;
+                        }
+                    }
+                    ReplyMsg::ReadBody => {
+                        let current = &mut batch[idx];
+                        // Only a streamed body asks, and a streamed request is always the
+                        // last of its batch: everything before it was written already.
+                        if current.expect_continue && !continue_sent && !response_started {
+                            continue_sent = true;
+                            if self.write(response::CONTINUE).await.is_err() {
+                                return ExchangeEnd::Close;
+                            }
+                        }
+                        let chunk = self
+                            .next_body_chunk(
+                                &mut current.decoder,
+                                &mut current.pending,
+                                &mut current.body_done,
+                            )
+                            .await;
+                        let exchange = current.guard.exchange.clone();
+                        if let BodyChunk::Error(err) = &chunk {
+                            log_debug!("{}: {err}", self.peer);
+                            let err = *err;
+                            exchange.send_body(chunk);
+                            // The body cannot be trusted: answer it ourselves if nothing
+                            // was sent yet, and drop whatever the app still produces.
+                            if let BodyError::Invalid(http) = err {
+                                if !response_started {
+                                    self.fail(http.status()).await;
+                                }
+                            }
+                            return ExchangeEnd::Close;
+                        }
+                        exchange.send_body(chunk);
+                    }
+                    ReplyMsg::Abort => {
+                        // Complete responses before this one still go out.
+                        let _ = self.flush(out, batch, to_release).await;
                         return ExchangeEnd::Close;
                     }
-                    exchange.send_body(chunk);
                 }
-                ReplyMsg::Abort => return ExchangeEnd::Close,
             }
         }
+        ExchangeEnd::KeepAlive
+    }
+
+    /// Writes the coalesced responses in `out`, then gives their counted bytes back to the
+    /// exchanges' windows.
+    async fn flush(
+        &mut self,
+        out: &mut Vec<u8>,
+        batch: &[InFlight],
+        to_release: &mut Vec<(usize, usize)>,
+    ) -> std::io::Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(out);
+        let (result, buf) = self.write_buf(buf).await;
+        if let Err(err) = &result {
+            log_debug!(
+                "{}: client gone while writing the response: {err}",
+                self.peer
+            );
+        }
+        if let Some(mut buf) = buf {
+            buf.clear();
+            *out = buf;
+        }
+        for (idx, n) in to_release.drain(..) {
+            batch[idx].guard.exchange.release(n);
+        }
+        result
     }
 
     /// Queues the request for a Python thread. A full queue holds the connection back
