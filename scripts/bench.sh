@@ -17,7 +17,9 @@ case "${1:-}" in
 esac
 if [ "$mode" = save ] || [ ! -d "$CARGO_TARGET_DIR/criterion" ] || ! ls "$CARGO_TARGET_DIR"/criterion/*/*/"$baseline" >/dev/null 2>&1; then
     echo "saving baseline '$baseline'"
-    cargo bench --bench parse --bench handoff "$@" -- --save-baseline "$baseline"
+    cargo bench --benches "$@" -- --save-baseline "$baseline"
 else
-    cargo bench --bench parse --bench handoff "$@" -- --baseline "$baseline"
+    # Lenient: a suite or benchmark added since the baseline was saved runs without
+    # a comparison instead of failing the run.
+    cargo bench --benches "$@" -- --baseline-lenient "$baseline"
 fi

@@ -22,32 +22,19 @@ use super::{ServerInfo, StartError, ThreadInterp};
 use crate::config::LogLevel;
 use crate::handoff::{BodyChunk, BodyError, ReplyMsg, ReplyTo, Request, RequestBody};
 use crate::http::date::DateCache;
-use crate::http::response::{self, status_allows_body};
+use crate::http::response::{
+    self, status_allows_body, HeadError, LengthMismatch, NotStarted, ResponseEncoder, ResponseHead,
+};
 use crate::http::Version;
 use crate::{log_debug, log_warn};
 
 const CAPSULE_NAME: &std::ffi::CStr = c"spindle.callbacks";
 
-/// How the body of the response in progress is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// Not decided yet (head not sent).
-    Pending,
-    /// `Content-Length: n`: exactly n bytes follow.
-    Length(u64),
-    Chunked,
-    /// HTTP/1.0 without a length: the body ends when the connection closes.
-    CloseDelimited,
-    /// HEAD, 1xx, 204, 304.
-    NoBody,
-}
-
 /// The response of the request a Python thread is serving.
 struct Response {
     reply: ReplyTo,
-    http11: bool,
-    is_head: bool,
-    keep_alive: bool,
+    /// Status, headers and framing: the bytes on the wire.
+    encoder: ResponseEncoder,
     /// The body is streamed and the app has not read it to the end (yet).
     input_pending: bool,
     /// The I/O thread said the streamed body is complete: no more asking.
@@ -58,15 +45,6 @@ struct Response {
     ended: bool,
     /// The token `wsgi.input` must present (guards against use after the request).
     token: u64,
-    status: Option<u16>,
-    /// Status line and the application's validated headers, until the head is sent.
-    head: Vec<u8>,
-    content_length: Option<u64>,
-    has_date: bool,
-    headers_sent: bool,
-    framing: Framing,
-    close: bool,
-    body_bytes: u64,
 }
 
 /// What went wrong building a response message (raised in Python as the given type).
@@ -84,74 +62,20 @@ impl Response {
     ) -> Response {
         Response {
             reply,
-            http11: parsed.version == Version::Http11,
-            is_head: parsed.is_head,
-            keep_alive: parsed.keep_alive,
+            encoder: ResponseEncoder::new(
+                parsed.version == Version::Http11,
+                parsed.is_head,
+                parsed.keep_alive,
+            ),
             input_pending: streaming,
             input_done: false,
             ended: false,
             token,
-            status: None,
-            head: Vec::new(),
-            content_length: None,
-            has_date: false,
-            headers_sent: false,
-            framing: Framing::Pending,
-            close: false,
-            body_bytes: 0,
         }
-    }
-
-    /// Appends the head (status line, app headers, framing headers, Date, Connection).
-    /// `known_total`: the whole body's length when the app gave it all at once.
-    fn write_head(&mut self, out: &mut Vec<u8>, known_total: Option<u64>, date: &mut DateCache) {
-        let status = self.status.unwrap_or(500);
-        out.extend_from_slice(&self.head);
-        self.framing = if self.is_head || !status_allows_body(status) {
-            Framing::NoBody
-        } else if let Some(n) = self.content_length {
-            Framing::Length(n)
-        } else if let Some(n) = known_total {
-            out.extend_from_slice(b"Content-Length: ");
-            response::push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-            Framing::Length(n)
-        } else if self.http11 {
-            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-            Framing::Chunked
-        } else {
-            self.close = true;
-            Framing::CloseDelimited
-        };
-        if self.is_head && self.content_length.is_none() {
-            if let Some(n) = known_total {
-                // HEAD gets the headers GET would get (RFC 9110 §9.3.2).
-                out.extend_from_slice(b"Content-Length: ");
-                response::push_decimal(out, n);
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-        if !self.has_date {
-            out.extend_from_slice(b"Date: ");
-            out.extend_from_slice(date.get());
-            out.extend_from_slice(b"\r\n");
-        }
-        if self.input_pending {
-            // The app answered without reading the whole body: the connection cannot be
-            // reused (the I/O thread closes it), so say so.
-            self.close = true;
-        }
-        if self.close || !self.keep_alive {
-            out.extend_from_slice(b"Connection: close\r\n");
-        } else if !self.http11 {
-            out.extend_from_slice(b"Connection: keep-alive\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        self.headers_sent = true;
-        self.head = Vec::new();
     }
 
     /// Builds the next message: the head when not yet sent, then `parts` framed.
+    /// `known_total`: the whole body's length when the app gave it all at once.
     fn build(
         &mut self,
         parts: &[&[u8]],
@@ -162,54 +86,29 @@ impl Response {
         if self.ended {
             return Err(BuildError::Ended);
         }
-        if self.status.is_none() {
-            return Err(BuildError::NoStartResponse);
+        if self.input_pending && !self.encoder.headers_sent() {
+            // The app answers without reading the whole body: the connection cannot be
+            // reused (the I/O thread closes it), so the head says so.
+            self.encoder.close_after();
         }
+        let encoded = self
+            .encoder
+            .build(parts, end, known_total, date)
+            .map_err(|NotStarted| BuildError::NoStartResponse)?;
         self.ended = end;
-        let data_len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(self.head.len() + data_len + 160);
-        if !self.headers_sent {
-            self.write_head(&mut out, known_total, date);
-        }
-        for part in parts {
-            match self.framing {
-                Framing::NoBody | Framing::Pending => {}
-                Framing::Length(n) => {
-                    let room = n.saturating_sub(self.body_bytes) as usize;
-                    let take = room.min(part.len());
-                    if take < part.len() {
-                        log_warn!("the application sent more than its Content-Length ({n}); the excess is dropped");
-                    }
-                    out.extend_from_slice(&part[..take]);
-                    self.body_bytes += take as u64;
-                }
-                Framing::Chunked => {
-                    response::push_chunk(&mut out, part);
-                    self.body_bytes += part.len() as u64;
-                }
-                Framing::CloseDelimited => {
-                    out.extend_from_slice(part);
-                    self.body_bytes += part.len() as u64;
-                }
-            }
-        }
-        if end {
-            match self.framing {
-                Framing::Chunked => out.extend_from_slice(response::LAST_CHUNK),
-                Framing::Length(n) if self.body_bytes < n => {
-                    log_warn!(
-                        "the application sent {} of its Content-Length {n}; closing the connection",
-                        self.body_bytes
-                    );
-                    self.close = true;
-                }
-                _ => {}
-            }
+        match encoded.mismatch {
+            None => {}
+            Some(LengthMismatch::Excess { declared }) => log_warn!(
+                "the application sent more than its Content-Length ({declared}); the excess is dropped"
+            ),
+            Some(LengthMismatch::Short { sent, declared }) => log_warn!(
+                "the application sent {sent} of its Content-Length {declared}; closing the connection"
+            ),
         }
         Ok(ReplyMsg::Data {
-            bytes: out,
+            bytes: encoded.bytes,
             end,
-            close: end && (self.close || !self.keep_alive),
+            close: encoded.close,
             counted: !end,
         })
     }
@@ -359,40 +258,35 @@ fn runtime_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
     )
 }
 
-/// Hop-by-hop fields belong to the server's connection management, never the app's
-/// (PEP 3333, "Other HTTP Features"; RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+/// The `ValueError` for a refused status or header. `field`: the header name, or the
+/// status for [`HeadError::BadStatus`].
+fn head_error<'py>(gil: Gil<'py>, error: HeadError, field: &[u8], value: &[u8]) -> PyErr<'py> {
+    let name = String::from_utf8_lossy(field);
+    let message = match error {
+        HeadError::BadStatus => format!("status must look like '200 OK', got {name:?}"),
+        HeadError::BadName => format!("invalid header name {name:?}"),
+        HeadError::HopByHop => {
+            format!("hop-by-hop header {name:?} is not allowed from a WSGI application (PEP 3333)")
+        }
+        HeadError::ControlChar => {
+            format!("header {name:?} has a control character (CR, LF or NUL) in its value")
+        }
+        HeadError::ConflictingContentLength => "two different Content-Length headers".to_owned(),
+        HeadError::BadContentLength => format!(
+            "invalid Content-Length {:?}",
+            std::str::from_utf8(value).unwrap_or("").trim()
+        ),
+    };
+    value_error(gil, &message)
 }
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// The validated result of one `start_response` call.
-struct StartResponse {
-    status: u16,
-    head: Vec<u8>,
-    content_length: Option<u64>,
-    has_date: bool,
-}
-
+/// Checks `start_response`'s arguments' Python types and encodings; the bytes are validated
+/// by [`ResponseHead`].
 fn validate_start_response<'py>(
     gil: Gil<'py>,
     status: &Obj<'py>,
     headers: &Obj<'py>,
-) -> PyResult<'py, StartResponse> {
+) -> PyResult<'py, ResponseHead> {
     if !status.is_str() {
         return Err(type_error(
             gil,
@@ -402,25 +296,8 @@ fn validate_start_response<'py>(
     let status_bytes = status
         .encode_latin1()
         .ok_or_else(|| value_error(gil, "status must be latin-1 text"))?;
-    let valid = status_bytes.len() >= 4
-        && status_bytes[..3].iter().all(u8::is_ascii_digit)
-        && status_bytes[3] == b' '
-        && status_bytes[0] != b'0'
-        && status_bytes[4..]
-            .iter()
-            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
-    if !valid {
-        return Err(value_error(
-            gil,
-            &format!(
-                "status must look like '200 OK', got {:?}",
-                String::from_utf8_lossy(&status_bytes)
-            ),
-        ));
-    }
-    let code = (status_bytes[0] - b'0') as u16 * 100
-        + (status_bytes[1] - b'0') as u16 * 10
-        + (status_bytes[2] - b'0') as u16;
+    let mut head = ResponseHead::new(&status_bytes)
+        .map_err(|error| head_error(gil, error, &status_bytes, b""))?;
     // SAFETY: a type check on a live object.
     if unsafe { ffi::PyList_Check(headers.as_ptr()) } == 0 {
         return Err(type_error(
@@ -432,12 +309,6 @@ fn validate_start_response<'py>(
         ));
     }
     let items = headers.iter()?;
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(&status_bytes);
-    head.extend_from_slice(b"\r\n");
-    let mut content_length = None;
-    let mut has_date = false;
     while let Some(item) = items.next()? {
         let pair = item
             .sequence_items()
@@ -458,66 +329,18 @@ fn validate_start_response<'py>(
             return Err(type_error(gil, "header names and values must be str"));
         }
         let name_bytes = name.encode_latin1().unwrap_or_default();
-        if name_bytes.is_empty() || !name_bytes.iter().all(|&b| is_token_byte(b)) {
-            return Err(value_error(
-                gil,
-                &format!(
-                    "invalid header name {:?}",
-                    String::from_utf8_lossy(&name_bytes)
-                ),
-            ));
-        }
-        if is_hop_by_hop(&name_bytes) {
-            return Err(value_error(
-                gil,
-                &format!(
-                    "hop-by-hop header {:?} is not allowed from a WSGI application (PEP 3333)",
-                    String::from_utf8_lossy(&name_bytes)
-                ),
-            ));
-        }
-        let value_bytes = value
-            .encode_latin1()
-            .ok_or_else(|| value_error(gil, "header values must be latin-1 text"))?;
-        if value_bytes
-            .iter()
-            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-        {
-            return Err(value_error(
-                gil,
-                &format!(
-                    "header {:?} has a control character (CR, LF or NUL) in its value",
-                    String::from_utf8_lossy(&name_bytes)
-                ),
-            ));
-        }
-        if name_bytes.eq_ignore_ascii_case(b"content-length") {
-            let text = std::str::from_utf8(&value_bytes).unwrap_or("").trim();
-            match text.parse::<u64>() {
-                Ok(n) if content_length.is_some_and(|c| c != n) => {
-                    return Err(value_error(gil, "two different Content-Length headers"));
-                }
-                Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) => content_length = Some(n),
-                _ => {
-                    return Err(value_error(
-                        gil,
-                        &format!("invalid Content-Length {text:?}"),
-                    ))
-                }
+        let Some(value_bytes) = value.encode_latin1() else {
+            // A bad name is reported before a value that is not latin-1.
+            if let Err(error) = response::check_header_name(&name_bytes) {
+                return Err(head_error(gil, error, &name_bytes, b""));
             }
+            return Err(value_error(gil, "header values must be latin-1 text"));
+        };
+        if let Err(error) = head.push_header(&name_bytes, &value_bytes) {
+            return Err(head_error(gil, error, &name_bytes, &value_bytes));
         }
-        has_date |= name_bytes.eq_ignore_ascii_case(b"date");
-        head.extend_from_slice(&name_bytes);
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(&value_bytes);
-        head.extend_from_slice(b"\r\n");
     }
-    Ok(StartResponse {
-        status: code,
-        head,
-        content_length,
-        has_date,
-    })
+    Ok(head)
 }
 
 unsafe extern "C" fn start_response(
@@ -582,7 +405,7 @@ unsafe extern "C" fn start_response(
                         "start_response() called after the response ended",
                     ))
                 }
-                Some(resp) => (resp.headers_sent, resp.status.is_some()),
+                Some(resp) => (resp.encoder.headers_sent(), resp.encoder.status().is_some()),
                 None => {
                     return Err(runtime_error(
                         gil,
@@ -628,10 +451,7 @@ unsafe extern "C" fn start_response(
                 "start_response() called outside of a request",
             ));
         };
-        resp.status = Some(validated.status);
-        resp.head = validated.head;
-        resp.content_length = validated.content_length;
-        resp.has_date = validated.has_date;
+        resp.encoder.start(validated);
         drop(current);
         // SAFETY: `write` was set at thread start to a function object we keep alive.
         Ok(unsafe { Obj::from_borrowed_unchecked(gil, cb.write.get()) })
@@ -966,6 +786,8 @@ impl Worker {
                 String::from_utf8_lossy(parsed.target.get(&head))
             )
         };
+        // The server answered with its own 500 (what the access log shows).
+        let mut sent_500 = false;
         let resp = match outcome {
             Outcome::Done => self.cb.current.borrow_mut().take(),
             Outcome::Cancelled => {
@@ -993,7 +815,7 @@ impl Worker {
                     if resp.ended {
                         // The response went out whole (the failure came from close()):
                         // nothing more to send, and the connection may carry on.
-                    } else if resp.headers_sent {
+                    } else if resp.encoder.headers_sent() {
                         // Too late for a 500: the client must not take a cut-short body
                         // for a whole one, so the connection closes.
                         resp.reply.send(ReplyMsg::Abort);
@@ -1006,25 +828,26 @@ impl Worker {
                             close: true,
                             counted: false,
                         });
+                        sent_500 = true;
                     }
                 }
-                resp.map(|mut r| {
-                    if !r.headers_sent {
-                        r.status = Some(500);
-                    }
-                    r
-                })
+                resp
             }
         };
         if self.access_log {
             if let Some(resp) = resp {
-                let version = if resp.http11 { "1.1" } else { "1.0" };
+                let version = if resp.encoder.http11() { "1.1" } else { "1.0" };
+                let status = if sent_500 {
+                    Some(500)
+                } else {
+                    resp.encoder.status()
+                };
                 crate::log_at!(
                     LogLevel::Info,
                     "{peer} \"{} HTTP/{version}\" {} {} {:.3}ms",
                     request_line(),
-                    resp.status.unwrap_or(0),
-                    resp.body_bytes,
+                    status.unwrap_or(0),
+                    resp.encoder.body_bytes(),
                     started.elapsed().as_secs_f64() * 1e3
                 );
             }
@@ -1085,7 +908,12 @@ impl Worker {
         }
 
         let iter = result.iter()?;
-        let is_head = self.cb.current.borrow().as_ref().is_some_and(|r| r.is_head);
+        let is_head = self
+            .cb
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.encoder.is_head());
         while let Some(chunk) = iter.next()? {
             if exchange.is_cancelled() {
                 return Ok(false);
@@ -1115,7 +943,7 @@ impl Worker {
             .current
             .borrow()
             .as_ref()
-            .is_some_and(|r| !r.headers_sent);
+            .is_some_and(|r| !r.encoder.headers_sent());
         emit(gil, self.cb, &[], true, nothing_sent.then_some(0))
     }
 
@@ -1135,8 +963,12 @@ impl Worker {
                 .as_ref()
                 .ok_or_else(|| runtime_error(gil, "no request"))?;
             (
-                resp.content_length,
-                resp.is_head || resp.status.is_some_and(|s| !status_allows_body(s)),
+                resp.encoder.content_length(),
+                resp.encoder.is_head()
+                    || resp
+                        .encoder
+                        .status()
+                        .is_some_and(|s| !status_allows_body(s)),
             )
         };
         if let Some(n) = app_length {
@@ -1163,7 +995,7 @@ impl Worker {
             let file = unsafe { std::fs::File::from_raw_fd(dup) };
             let mut current = self.cb.current.borrow_mut();
             if let Some(resp) = current.as_mut() {
-                resp.body_bytes = len;
+                resp.encoder.count_body_bytes(len);
                 resp.reply.send(ReplyMsg::File { file, offset, len });
             }
         }
