@@ -235,9 +235,11 @@ impl Interp {
         }
     }
 
-    /// Builds the environ of one request.
+    /// Builds the environ of one request (public for benches/wsgi.rs, through
+    /// [`Runtime::with_main_interp`](super::Runtime::with_main_interp)). `stream_input`
+    /// makes `wsgi.input` for a streamed body; it is not called for a complete one.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn environ<'py>(
+    pub fn environ<'py>(
         &self,
         gil: Gil<'py>,
         head: &[u8],

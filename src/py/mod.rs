@@ -270,6 +270,33 @@ impl Runtime {
         &self.mode
     }
 
+    /// Runs `f` on the calling thread, attached to the main interpreter through a thread
+    /// state of its own, with the application's interpreter state: how benchmarks and tests
+    /// drive the bridge (e.g. [`Interp::environ`]) without going through the request queue.
+    /// `None` when the application runs in sub-interpreters, whose state belongs to their
+    /// own threads. The Python threads share the main interpreter's GIL meanwhile.
+    pub fn with_main_interp<R>(
+        &self,
+        f: impl for<'py> FnOnce(Gil<'py>, &Interp) -> R,
+    ) -> Option<R> {
+        let interp = self.main_interp.as_ref()?;
+        // SAFETY: the main interpreter lives until `stop`, which consumes `self`; a new
+        // thread state is made for this thread and attached only here.
+        let tstate = unsafe { ffi::PyThreadState_New(ffi::PyInterpreterState_Main()) };
+        assert!(!tstate.is_null(), "PyThreadState_New failed");
+        // SAFETY: `tstate` is fresh, belongs to this thread and is attached nowhere else.
+        let attached = unsafe { Attached::restore(tstate) };
+        let result = f(attached.gil(), interp);
+        std::mem::forget(attached);
+        // SAFETY: `tstate` is still attached on this thread (forgetting `attached` kept it
+        // so); Clear needs it attached, and DeleteCurrent deletes it and releases the GIL.
+        unsafe {
+            ffi::PyThreadState_Clear(tstate);
+            ffi::PyThreadState_DeleteCurrent();
+        }
+        Some(result)
+    }
+
     /// Waits for the Python threads (they end when the request queue closes, each ending
     /// its own sub-interpreter, which runs that interpreter's atexit handlers), then
     /// finalises the main interpreter.
