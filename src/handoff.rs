@@ -119,6 +119,14 @@ pub enum ReplyMsg {
         close: bool,
         counted: bool,
     },
+    /// A whole response: `head` (framed for a body of `body.len()` bytes), then `body`
+    /// written from the application's own `bytes` object, without a copy (the object is
+    /// released by its Python thread once `body` is dropped). Never counted.
+    Whole {
+        head: Vec<u8>,
+        body: Bytes,
+        close: bool,
+    },
     /// Send `len` bytes of `file` from `offset` (sendfile/splice, never through Python).
     File {
         file: std::fs::File,

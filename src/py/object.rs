@@ -675,3 +675,91 @@ impl Drop for Attached<'_> {
         }
     }
 }
+
+/// References to release later, by the thread that owns their interpreter: where
+/// [`SharedBytes`] send their object when the I/O thread is done with them.
+#[derive(Default)]
+pub struct ReleaseQueue {
+    queued: std::sync::Mutex<Vec<Held>>,
+    /// References shared and not yet released (queued or still in use).
+    outstanding: std::sync::atomic::AtomicUsize,
+}
+
+impl ReleaseQueue {
+    fn push(&self, obj: Held) {
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(obj);
+    }
+
+    /// Releases everything queued. The caller is attached to the interpreter whose
+    /// objects this queue collects.
+    pub fn drain(&self, gil: Gil<'_>) {
+        let objs = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|e| e.into_inner()));
+        self.outstanding
+            .fetch_sub(objs.len(), std::sync::atomic::Ordering::Relaxed);
+        for obj in objs {
+            obj.release(gil);
+        }
+    }
+
+    /// Whether some shared references have not come back yet (the owner should drain
+    /// again soon, even when idle).
+    pub fn has_outstanding(&self) -> bool {
+        self.outstanding.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
+/// The data of a `bytes` object, readable from any thread without its GIL, for as long as
+/// this lives: the object is kept alive by a reference that, on drop, goes to the
+/// [`ReleaseQueue`] of the interpreter's thread (Python objects are only released there).
+/// How a large response body reaches the socket without a copy.
+pub struct SharedBytes {
+    /// `None` only during drop.
+    obj: Option<Held>,
+    data: NonNull<u8>,
+    len: usize,
+    releases: std::sync::Arc<ReleaseQueue>,
+}
+
+// SAFETY: the data of a `bytes` object is immutable and lives as long as the object, which
+// the reference in `obj` keeps alive; reading it needs no GIL. The object itself is never
+// touched off its thread: `drop` only moves the reference into the release queue, which
+// its interpreter's thread drains under its GIL.
+unsafe impl Send for SharedBytes {}
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `data`/`len` are the buffer of the live, immutable bytes object (above).
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedBytes {
+    fn drop(&mut self) {
+        if let Some(obj) = self.obj.take() {
+            self.releases.push(obj);
+        }
+    }
+}
+
+impl Obj<'_> {
+    /// Shares a `bytes` object's data with other threads (see [`SharedBytes`]); `None` for
+    /// other types. The reference goes to `releases` when the last user drops it.
+    pub fn share_bytes(&self, releases: &std::sync::Arc<ReleaseQueue>) -> Option<SharedBytes> {
+        let (data, len) = {
+            let bytes = self.as_bytes()?;
+            (NonNull::new(bytes.as_ptr().cast_mut())?, bytes.len())
+        };
+        releases
+            .outstanding
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(SharedBytes {
+            obj: Some(self.clone().hold()),
+            data,
+            len,
+            releases: releases.clone(),
+        })
+    }
+}

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use pyo3_ffi as ffi;
 
 use super::environ::Interp;
-use super::object::{Attached, Borrowed, Gil, Held, Obj, PyErr, PyResult};
+use super::object::{Attached, Borrowed, Gil, Held, Obj, PyErr, PyResult, ReleaseQueue};
 use super::{ServerInfo, StartError, ThreadInterp};
 use crate::config::LogLevel;
 use crate::handoff::{BodyChunk, BodyError, ReplyMsg, ReplyTo, Request, RequestBody};
@@ -29,6 +29,13 @@ use crate::http::Version;
 use crate::{log_debug, log_warn};
 
 const CAPSULE_NAME: &std::ffi::CStr = c"spindle.callbacks";
+
+/// A response body of one `bytes` object at least this large is written from the object's
+/// own memory instead of being copied behind the head: below it, the copy is cheaper than
+/// a second piece to write and a release to send back.
+const SHARE_BODY_MIN: usize = 16 * 1024;
+/// How soon an idle Python thread releases the shared bodies the I/O threads are done with.
+const RELEASE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The response of the request a Python thread is serving.
 struct Response {
@@ -687,6 +694,8 @@ struct Worker {
     write: Held,
     read_body: Held,
     access_log: bool,
+    /// `bytes` objects whose data the I/O threads wrote without a copy, to release here.
+    releases: Arc<ReleaseQueue>,
 }
 
 impl Worker {
@@ -720,10 +729,19 @@ impl Worker {
             write,
             read_body,
             access_log,
+            releases: Arc::default(),
         })
     }
 
+    /// Releases the `bytes` objects the I/O threads are done writing.
+    fn release_written(&self, gil: Gil<'_>) {
+        self.releases.drain(gil);
+    }
+
     fn release(self, gil: Gil<'_>) {
+        // Bodies still being written when the server stops are left to the interpreter's
+        // end: only the ones already written come back here.
+        self.releases.drain(gil);
         self.cb.client_disconnected.set(std::ptr::null_mut());
         self.start_response.release(gil);
         self.write.release(gil);
@@ -872,6 +890,56 @@ impl Worker {
         }
     }
 
+    /// The whole response at once, its body written from `body`'s own memory (see
+    /// [`ReplyMsg::Whole`]). `Ok(None)`: not possible for this response (a HEAD, a status
+    /// without body, a Content-Length that differs, headers already sent); copy instead.
+    fn emit_shared<'py>(&self, body: &Obj<'py>) -> PyResult<'py, Option<bool>> {
+        let Ok(mut current) = self.cb.current.try_borrow_mut() else {
+            return Ok(None);
+        };
+        let Some(resp) = current.as_mut() else {
+            return Ok(None);
+        };
+        let Some(n) = body.as_bytes().map(|b| b.len() as u64) else {
+            return Ok(None);
+        };
+        let encoder = &resp.encoder;
+        let fits = !resp.ended
+            && !encoder.headers_sent()
+            && !encoder.is_head()
+            && encoder.status().is_some_and(status_allows_body)
+            && encoder
+                .content_length()
+                .is_none_or(|declared| declared == n);
+        if !fits {
+            return Ok(None);
+        }
+        if resp.reply.exchange.is_cancelled() {
+            return Ok(Some(false));
+        }
+        let Some(shared) = body.share_bytes(&self.releases) else {
+            return Ok(None);
+        };
+        let mut date = self.cb.date.borrow_mut();
+        // The head, framed for `n` bytes; the body is counted as sent, and the end adds
+        // nothing (Content-Length framing) but settles `close`.
+        let head = match resp.build(&[], false, Some(n), &mut date) {
+            Ok(ReplyMsg::Data { bytes, .. }) => bytes,
+            _ => return Ok(None),
+        };
+        resp.encoder.count_body_bytes(n);
+        let close = match resp.build(&[], true, None, &mut date) {
+            Ok(ReplyMsg::Data { close, .. }) => close,
+            _ => true,
+        };
+        resp.reply.send(ReplyMsg::Whole {
+            head,
+            body: bytes::Bytes::from_owner(shared),
+            close,
+        });
+        Ok(Some(true))
+    }
+
     fn drain_inner<'py>(
         &self,
         gil: Gil<'py>,
@@ -893,6 +961,13 @@ impl Worker {
                                 item.type_name()
                             ),
                         ))
+                    }
+                }
+            }
+            if let [only] = items.as_slice() {
+                if parts[0].len() >= SHARE_BODY_MIN {
+                    if let Some(sent) = self.emit_shared(only)? {
+                        return Ok(sent);
                     }
                 }
             }
@@ -1160,11 +1235,28 @@ fn serve(
     let _ = ready.send(Ok(()));
     drop(ready);
     // Take every queued request before sleeping again: under load one wake-up serves many.
-    while let Ok(first) = gil.allow_threads(|| requests.recv()) {
+    loop {
+        // While shared bodies are out, wake now and then to release them even when idle.
+        let first = if worker.releases.has_outstanding() {
+            match gil.allow_threads(|| requests.recv_timeout(RELEASE_INTERVAL)) {
+                Ok(first) => first,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    worker.release_written(gil);
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match gil.allow_threads(|| requests.recv()) {
+                Ok(first) => first,
+                Err(_) => break,
+            }
+        };
         worker.handle(gil, first);
         while let Ok(next) = requests.try_recv() {
             worker.handle(gil, next);
         }
+        worker.release_written(gil);
     }
     worker.release(gil);
     interp

@@ -23,6 +23,7 @@ use monoio::buf::{IoBuf, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::{TcpListener, TcpStream};
 
+use super::gather::Gather;
 use super::{sendfile, Shared};
 use crate::handoff::{
     BodyChunk, BodyError, ConnToken, Exchange, IoMailbox, Reply, ReplyMsg, ReplyTo, Request,
@@ -507,6 +508,27 @@ impl Conn {
         (Ok(()), Some(buf))
     }
 
+    /// Writes every buffer of `bufs` with as few `writev` calls as the socket allows, under
+    /// the same per-write timeout as [`Conn::write`].
+    async fn write_gather(&mut self, bufs: Vec<Bytes>) -> std::io::Result<()> {
+        let timeout = self.ctx.shared.config.write_timeout;
+        let mut gather = Gather::new(bufs);
+        while gather.remaining() > 0 {
+            match monoio::time::timeout(timeout, self.stream.writev(gather)).await {
+                Ok((Ok(0), _)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok((Ok(n), rest)) => gather = rest.advance(n),
+                Ok((Err(err), _)) => return Err(err),
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client read nothing for --write-timeout",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a server error response and closes with a lingering drain.
     async fn fail(&mut self, status: u16) {
         let out = self.ctx.error_response(status);
@@ -858,6 +880,33 @@ impl Conn {
                             }
                             break;
                         }
+                    }
+                    ReplyMsg::Whole { head, body, close } => {
+                        // Whatever is coalesced, this head and the body: one writev.
+                        let pending = Bytes::from(std::mem::take(out));
+                        let result = self
+                            .write_gather(vec![pending, Bytes::from(head), body])
+                            .await;
+                        for (idx, n) in to_release.drain(..) {
+                            batch[idx].guard.exchange.release(n);
+                        }
+                        if let Err(err) = result {
+                            log_debug!(
+                                "{}: client gone while writing the response: {err}",
+                                self.peer
+                            );
+                            return ExchangeEnd::Close;
+                        }
+                        let current = &mut batch[idx];
+                        current.guard.armed = false;
+                        if close || !current.keep_alive || !current.body_done {
+                            if !current.body_done {
+                                current.guard.exchange.cancel();
+                                return ExchangeEnd::Linger;
+                            }
+                            return ExchangeEnd::Close;
+                        }
+                        break;
                     }
                     ReplyMsg::File { file, offset, len } => {
                         response_started = true;

@@ -3,6 +3,7 @@
 //! touch Python: they hand requests to `py` through `handoff`.
 
 mod conn;
+mod gather;
 mod sendfile;
 mod signals;
 
