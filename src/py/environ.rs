@@ -5,8 +5,8 @@
 //! every key is interned once per interpreter. Values are made straight from the request
 //! head's bytes (offsets into the frozen read buffer), decoded as latin-1 (PEP 3333).
 
+use crate::http::response;
 use std::ffi::CStr;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use anyhow::anyhow;
@@ -42,6 +42,10 @@ pub struct Interp {
     pub(crate) keys: Keys,
     /// Common method and protocol strings, so most requests create no new str for them.
     methods: Vec<(&'static [u8], Held)>,
+    /// `HTTP_*` keys of common request headers, by lowercase name: most requests build no
+    /// key string at all. Indexed by name length in `header_keys_by_len`.
+    header_keys: Vec<(&'static [u8], Held)>,
+    header_keys_by_len: Vec<Vec<u8>>,
     http10: Held,
     http11: Held,
     // From `_spindle` (bootstrap.py).
@@ -151,11 +155,23 @@ impl Interp {
         ] {
             methods.push((name, py(gil.intern(c))?));
         }
+        let mut header_keys = Vec::with_capacity(COMMON_HEADERS.len());
+        for &name in COMMON_HEADERS {
+            let key = std::ffi::CString::new(http_key(name)).expect("no NUL in header names");
+            header_keys.push((name, py(gil.intern(&key))?));
+        }
+        let mut header_keys_by_len =
+            vec![Vec::new(); 1 + COMMON_HEADERS.iter().map(|n| n.len()).max().unwrap_or(0)];
+        for (i, (name, _)) in header_keys.iter().enumerate() {
+            header_keys_by_len[name.len()].push(i as u8);
+        }
         Ok(Interp {
             app,
             base_environ: base.hold(),
             keys,
             methods,
+            header_keys,
+            header_keys_by_len,
             http10: py(gil.intern(c"HTTP/1.0"))?,
             http11: py(gil.intern(c"HTTP/1.1"))?,
             stream_input: get(c"stream_input")?,
@@ -176,6 +192,8 @@ impl Interp {
             base_environ,
             keys,
             methods,
+            header_keys,
+            header_keys_by_len: _,
             http10,
             http11,
             stream_input,
@@ -230,9 +248,21 @@ impl Interp {
         ] {
             held.release(gil);
         }
-        for (_, held) in methods {
+        for (_, held) in methods.into_iter().chain(header_keys) {
             held.release(gil);
         }
+    }
+
+    /// The interned `HTTP_*` key of a common header (any case), if it is one.
+    fn common_header_key(&self, name: &[u8]) -> Option<&Held> {
+        // Few names share a length: compare only those, byte by byte (a `memcmp` call per
+        // candidate in a binary search cost more than building the key).
+        let bucket = self.header_keys_by_len.get(name.len())?;
+        bucket
+            .iter()
+            .map(|&i| &self.header_keys[i as usize])
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(_, key)| key)
     }
 
     /// Builds the environ of one request (public for benches/wsgi.rs, through
@@ -286,17 +316,20 @@ impl Interp {
         )?;
 
         // Addresses and ports, formatted through one buffer.
-        let mut text = String::with_capacity(48);
-        let fields: [(&Held, &dyn std::fmt::Display); 4] = [
-            (&keys.server_name, &local.ip()),
-            (&keys.server_port, &local.port()),
-            (&keys.remote_addr, &peer.ip()),
-            (&keys.remote_port, &peer.port()),
-        ];
-        for (key, value) in fields {
+        let mut text = Vec::with_capacity(48);
+        for (key, ip, port) in [
+            (&keys.server_name, Some(local.ip()), None),
+            (&keys.server_port, None, Some(local.port())),
+            (&keys.remote_addr, Some(peer.ip()), None),
+            (&keys.remote_port, None, Some(peer.port())),
+        ] {
             text.clear();
-            let _ = write!(text, "{value}");
-            environ.dict_set(key.borrow(gil), &gil.str(&text)?)?;
+            match (ip, port) {
+                (Some(ip), _) => push_ip(&mut text, ip),
+                (None, Some(port)) => response::push_decimal(&mut text, port.into()),
+                (None, None) => {}
+            }
+            environ.dict_set(key.borrow(gil), &gil.str_latin1(&text)?)?;
         }
 
         let mut key = Vec::with_capacity(64);
@@ -308,34 +341,29 @@ impl Interp {
                 // `X-Forwarded-For` once both become HTTP_X_FORWARDED_FOR.
                 continue;
             }
-            let key_obj = if name.eq_ignore_ascii_case(b"content-type") {
+            let is_length = name.eq_ignore_ascii_case(b"content-length");
+            let key_obj = if let Some(known) = self.common_header_key(name) {
+                known.bind(gil)
+            } else if name.eq_ignore_ascii_case(b"content-type") {
                 keys.content_type.bind(gil)
-            } else if name.eq_ignore_ascii_case(b"content-length") {
+            } else if is_length {
                 keys.content_length.bind(gil)
             } else {
                 key.clear();
-                key.extend_from_slice(b"HTTP_");
-                key.extend(name.iter().map(|&b| {
-                    if b == b'-' {
-                        b'_'
-                    } else {
-                        b.to_ascii_uppercase()
-                    }
-                }));
+                push_http_key(&mut key, name);
                 gil.str_latin1(&key)?
             };
-            let value_obj = match environ.dict_get(key_obj.borrow()) {
-                // A repeated field: join the values with "," (RFC 9110 §5.3).
-                Some(previous) if !name.eq_ignore_ascii_case(b"content-length") => {
-                    let mut joined = previous.encode_latin1().unwrap_or_default();
-                    joined.push(b',');
-                    joined.extend_from_slice(value);
-                    gil.str_latin1(&joined)?
-                }
-                Some(_) => continue,
-                None => gil.str_latin1(value)?,
-            };
-            environ.dict_set(key_obj.borrow(), &value_obj)?;
+            let value_obj = gil.str_latin1(value)?;
+            let before = environ.dict_len();
+            let present = environ.dict_set_default(key_obj.borrow(), &value_obj)?;
+            if environ.dict_len() == before && !is_length {
+                // A repeated field: join the values with "," (RFC 9110 §5.3). A repeated
+                // Content-Length was checked equal by the parser: keep the first.
+                let mut joined = present.encode_latin1().unwrap_or_default();
+                joined.push(b',');
+                joined.extend_from_slice(value);
+                environ.dict_set(key_obj.borrow(), &gil.str_latin1(&joined)?)?;
+            }
         }
 
         let input = match body {
@@ -431,6 +459,90 @@ fn build_base_environ<'py>(
 }
 
 /// Decodes `%XX` escapes; a malformed escape stays as it is (as gunicorn and wsgiref do).
+/// Request headers common enough to keep their `HTTP_*` key interned (lowercase).
+const COMMON_HEADERS: &[&[u8]] = &[
+    b"accept",
+    b"accept-charset",
+    b"accept-encoding",
+    b"accept-language",
+    b"authorization",
+    b"cache-control",
+    b"connection",
+    b"cookie",
+    b"dnt",
+    b"expect",
+    b"forwarded",
+    b"host",
+    b"if-match",
+    b"if-modified-since",
+    b"if-none-match",
+    b"if-range",
+    b"if-unmodified-since",
+    b"origin",
+    b"pragma",
+    b"priority",
+    b"range",
+    b"referer",
+    b"sec-ch-ua",
+    b"sec-ch-ua-mobile",
+    b"sec-ch-ua-platform",
+    b"sec-fetch-dest",
+    b"sec-fetch-mode",
+    b"sec-fetch-site",
+    b"sec-fetch-user",
+    b"te",
+    b"traceparent",
+    b"tracestate",
+    b"transfer-encoding",
+    b"upgrade",
+    b"upgrade-insecure-requests",
+    b"user-agent",
+    b"via",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-proto",
+    b"x-real-ip",
+    b"x-request-id",
+    b"x-requested-with",
+];
+
+/// `HTTP_` + the name uppercased, `-` as `_` (PEP 3333, CGI).
+fn push_http_key(out: &mut Vec<u8>, name: &[u8]) {
+    out.extend_from_slice(b"HTTP_");
+    out.extend(name.iter().map(|&b| {
+        if b == b'-' {
+            b'_'
+        } else {
+            b.to_ascii_uppercase()
+        }
+    }));
+}
+
+fn http_key(name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + name.len());
+    push_http_key(&mut key, name);
+    key
+}
+
+/// An address as `SERVER_NAME`/`REMOTE_ADDR` show it; IPv4 without `fmt`.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                response::push_decimal(out, octet.into());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;

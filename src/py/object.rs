@@ -369,6 +369,31 @@ impl<'py> Obj<'py> {
         self.check(rc)
     }
 
+    /// Sets `key` to `value` in a dict unless it is there already; the value the dict has
+    /// afterwards. One lookup instead of two. (Whether it was there: compare `dict_len`
+    /// before and after; the value may be a cached singleton, so identity does not tell.)
+    pub fn dict_set_default(
+        &self,
+        key: Borrowed<'_, 'py>,
+        value: &Obj<'py>,
+    ) -> PyResult<'py, Obj<'py>> {
+        // SAFETY: `self` is a dict and `key`/`value` live objects of this interpreter; GIL
+        // held. The result is borrowed from the dict, so we take our own reference at once.
+        unsafe {
+            let found = ffi::PyDict_SetDefault(self.as_ptr(), key.as_ptr(), value.as_ptr());
+            if found.is_null() {
+                return Err(PyErr::fetch(self.gil));
+            }
+            Ok(Obj::from_borrowed_unchecked(self.gil, found))
+        }
+    }
+
+    /// The number of items in a dict.
+    pub fn dict_len(&self) -> usize {
+        // SAFETY: `self` is a live dict; GIL held.
+        unsafe { ffi::PyDict_Size(self.as_ptr()) as usize }
+    }
+
     /// Looks `key` up in a dict; `None` when absent.
     pub fn dict_get(&self, key: Borrowed<'_, 'py>) -> Option<Obj<'py>> {
         // SAFETY: `self` is a dict, `key` a live object; the result is borrowed, so we take

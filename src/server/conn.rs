@@ -853,7 +853,12 @@ impl Conn {
                                 batch[idx].guard.exchange.release(n);
                             }
                         } else {
-                            out.extend_from_slice(&bytes);
+                            if out.is_empty() {
+                                // Most often the only response to write: keep its buffer.
+                                *out = bytes;
+                            } else {
+                                out.extend_from_slice(&bytes);
+                            }
                             if counted {
                                 to_release.push((idx, n));
                             }

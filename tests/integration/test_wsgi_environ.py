@@ -117,6 +117,17 @@ def test_repeated_headers_joined_with_comma(server):
     assert value(env, "HTTP_X_OTHER") == "o"
 
 
+def test_repeated_common_headers_and_empty_values_joined(server):
+    # Common names have interned keys; one-character and empty values are cached str
+    # singletons in CPython: neither may hide a repeat.
+    env = get_env(server, "/env/c", [("Accept", "x"), ("accept", ""), ("ACCEPT", "x"),
+                                    ("User-Agent", "ua"), ("X-Forwarded-For", "1.2.3.4"),
+                                    ("x-forwarded-for", "5.6.7.8")])
+    assert value(env, "HTTP_ACCEPT") == "x,,x"
+    assert value(env, "HTTP_USER_AGENT") == "ua"
+    assert value(env, "HTTP_X_FORWARDED_FOR") == "1.2.3.4,5.6.7.8"
+
+
 def test_header_with_underscore_dropped(server):
     env = get_env(server, "/env/u", [("X-Dash", "dash"), ("X_Dash", "underscore"), ("X_Only", "1")])
     assert value(env, "HTTP_X_DASH") == "dash", "a header with '_' posed as a dashed one"
