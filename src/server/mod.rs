@@ -17,7 +17,7 @@ use crossbeam_channel::Sender;
 
 use crate::config::{Config, DriverChoice};
 use crate::handoff::{IoMailbox, Request};
-use crate::{log_info, log_warn};
+use crate::{log_debug, log_info, log_warn};
 
 /// The I/O driver actually running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +238,27 @@ fn display_addr(addr: SocketAddr) -> String {
     }
 }
 
+/// Puts the calling I/O thread under `SCHED_BATCH`: the same share of CPU as before, but
+/// a wake-up (a reply, a readable socket) no longer preempts the thread that is running.
+///
+/// I/O and Python threads share cores. Under the default policy, the I/O thread woken by a
+/// Python thread's first reply preempted it at once, so a batch of requests went back and
+/// forth one reply at a time. Now the Python thread finishes its batch and the I/O thread
+/// writes all of it: on one core, hello at 64 connections went from 74k to 98k req/s
+/// and from 13.3 to 10.1 us of CPU per request (see the commit that added this).
+/// Unprivileged; on failure the thread keeps the default policy.
+fn yield_to_python_on_wakeup() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        log_debug!(
+            "SCHED_BATCH refused for an I/O thread ({}): keeping the default policy",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn io_thread(
     idx: usize,
     driver: Driver,
@@ -246,6 +267,7 @@ fn io_thread(
     requests: Sender<Request>,
     listeners: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
+    yield_to_python_on_wakeup();
     match driver {
         Driver::IoUring => {
             let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
