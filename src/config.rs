@@ -13,7 +13,9 @@ use crate::http::Limits;
 /// Which monoio driver the I/O threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverChoice {
-    /// io_uring when the kernel allows it, else epoll.
+    /// The measured default: epoll. With monoio 0.2.4 (one submission per operation, no
+    /// multishot or registered buffers) io_uring lost most of the lab's scenarios on these
+    /// machines; see README.md, "Performance".
     Auto,
     /// io_uring, or exit with an error when it is unavailable.
     #[value(name = "io-uring", alias = "io_uring", alias = "iouring")]

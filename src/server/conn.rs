@@ -345,7 +345,10 @@ pub(super) async fn io_main(
 }
 
 async fn accept_loop(ctx: Rc<IoCtx>, listener: TcpListener) {
-    let local = listener.local_addr().ok();
+    // The local address of an accepted connection is the listener's, unless the listener
+    // is bound to a wildcard address: then ask (one getsockname) per connection.
+    let listener_addr = listener.local_addr().ok();
+    let fixed_local = listener_addr.filter(|addr| !addr.ip().is_unspecified());
     loop {
         let accepted = match race(listener.accept(), ctx.stop.wait()).await {
             Either::Left(accepted) => accepted,
@@ -353,11 +356,13 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+                let local = match fixed_local {
+                    Some(addr) => addr,
+                    None => stream.local_addr().ok().or(listener_addr).unwrap_or(peer),
+                };
                 ctx.live_conns.set(ctx.live_conns.get() + 1);
                 let guard = LiveGuard(ctx.clone());
                 monoio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
                     let ctx = guard.0.clone();
                     let (token, inbox) = ctx.register();
                     let mut conn = Conn {

@@ -17,7 +17,7 @@ use crossbeam_channel::Sender;
 
 use crate::config::{Config, DriverChoice};
 use crate::handoff::{IoMailbox, Request};
-use crate::{log_debug, log_info, log_warn};
+use crate::{log_debug, log_info};
 
 /// The I/O driver actually running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +35,8 @@ impl Driver {
     }
 }
 
-/// Picks the driver: io_uring when asked for or available, epoll when asked for or when
-/// the kernel (or a container's seccomp profile) refuses io_uring.
+/// Picks the driver: epoll unless io_uring is asked for (and then only if the kernel, or a
+/// container's seccomp profile, allows it).
 pub fn choose_driver(choice: DriverChoice) -> anyhow::Result<Driver> {
     match choice {
         DriverChoice::Epoll => Ok(Driver::Epoll),
@@ -47,14 +47,7 @@ pub fn choose_driver(choice: DriverChoice) -> anyhow::Result<Driver> {
                 bail!("--driver io-uring: io_uring is not available here (kernel or seccomp refuses it); use --driver epoll")
             }
         }
-        DriverChoice::Auto => {
-            if monoio::utils::detect_uring() {
-                Ok(Driver::IoUring)
-            } else {
-                log_warn!("io_uring is not available here; using epoll");
-                Ok(Driver::Epoll)
-            }
-        }
+        DriverChoice::Auto => Ok(Driver::Epoll),
     }
 }
 
@@ -69,6 +62,9 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::Tc
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt per
+    // listener instead of one per connection. Responses go out whole, so Nagle only delays.
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())

@@ -173,6 +173,19 @@ def test_ipv6_bind(spindle):
     srv.assert_serving()  # and still on 127.0.0.1: --bind is repeatable
 
 
+def test_wildcard_bind_reports_the_real_local_address(spindle):
+    # A specific address is known from the listener; a wildcard one is asked of each
+    # connection: SERVER_NAME is never 0.0.0.0.
+    ready_any = r"listening on http://0\.0\.0\.0:(\d+)"
+    srv = spindle("wsgi_app:app", "--bind", "0.0.0.0:0", ready=[READY_V4, ready_any])
+    for port in srv.ports:
+        with srv.connect(port=port) as conn:
+            conn.send(request("GET", "/env/any", f"127.0.0.1:{port}"))
+            env = json.loads(conn.read_response().body)
+        assert env["SERVER_NAME"]["value"] == "127.0.0.1", env["SERVER_NAME"]
+        assert env["SERVER_PORT"]["value"] == str(port)
+
+
 def test_access_log(spindle):
     srv = spindle("wsgi_app:app", "--access-log")
     mark = srv.log_mark()
