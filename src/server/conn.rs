@@ -655,16 +655,14 @@ impl Conn {
 
     /// Starts the exchange for `head`: frames its body (whole when small and already here,
     /// or quickly here; streamed otherwise) and hands the request to Python. `Err`: the
-    /// connection ends here (an error response, if any, was sent).
-    async fn start(&mut self, mut head: ParsedHead, seq: u32) -> Result<InFlight, ExchangeEnd> {
+    /// connection ends here, with the error response to send (if any) once the responses
+    /// before this request are out: `start` itself writes nothing, to keep them in order.
+    async fn start(&mut self, mut head: ParsedHead, seq: u32) -> Result<InFlight, Option<u16>> {
         let started = Instant::now();
         let config = &self.ctx.shared.config;
         let mut decoder = match BodyDecoder::new(head.framing, config.max_body) {
             Ok(decoder) => decoder,
-            Err(err) => {
-                self.fail(err.status()).await;
-                return Err(ExchangeEnd::Close);
-            }
+            Err(err) => return Err(Some(err.status())),
         };
         let head_bytes: Bytes = self.buf.split_to(head.head_len).freeze();
         let expect_continue = head.expect_continue;
@@ -689,11 +687,7 @@ impl Conn {
                     RequestBody::Complete(Bytes::from(std::mem::take(&mut pending)))
                 }
                 Ok(false) => RequestBody::Stream,
-                Err(Some(status)) => {
-                    self.fail(status).await;
-                    return Err(ExchangeEnd::Close);
-                }
-                Err(None) => return Err(ExchangeEnd::Close),
+                Err(status) => return Err(status),
             },
         };
 
@@ -720,9 +714,7 @@ impl Conn {
                 exchange,
             },
         };
-        if !self.hand_off(request).await {
-            return Err(ExchangeEnd::Close);
-        }
+        self.hand_off(request).await.map_err(Some)?;
         Ok(InFlight {
             seq,
             guard,
@@ -743,7 +735,7 @@ impl Conn {
         let first_seq = self.served as u32;
         let first = match self.start(head, first_seq).await {
             Ok(first) => first,
-            Err(end) => return end,
+            Err(status) => return self.answer_error(status).await,
         };
         let mut batch = vec![first];
         // Only requests whose body is already complete in the buffer join the batch: a
@@ -770,17 +762,25 @@ impl Conn {
             let seq = first_seq.wrapping_add(batch.len() as u32);
             match self.start(head, seq).await {
                 Ok(next) => batch.push(next),
-                Err(end) => {
-                    // Answer what was already handed off, then end as `start` said.
-                    let served = self.finish(&mut batch).await;
-                    return match served {
-                        ExchangeEnd::KeepAlive => end,
+                Err(status) => {
+                    // Answer what was already handed off, then this one's error.
+                    return match self.finish(&mut batch).await {
+                        ExchangeEnd::KeepAlive => self.answer_error(status).await,
                         other => other,
                     };
                 }
             }
         }
         self.finish(&mut batch).await
+    }
+
+    /// Ends the connection after a request that could not be handed off: with its error
+    /// response (and a lingering close) when there is one, quietly otherwise.
+    async fn answer_error(&mut self, status: Option<u16>) -> ExchangeEnd {
+        if let Some(status) = status {
+            self.fail(status).await;
+        }
+        ExchangeEnd::Close
     }
 
     /// Writes the responses of `batch` in order. Each ends the connection when it must
@@ -1002,8 +1002,8 @@ impl Conn {
     }
 
     /// Queues the request for a Python thread. A full queue holds the connection back
-    /// (back-pressure) for a while, then answers 503.
-    async fn hand_off(&mut self, request: Request) -> bool {
+    /// (back-pressure) for a while; `Err(503)`: it stayed full, or the server is stopping.
+    async fn hand_off(&mut self, request: Request) -> Result<(), u16> {
         let mut request = request;
         let mut waited = Duration::ZERO;
         let mut backoff = Duration::from_micros(200);
@@ -1017,23 +1017,19 @@ impl Conn {
                     let mut stats = self.ctx.stats.get();
                     stats.requests += 1;
                     self.ctx.stats.set(stats);
-                    return true;
+                    return Ok(());
                 }
                 Err(TrySendError::Full(back)) => {
                     if waited >= QUEUE_WAIT_LIMIT {
                         log_warn!("request queue full for {QUEUE_WAIT_LIMIT:?}: answering 503");
-                        self.fail(503).await;
-                        return false;
+                        return Err(503);
                     }
                     request = back;
                     monoio::time::sleep(backoff).await;
                     waited += backoff;
                     backoff = (backoff * 2).min(Duration::from_millis(20));
                 }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.fail(503).await;
-                    return false;
-                }
+                Err(TrySendError::Disconnected(_)) => return Err(503),
             }
         }
     }

@@ -94,3 +94,15 @@ def test_pipelined_bodies_are_each_their_own(pipe):
         conn.send(b"".join(reqs))
         got = [conn.read_response().body for _ in bodies]
     assert got == [f"/path/{i}".encode() for i in range(len(bodies))]
+
+
+def test_request_refused_mid_pipeline_is_answered_in_its_turn(spindle):
+    # The 413 for the second request must not overtake the first one's response.
+    srv = spindle("pipeline_app:app", "--limit-request-body", "100")
+    with srv.connect() as conn:
+        conn.send(request("GET", "/path/first", srv.host_header)
+                  + request("POST", "/path/too-big", srv.host_header, body=b"x" * 500))
+        first = conn.read_response()
+        assert (first.status, first.body) == (200, b"/path/first"), first
+        assert conn.read_response().status == 413
+        assert conn.wait_closed(3)
