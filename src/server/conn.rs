@@ -929,9 +929,14 @@ impl Conn {
                         }
                     }
                     ReplyMsg::ReadBody => {
+                        // What the app sent of its response goes out before we wait for the
+                        // client's body (it may wait for our response first).
+                        if self.flush(out, batch, to_release).await.is_err() {
+                            return ExchangeEnd::Close;
+                        }
                         let current = &mut batch[idx];
                         // Only a streamed body asks, and a streamed request is always the
-                        // last of its batch: everything before it was written already.
+                        // only one of its batch: nothing else is waiting to be written.
                         if current.expect_continue && !continue_sent && !response_started {
                             continue_sent = true;
                             if self.write(response::CONTINUE).await.is_err() {

@@ -50,6 +50,12 @@ def app(environ, start_response):
     elif path == "/chunks":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return _Chunks(q.get("marker"), q.get("id", ""), int(q["count"]), int(q["size"]))
+    elif path == "/write-then-read":
+        # Sends part of its response, then reads the request body.
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"head-first\n")
+        got = environ["wsgi.input"].read()
+        return [b"got %d" % len(got)]
     else:
         body = path.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])

@@ -106,3 +106,16 @@ def test_request_refused_mid_pipeline_is_answered_in_its_turn(spindle):
         assert (first.status, first.body) == (200, b"/path/first"), first
         assert conn.read_response().status == 413
         assert conn.wait_closed(3)
+
+
+def test_response_begun_before_reading_the_body_reaches_the_client_first(pipe):
+    # The client announces its body with Expect: 100-continue and waits. The app writes
+    # part of its response, then reads: that part must be on the wire while we wait for
+    # the body (no 100 then: the final response has begun), not held back.
+    with pipe.connect() as conn:
+        conn.send(b"POST /write-then-read HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        head = conn.read_head(timeout=3)
+        assert head.status == 200, head
+        conn.send(b"0123456789")
+        assert conn.read_body(head) == b"head-first\ngot 10"
