@@ -315,24 +315,20 @@ impl Interp {
             &gil.str_latin1(parsed.query.get(head))?,
         )?;
 
-        // Addresses and ports, formatted through one buffer.
-        let mut text = Vec::with_capacity(48);
-        for (key, ip, port) in [
-            (&keys.server_name, Some(local.ip()), None),
-            (&keys.server_port, None, Some(local.port())),
-            (&keys.remote_addr, Some(peer.ip()), None),
-            (&keys.remote_port, None, Some(peer.port())),
+        // Addresses and ports, then any uncommon header's key, through one scratch buffer.
+        let mut scratch = Vec::with_capacity(64);
+        for (name_key, port_key, addr) in [
+            (&keys.server_name, &keys.server_port, local),
+            (&keys.remote_addr, &keys.remote_port, peer),
         ] {
-            text.clear();
-            match (ip, port) {
-                (Some(ip), _) => push_ip(&mut text, ip),
-                (None, Some(port)) => response::push_decimal(&mut text, port.into()),
-                (None, None) => {}
-            }
-            environ.dict_set(key.borrow(gil), &gil.str_latin1(&text)?)?;
+            scratch.clear();
+            push_ip(&mut scratch, addr.ip());
+            environ.dict_set(name_key.borrow(gil), &gil.str_latin1(&scratch)?)?;
+            scratch.clear();
+            response::push_decimal(&mut scratch, addr.port().into());
+            environ.dict_set(port_key.borrow(gil), &gil.str_latin1(&scratch)?)?;
         }
 
-        let mut key = Vec::with_capacity(64);
         for header in &parsed.headers {
             let name = header.name.get(head);
             let value = header.value.get(head);
@@ -349,9 +345,9 @@ impl Interp {
             } else if is_length {
                 keys.content_length.bind(gil)
             } else {
-                key.clear();
-                push_http_key(&mut key, name);
-                gil.str_latin1(&key)?
+                scratch.clear();
+                push_http_key(&mut scratch, name);
+                gil.str_latin1(&scratch)?
             };
             let value_obj = gil.str_latin1(value)?;
             let before = environ.dict_len();
@@ -543,7 +539,11 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     }
 }
 
-pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
+pub fn percent_decode(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if memchr::memchr(b'%', raw).is_none() {
+        // Most paths: nothing to decode, nothing to allocate.
+        return std::borrow::Cow::Borrowed(raw);
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -557,7 +557,7 @@ pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
         out.push(raw[i]);
         i += 1;
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -575,9 +575,13 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode(b"/caf%C3%A9"), b"/caf\xc3\xa9");
-        assert_eq!(percent_decode(b"/a%2Fb"), b"/a/b");
-        assert_eq!(percent_decode(b"/bad%zz%4"), b"/bad%zz%4");
-        assert_eq!(percent_decode(b"%41"), b"A");
+        assert_eq!(&*percent_decode(b"/caf%C3%A9"), b"/caf\xc3\xa9");
+        assert_eq!(&*percent_decode(b"/a%2Fb"), b"/a/b");
+        assert_eq!(&*percent_decode(b"/bad%zz%4"), b"/bad%zz%4");
+        assert_eq!(&*percent_decode(b"%41"), b"A");
+        assert!(matches!(
+            percent_decode(b"/plain/path"),
+            std::borrow::Cow::Borrowed(b"/plain/path")
+        ));
     }
 }

@@ -721,6 +721,10 @@ impl ReleaseQueue {
     /// Releases everything queued. The caller is attached to the interpreter whose
     /// objects this queue collects.
     pub fn drain(&self, gil: Gil<'_>) {
+        if !self.has_outstanding() {
+            // The common case after a batch: no lock taken.
+            return;
+        }
         let objs = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|e| e.into_inner()));
         self.outstanding
             .fetch_sub(objs.len(), std::sync::atomic::Ordering::Relaxed);

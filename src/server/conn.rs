@@ -374,6 +374,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: TcpListener) {
                         peer,
                         local,
                         served: 0,
+                        batch: Vec::new(),
                     };
                     conn.serve().await;
                     ctx.unregister(token);
@@ -416,6 +417,8 @@ struct Conn {
     peer: SocketAddr,
     local: SocketAddr,
     served: u64,
+    /// The requests of the current exchange (see [`Conn::exchange`]); empty between them.
+    batch: Vec<InFlight>,
 }
 
 /// Cancels the exchange when the connection side stops before the response completed, so
@@ -446,6 +449,21 @@ struct InFlight {
     expect_continue: bool,
     /// Replies that came before an earlier request of the batch finished.
     early: VecDeque<ReplyMsg>,
+}
+
+impl InFlight {
+    /// Its response is complete: the exchange is done, and `Some` says how the connection
+    /// ends (`close`: the response said so), `None` that it may carry the next response.
+    fn ended(&mut self, close: bool) -> Option<ExchangeEnd> {
+        self.guard.armed = false;
+        if !self.body_done {
+            // The app did not read its body to the end: wake anyone still waiting for it,
+            // and since the connection is out of sync, close it after draining a little.
+            self.guard.exchange.cancel();
+            return Some(ExchangeEnd::Linger);
+        }
+        (close || !self.keep_alive).then_some(ExchangeEnd::Close)
+    }
 }
 
 impl Conn {
@@ -731,13 +749,23 @@ impl Conn {
     /// all of them go to Python at once (up to [`PIPELINE_BATCH`]), and their responses are
     /// written in request order, coalesced into as few writes as the timing allows.
     async fn exchange(&mut self, head: ParsedHead) -> ExchangeEnd {
+        // The connection's batch vector, kept between exchanges: no allocation per request.
+        let mut batch = std::mem::take(&mut self.batch);
+        let end = self.exchange_batch(head, &mut batch).await;
+        // Dropping what is left cancels any exchange the connection gave up on.
+        batch.clear();
+        self.batch = batch;
+        end
+    }
+
+    async fn exchange_batch(&mut self, head: ParsedHead, batch: &mut Vec<InFlight>) -> ExchangeEnd {
         // Unique per request on this connection: `served` counts finished exchanges.
         let first_seq = self.served as u32;
         let first = match self.start(head, first_seq).await {
             Ok(first) => first,
             Err(status) => return self.answer_error(status).await,
         };
-        let mut batch = vec![first];
+        batch.push(first);
         // Only requests whose body is already complete in the buffer join the batch: a
         // streamed body needs this connection's reads for itself.
         while batch.len() < PIPELINE_BATCH {
@@ -764,14 +792,14 @@ impl Conn {
                 Ok(next) => batch.push(next),
                 Err(status) => {
                     // Answer what was already handed off, then this one's error.
-                    return match self.finish(&mut batch).await {
+                    return match self.finish(batch).await {
                         ExchangeEnd::KeepAlive => self.answer_error(status).await,
                         other => other,
                     };
                 }
             }
         }
-        self.finish(&mut batch).await
+        self.finish(batch).await
     }
 
     /// Ends the connection after a request that could not be handed off: with its error
@@ -869,24 +897,11 @@ impl Conn {
                             }
                         }
                         if end {
-                            let current = &mut batch[idx];
-                            current.guard.armed = false;
-                            if !current.body_done {
-                                // Wake anyone still waiting for body the app will never get.
-                                current.guard.exchange.cancel();
-                            }
-                            let body_done = current.body_done;
-                            if close || !current.keep_alive || !body_done {
+                            if let Some(stop) = batch[idx].ended(close) {
                                 if self.flush(out, batch, to_release).await.is_err() {
                                     return ExchangeEnd::Close;
                                 }
-                                // A body the app did not read to the end leaves the
-                                // connection out of sync: close it after draining a little.
-                                return if body_done {
-                                    ExchangeEnd::Close
-                                } else {
-                                    ExchangeEnd::Linger
-                                };
+                                return stop;
                             }
                             break;
                         }
@@ -907,14 +922,8 @@ impl Conn {
                             );
                             return ExchangeEnd::Close;
                         }
-                        let current = &mut batch[idx];
-                        current.guard.armed = false;
-                        if close || !current.keep_alive || !current.body_done {
-                            if !current.body_done {
-                                current.guard.exchange.cancel();
-                                return ExchangeEnd::Linger;
-                            }
-                            return ExchangeEnd::Close;
+                        if let Some(stop) = batch[idx].ended(close) {
+                            return stop;
                         }
                         break;
                     }
