@@ -390,7 +390,7 @@ fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo) -> PyResult<'py, Obj<'p
     dict.dict_set(gil.intern(c"__builtins__")?.borrow(), &builtins)?;
     dict.dict_set(
         gil.intern(c"log")?.borrow(),
-        &super::wsgi::log_function(gil)?,
+        &super::callbacks::log_function(gil)?,
     )?;
     let server_info = gil.new_dict()?;
     server_info.dict_set(gil.intern(c"version")?.borrow(), &gil.str(crate::VERSION)?)?;

@@ -15,9 +15,12 @@
 //! GIL, `Py_EndInterpreter`), never `PyGILState_*`, which only knows the main interpreter.
 //! The same code serves both modes; DESIGN.md §3 and §7 have the C-API rules.
 
+mod callbacks;
 mod environ;
 pub mod object;
-mod wsgi;
+mod response;
+mod thread;
+mod worker;
 
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
@@ -238,7 +241,7 @@ impl Runtime {
             let access_log = config.access_log;
             let handle = std::thread::Builder::new()
                 .name(format!("spindle-py-{idx}"))
-                .spawn(move || wsgi::python_thread(interp, requests, ready_tx, access_log))
+                .spawn(move || thread::python_thread(interp, requests, ready_tx, access_log))
                 .map_err(|e| StartError {
                     message: format!("cannot start a Python thread: {e}"),
                 })?;

@@ -2,10 +2,14 @@
 //! core, each with its own SO_REUSEPORT listener per `--bind` address. I/O threads never
 //! touch Python: they hand requests to `py` through `handoff`.
 
+mod body;
 mod conn;
+mod event;
 mod gather;
 mod sendfile;
 mod signals;
+mod socket;
+mod thread;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -271,14 +275,14 @@ fn io_thread(
                 .enable_timer()
                 .build()
                 .context("cannot create the io_uring runtime")?;
-            rt.block_on(conn::io_main(idx, shared, mailbox, requests, listeners))
+            rt.block_on(thread::io_main(idx, shared, mailbox, requests, listeners))
         }
         Driver::Epoll => {
             let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build()
                 .context("cannot create the epoll runtime")?;
-            rt.block_on(conn::io_main(idx, shared, mailbox, requests, listeners))
+            rt.block_on(thread::io_main(idx, shared, mailbox, requests, listeners))
         }
     }
 }

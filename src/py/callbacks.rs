@@ -1,0 +1,511 @@
+//! The C functions an application calls: `start_response` (PEP 3333: validates the
+//! status and headers, then hands them to the response encoder), `write`, the body reader
+//! behind `wsgi.input`, and `_spindle.log`.
+//!
+//! They are `METH_FASTCALL` functions made once per Python thread with
+//! `PyCFunction_NewEx`; their `self` is a capsule pointing to that thread's [`Callbacks`].
+//! No pyo3 statics and no `PyGILState_*` are involved, so the same code serves the main
+//! interpreter and sub-interpreters.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use pyo3_ffi as ffi;
+
+use super::object::{Borrowed, Gil, Obj, PyErr, PyResult};
+use super::response::{emit, Response};
+use crate::config::LogLevel;
+use crate::handoff::{BodyChunk, BodyError, ReplyMsg};
+use crate::http::date::DateCache;
+use crate::http::response::{self, HeadError, ResponseHead};
+
+pub(super) const CAPSULE_NAME: &std::ffi::CStr = c"spindle.callbacks";
+
+/// Per-Python-thread state reached from the C callbacks through their capsule. Leaked on
+/// purpose: an application may keep `start_response` beyond its thread's life, and the
+/// capsule must never dangle. Only touched with the interpreter's GIL held, and no borrow
+/// is ever held across a call into Python or a GIL release.
+pub(super) struct Callbacks {
+    pub(super) current: RefCell<Option<Response>>,
+    pub(super) next_token: Cell<u64>,
+    pub(super) date: RefCell<DateCache>,
+    /// `write`, returned by `start_response` (set once at thread start).
+    pub(super) write: Cell<*mut ffi::PyObject>,
+    /// `_spindle.ClientDisconnected` of this thread's interpreter.
+    pub(super) client_disconnected: Cell<*mut ffi::PyObject>,
+}
+
+impl Callbacks {
+    /// `_spindle.ClientDisconnected` of this thread's interpreter.
+    pub(super) fn disconnected<'py>(&self, gil: Gil<'py>) -> Borrowed<'static, 'py> {
+        let class = self.client_disconnected.get();
+        if class.is_null() {
+            // The thread stopped serving (its `Interp` may be gone): a builtin will do.
+            // SAFETY: a builtin exception type.
+            return unsafe { gil.builtin(ffi::PyExc_ConnectionResetError) };
+        }
+        // SAFETY: set at thread start from the `Interp`, which keeps the class alive until
+        // `Worker::release` clears this pointer; the caller is attached to that interpreter.
+        unsafe { Borrowed::from_ptr(gil, class) }
+    }
+}
+
+/// A `PyMethodDef` CPython may read from any thread: its pointers are static C strings and
+/// function pointers, never written after construction.
+pub(super) struct MethodDef(ffi::PyMethodDef);
+// SAFETY: see the type's documentation: immutable data with 'static pointers.
+unsafe impl Sync for MethodDef {}
+
+pub(super) static START_RESPONSE: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"start_response".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: start_response,
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: c"start_response(status, response_headers, exc_info=None) -> write (PEP 3333)".as_ptr(),
+});
+pub(super) static WRITE: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"write".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: write,
+    },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"write(data: bytes) -> None: send body bytes now (PEP 3333)".as_ptr(),
+});
+pub(super) static READ_BODY: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"read_body".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: read_body,
+    },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"read_body(token) -> bytes: the next piece of a streamed request body".as_ptr(),
+});
+pub(super) static LOG: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"log".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: log,
+    },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"log(level, text): one line in Spindle's log".as_ptr(),
+});
+
+pub(super) fn new_function<'py>(
+    gil: Gil<'py>,
+    def: &'static MethodDef,
+    slf: *mut ffi::PyObject,
+) -> PyResult<'py, Obj<'py>> {
+    // SAFETY: `def` is 'static and never written (CPython only reads it); `slf` is a live
+    // object or NULL; GIL held.
+    unsafe {
+        Obj::from_owned(
+            gil,
+            ffi::PyCFunction_NewEx(
+                std::ptr::from_ref(&def.0).cast_mut(),
+                slf,
+                std::ptr::null_mut(),
+            ),
+        )
+    }
+}
+
+/// `_spindle.log`, made per interpreter.
+pub(crate) fn log_function<'py>(gil: Gil<'py>) -> PyResult<'py, Obj<'py>> {
+    new_function(gil, &LOG, std::ptr::null_mut())
+}
+
+/// Runs `f` as a C callback body: a Rust panic must never unwind into CPython.
+pub(super) fn guard<'py>(
+    gil: Gil<'py>,
+    f: impl FnOnce() -> PyResult<'py, Obj<'py>>,
+) -> *mut ffi::PyObject {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(obj)) => obj.into_ptr(),
+        Ok(Err(err)) => {
+            err.restore();
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            // SAFETY: SystemError is a builtin type.
+            let system_error = unsafe { gil.builtin(ffi::PyExc_SystemError) };
+            gil.raise(
+                system_error,
+                "internal error in Spindle (a bug: please report it)",
+            );
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// `slf` must be one of our capsules (CPython passes the `self` we gave PyCFunction_NewEx).
+pub(super) unsafe fn callbacks(slf: *mut ffi::PyObject) -> &'static Callbacks {
+    // SAFETY: the capsule was made from a leaked `Callbacks` with CAPSULE_NAME.
+    unsafe { &*(ffi::PyCapsule_GetPointer(slf, CAPSULE_NAME.as_ptr()) as *const Callbacks) }
+}
+
+/// Raises `ty(message)` and returns it as a `PyErr`.
+pub(super) fn raise<'py>(gil: Gil<'py>, ty: Borrowed<'_, 'py>, message: &str) -> PyErr<'py> {
+    gil.raise(ty, message);
+    PyErr::fetch(gil)
+}
+
+pub(super) fn type_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: a builtin exception type.
+    raise(gil, unsafe { gil.builtin(ffi::PyExc_TypeError) }, message)
+}
+
+pub(super) fn value_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: a builtin exception type.
+    raise(gil, unsafe { gil.builtin(ffi::PyExc_ValueError) }, message)
+}
+
+pub(super) fn runtime_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: a builtin exception type.
+    raise(
+        gil,
+        unsafe { gil.builtin(ffi::PyExc_RuntimeError) },
+        message,
+    )
+}
+
+/// The `ValueError` for a refused status or header. `field`: the header name, or the
+/// status for [`HeadError::BadStatus`].
+pub(super) fn head_error<'py>(
+    gil: Gil<'py>,
+    error: HeadError,
+    field: &[u8],
+    value: &[u8],
+) -> PyErr<'py> {
+    let name = String::from_utf8_lossy(field);
+    let message = match error {
+        HeadError::BadStatus => format!("status must look like '200 OK', got {name:?}"),
+        HeadError::BadName => format!("invalid header name {name:?}"),
+        HeadError::HopByHop => {
+            format!("hop-by-hop header {name:?} is not allowed from a WSGI application (PEP 3333)")
+        }
+        HeadError::ControlChar => {
+            format!("header {name:?} has a control character (CR, LF or NUL) in its value")
+        }
+        HeadError::ConflictingContentLength => "two different Content-Length headers".to_owned(),
+        HeadError::BadContentLength => format!(
+            "invalid Content-Length {:?}",
+            std::str::from_utf8(value).unwrap_or("").trim()
+        ),
+    };
+    value_error(gil, &message)
+}
+
+/// Checks `start_response`'s arguments' Python types and encodings; the bytes are validated
+/// by [`ResponseHead`].
+pub(super) fn validate_start_response<'py>(
+    gil: Gil<'py>,
+    status: &Obj<'py>,
+    headers: &Obj<'py>,
+) -> PyResult<'py, ResponseHead> {
+    if !status.is_str() {
+        return Err(type_error(
+            gil,
+            &format!("status must be a str, not {}", status.type_name()),
+        ));
+    }
+    let status_bytes = status
+        .encode_latin1()
+        .ok_or_else(|| value_error(gil, "status must be latin-1 text"))?;
+    let mut head = ResponseHead::new(&status_bytes)
+        .map_err(|error| head_error(gil, error, &status_bytes, b""))?;
+    // SAFETY: a type check on a live object.
+    if unsafe { ffi::PyList_Check(headers.as_ptr()) } == 0 {
+        return Err(type_error(
+            gil,
+            &format!(
+                "response_headers must be a list, not {}",
+                headers.type_name()
+            ),
+        ));
+    }
+    let items = headers.iter()?;
+    while let Some(item) = items.next()? {
+        let pair = item
+            .sequence_items()
+            .filter(|p| p.len() == 2 && item.sequence_items().is_some());
+        // SAFETY: a type check on a live object.
+        let is_tuple = unsafe { ffi::PyTuple_Check(item.as_ptr()) } != 0;
+        let Some(pair) = pair.filter(|_| is_tuple) else {
+            return Err(type_error(
+                gil,
+                &format!(
+                    "each header must be a (name, value) tuple, got {}",
+                    item.type_name()
+                ),
+            ));
+        };
+        let (name, value) = (&pair[0], &pair[1]);
+        if !name.is_str() || !value.is_str() {
+            return Err(type_error(gil, "header names and values must be str"));
+        }
+        let name_bytes = name.encode_latin1().unwrap_or_default();
+        let Some(value_bytes) = value.encode_latin1() else {
+            // A bad name is reported before a value that is not latin-1.
+            if let Err(error) = response::check_header_name(&name_bytes) {
+                return Err(head_error(gil, error, &name_bytes, b""));
+            }
+            return Err(value_error(gil, "header values must be latin-1 text"));
+        };
+        if let Err(error) = head.push_header(&name_bytes, &value_bytes) {
+            return Err(head_error(gil, error, &name_bytes, &value_bytes));
+        }
+    }
+    Ok(head)
+}
+
+unsafe extern "C" fn start_response(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held and `slf` our capsule.
+    let gil = unsafe { Gil::assume() };
+    // SAFETY: as above.
+    let cb = unsafe { callbacks(slf) };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` positional arguments followed by one value per
+        // keyword name, all borrowed for the duration of the call.
+        let (status, headers, exc_info) = unsafe {
+            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                ffi::PyTuple_Size(kwnames) as usize
+            };
+            let all = std::slice::from_raw_parts(args, nargs + nkw);
+            let mut exc_info = None;
+            for i in 0..nkw {
+                let name = Obj::from_borrowed_unchecked(
+                    gil,
+                    ffi::PyTuple_GetItem(kwnames, i as ffi::Py_ssize_t),
+                );
+                if name.as_str_utf8() == Some(b"exc_info") {
+                    exc_info = Some(Obj::from_borrowed_unchecked(gil, all[nargs + i]));
+                } else {
+                    return Err(type_error(
+                        gil,
+                        "start_response() got an unexpected keyword argument",
+                    ));
+                }
+            }
+            if !(2..=3).contains(&nargs) || (nargs == 3 && exc_info.is_some()) {
+                return Err(type_error(
+                    gil,
+                    "start_response() takes status, response_headers and an optional exc_info",
+                ));
+            }
+            if nargs == 3 {
+                exc_info = Some(Obj::from_borrowed_unchecked(gil, all[2]));
+            }
+            (
+                Obj::from_borrowed_unchecked(gil, all[0]),
+                Obj::from_borrowed_unchecked(gil, all[1]),
+                exc_info,
+            )
+        };
+        let exc_info = exc_info.filter(|e| !e.is_none());
+
+        // Validate first (this may run Python code), then apply under a short borrow.
+        let headers_sent = match cb.current.try_borrow() {
+            Ok(current) => match current.as_ref() {
+                Some(resp) if resp.ended => {
+                    return Err(runtime_error(
+                        gil,
+                        "start_response() called after the response ended",
+                    ))
+                }
+                Some(resp) => (resp.encoder.headers_sent(), resp.encoder.status().is_some()),
+                None => {
+                    return Err(runtime_error(
+                        gil,
+                        "start_response() called outside of a request",
+                    ))
+                }
+            },
+            Err(_) => return Err(runtime_error(gil, "start_response() called re-entrantly")),
+        };
+        match (&exc_info, headers_sent) {
+            (Some(exc_info), (true, _)) => {
+                // PEP 3333: with exc_info after the headers went out, re-raise it.
+                let value = exc_info
+                    .sequence_items()
+                    .filter(|t| t.len() == 3)
+                    .map(|t| t[1].clone())
+                    .filter(|value| value.is_exception_instance());
+                return Err(match value {
+                    Some(value) => PyErr::from_instance(value),
+                    None => type_error(
+                        gil,
+                        "exc_info must be a (type, value, traceback) tuple of a raised exception",
+                    ),
+                });
+            }
+            (None, (_, true)) => {
+                // SAFETY: a builtin exception type.
+                return Err(raise(
+                    gil,
+                    unsafe { gil.builtin(ffi::PyExc_AssertionError) },
+                    "start_response() called a second time without exc_info (PEP 3333)",
+                ));
+            }
+            _ => {}
+        }
+        let validated = validate_start_response(gil, &status, &headers)?;
+        let Ok(mut current) = cb.current.try_borrow_mut() else {
+            return Err(runtime_error(gil, "start_response() called re-entrantly"));
+        };
+        let Some(resp) = current.as_mut() else {
+            return Err(runtime_error(
+                gil,
+                "start_response() called outside of a request",
+            ));
+        };
+        resp.encoder.start(validated);
+        drop(current);
+        // SAFETY: `write` was set at thread start to a function object we keep alive.
+        Ok(unsafe { Obj::from_borrowed_unchecked(gil, cb.write.get()) })
+    })
+}
+
+unsafe extern "C" fn write(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held and `slf` our capsule.
+    let gil = unsafe { Gil::assume() };
+    // SAFETY: as above.
+    let cb = unsafe { callbacks(slf) };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` borrowed positional arguments.
+        let data = unsafe {
+            if ffi::PyVectorcall_NARGS(nargsf as usize) != 1 {
+                return Err(type_error(gil, "write() takes exactly one bytes argument"));
+            }
+            Obj::from_borrowed_unchecked(gil, *args)
+        };
+        let Some(bytes) = data.as_bytes() else {
+            return Err(type_error(
+                gil,
+                &format!("write() takes bytes, not {}", data.type_name()),
+            ));
+        };
+        match emit(gil, cb, &[bytes], false, None) {
+            Ok(true) => Ok(gil.none()),
+            Ok(false) => Err(raise(gil, cb.disconnected(gil), "the client disconnected")),
+            Err(err) => Err(err),
+        }
+    })
+}
+
+unsafe extern "C" fn read_body(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held and `slf` our capsule.
+    let gil = unsafe { Gil::assume() };
+    // SAFETY: as above.
+    let cb = unsafe { callbacks(slf) };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` borrowed positional arguments.
+        let token = unsafe {
+            if ffi::PyVectorcall_NARGS(nargsf as usize) != 1 {
+                return Err(type_error(gil, "read_body(token)"));
+            }
+            Obj::from_borrowed_unchecked(gil, *args)
+        }
+        .as_i64()?;
+        let exchange = {
+            let current = cb
+                .current
+                .try_borrow()
+                .map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
+            match current.as_ref() {
+                Some(resp) if resp.token == token as u64 && !resp.ended => {
+                    if resp.input_done {
+                        return gil.bytes(b"");
+                    }
+                    resp.reply.send(ReplyMsg::ReadBody);
+                    resp.reply.exchange.clone()
+                }
+                _ => {
+                    return Err(runtime_error(
+                        gil,
+                        "wsgi.input read after its response ended (or from another request)",
+                    ))
+                }
+            }
+        };
+        let chunk = gil.allow_threads(|| loop {
+            match exchange.recv_body(Duration::from_millis(100)) {
+                Some(chunk) => break chunk,
+                None if exchange.is_cancelled() => break BodyChunk::Error(BodyError::Disconnected),
+                None => {}
+            }
+        });
+        let mark_done = || {
+            if let Ok(mut current) = cb.current.try_borrow_mut() {
+                if let Some(resp) = current.as_mut() {
+                    resp.input_pending = false;
+                    resp.input_done = true;
+                }
+            }
+        };
+        match chunk {
+            BodyChunk::Data { bytes, last } => {
+                if last {
+                    // Read to the end (e.g. read(CONTENT_LENGTH)): the connection stays
+                    // reusable without another round trip.
+                    mark_done();
+                }
+                gil.bytes(&bytes)
+            }
+            BodyChunk::End => {
+                mark_done();
+                gil.bytes(b"")
+            }
+            BodyChunk::Error(err) => Err(raise(gil, cb.disconnected(gil), &err.to_string())),
+        }
+    })
+}
+
+unsafe extern "C" fn log(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held.
+    let gil = unsafe { Gil::assume() };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` borrowed positional arguments.
+        let (level, text) = unsafe {
+            if ffi::PyVectorcall_NARGS(nargsf as usize) != 2 {
+                return Err(type_error(gil, "log(level, text)"));
+            }
+            let all = std::slice::from_raw_parts(args, 2);
+            (
+                Obj::from_borrowed_unchecked(gil, all[0]),
+                Obj::from_borrowed_unchecked(gil, all[1]),
+            )
+        };
+        let level = match level.as_i64()? {
+            0 => LogLevel::Error,
+            1 => LogLevel::Warn,
+            2 => LogLevel::Info,
+            _ => LogLevel::Debug,
+        };
+        let text = text
+            .as_str_utf8()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        crate::log_at!(level, "{text}");
+        Ok(gil.none())
+    })
+}

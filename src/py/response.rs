@@ -1,0 +1,393 @@
+//! One response as the Python thread produces it: the application's result iterated (a
+//! list of `bytes` in one message, a large body shared without a copy, a file by sendfile,
+//! anything else piece by piece), each piece framed by the response encoder and pushed to
+//! the I/O thread, waiting for the window with the GIL released.
+
+use std::os::fd::FromRawFd;
+
+use pyo3_ffi as ffi;
+
+use super::callbacks::{raise, runtime_error, type_error, Callbacks};
+use super::object::{Gil, Obj, PyResult};
+use super::worker::{Outcome, Worker};
+use crate::handoff::{ReplyMsg, ReplyTo};
+use crate::http::date::DateCache;
+use crate::http::response::{status_allows_body, LengthMismatch, NotStarted, ResponseEncoder};
+use crate::http::Version;
+use crate::log_warn;
+
+/// A response body of one `bytes` object at least this large is written from the object's
+/// own memory instead of being copied behind the head: below it, the copy is cheaper than
+/// a second piece to write and a release to send back.
+pub(super) const SHARE_BODY_MIN: usize = 16 * 1024;
+
+/// The response of the request a Python thread is serving.
+pub(super) struct Response {
+    pub(super) reply: ReplyTo,
+    /// Status, headers and framing: the bytes on the wire.
+    pub(super) encoder: ResponseEncoder,
+    /// The body is streamed and the app has not read it to the end (yet).
+    pub(super) input_pending: bool,
+    /// The I/O thread said the streamed body is complete: no more asking.
+    pub(super) input_done: bool,
+    /// The end of the response was sent: nothing more may go out for this request (an
+    /// app writing from `close()` or from another thread gets an error, not another
+    /// client's connection).
+    pub(super) ended: bool,
+    /// The token `wsgi.input` must present (guards against use after the request).
+    pub(super) token: u64,
+}
+
+/// What went wrong building a response message (raised in Python as the given type).
+pub(super) enum BuildError {
+    NoStartResponse,
+    Ended,
+}
+
+impl Response {
+    pub(super) fn new(
+        reply: ReplyTo,
+        parsed: &crate::http::ParsedHead,
+        streaming: bool,
+        token: u64,
+    ) -> Response {
+        Response {
+            reply,
+            encoder: ResponseEncoder::new(
+                parsed.version == Version::Http11,
+                parsed.is_head,
+                parsed.keep_alive,
+            ),
+            input_pending: streaming,
+            input_done: false,
+            ended: false,
+            token,
+        }
+    }
+
+    /// Builds the next message: the head when not yet sent, then `parts` framed.
+    /// `known_total`: the whole body's length when the app gave it all at once.
+    pub(super) fn build(
+        &mut self,
+        parts: &[&[u8]],
+        end: bool,
+        known_total: Option<u64>,
+        date: &mut DateCache,
+    ) -> Result<ReplyMsg, BuildError> {
+        if self.ended {
+            return Err(BuildError::Ended);
+        }
+        if self.input_pending && !self.encoder.headers_sent() {
+            // The app answers without reading the whole body: the connection cannot be
+            // reused (the I/O thread closes it), so the head says so.
+            self.encoder.close_after();
+        }
+        let encoded = self
+            .encoder
+            .build(parts, end, known_total, date)
+            .map_err(|NotStarted| BuildError::NoStartResponse)?;
+        self.ended = end;
+        match encoded.mismatch {
+            None => {}
+            Some(LengthMismatch::Excess { declared }) => log_warn!(
+                "the application sent more than its Content-Length ({declared}); the excess is dropped"
+            ),
+            Some(LengthMismatch::Short { sent, declared }) => log_warn!(
+                "the application sent {sent} of its Content-Length {declared}; closing the connection"
+            ),
+        }
+        Ok(ReplyMsg::Data {
+            bytes: encoded.bytes,
+            end,
+            close: encoded.close,
+            counted: !end,
+        })
+    }
+}
+
+/// Sends body bytes (and the head first, if not yet sent). Blocks, with the GIL released,
+/// while the exchange's window is full. `Ok(false)`: the client is gone.
+pub(super) fn emit<'py>(
+    gil: Gil<'py>,
+    cb: &Callbacks,
+    parts: &[&[u8]],
+    end: bool,
+    known_total: Option<u64>,
+) -> PyResult<'py, bool> {
+    let (msg, exchange) = {
+        let Ok(mut current) = cb.current.try_borrow_mut() else {
+            return Err(runtime_error(gil, "response written re-entrantly"));
+        };
+        let Some(resp) = current.as_mut() else {
+            return Err(runtime_error(gil, "write() called outside of a request"));
+        };
+        if resp.reply.exchange.is_cancelled() {
+            return Ok(false);
+        }
+        let msg = match resp.build(parts, end, known_total, &mut cb.date.borrow_mut()) {
+            Ok(msg) => msg,
+            Err(BuildError::NoStartResponse) => {
+                // SAFETY: a builtin exception type.
+                return Err(raise(
+                    gil,
+                    unsafe { gil.builtin(ffi::PyExc_AssertionError) },
+                    "the application produced body data before calling start_response()",
+                ));
+            }
+            Err(BuildError::Ended) => {
+                return Err(runtime_error(
+                    gil,
+                    "write() called after the response ended",
+                ));
+            }
+        };
+        let len = match &msg {
+            ReplyMsg::Data {
+                bytes,
+                counted: true,
+                ..
+            } => bytes.len(),
+            _ => 0,
+        };
+        // Only counted bytes wait for the window, and only ever with the GIL released
+        // (below): the end of a response never waits.
+        if len == 0 {
+            resp.reply.send(msg);
+            return Ok(true);
+        }
+        if resp.reply.exchange.try_reserve(len) {
+            resp.reply.send(msg);
+            return Ok(true);
+        }
+        (msg, resp.reply.exchange.clone())
+    };
+    let len = match &msg {
+        ReplyMsg::Data { bytes, .. } => bytes.len(),
+        _ => 0,
+    };
+    if !gil.allow_threads(|| exchange.reserve(len)) {
+        return Ok(false);
+    }
+    match cb
+        .current
+        .try_borrow()
+        .ok()
+        .as_ref()
+        .and_then(|c| c.as_ref())
+    {
+        Some(resp) => resp.reply.send(msg),
+        None => return Err(runtime_error(gil, "the request ended while writing")),
+    }
+    Ok(true)
+}
+
+impl Worker {
+    /// Sends the application's result.
+    pub(super) fn drain<'py>(
+        &self,
+        gil: Gil<'py>,
+        result: &Obj<'py>,
+        exchange: &crate::handoff::Exchange,
+    ) -> Outcome<'py> {
+        match self.drain_inner(gil, result, exchange) {
+            Ok(true) => Outcome::Done,
+            Ok(false) => Outcome::Cancelled,
+            Err(err) => Outcome::Failed(err),
+        }
+    }
+
+    /// The whole response at once, its body written from `body`'s own memory (see
+    /// [`ReplyMsg::Whole`]). `Ok(None)`: not possible for this response (a HEAD, a status
+    /// without body, a Content-Length that differs, headers already sent); copy instead.
+    fn emit_shared<'py>(&self, body: &Obj<'py>) -> PyResult<'py, Option<bool>> {
+        let Ok(mut current) = self.cb.current.try_borrow_mut() else {
+            return Ok(None);
+        };
+        let Some(resp) = current.as_mut() else {
+            return Ok(None);
+        };
+        let Some(n) = body.as_bytes().map(|b| b.len() as u64) else {
+            return Ok(None);
+        };
+        let encoder = &resp.encoder;
+        let fits = !resp.ended
+            && !encoder.headers_sent()
+            && !encoder.is_head()
+            && encoder.status().is_some_and(status_allows_body)
+            && encoder
+                .content_length()
+                .is_none_or(|declared| declared == n);
+        if !fits {
+            return Ok(None);
+        }
+        if resp.reply.exchange.is_cancelled() {
+            return Ok(Some(false));
+        }
+        let Some(shared) = body.share_bytes(&self.releases) else {
+            return Ok(None);
+        };
+        let mut date = self.cb.date.borrow_mut();
+        // The head, framed for `n` bytes; the body is counted as sent, and the end adds
+        // nothing (Content-Length framing) but settles `close`.
+        let head = match resp.build(&[], false, Some(n), &mut date) {
+            Ok(ReplyMsg::Data { bytes, .. }) => bytes,
+            _ => return Ok(None),
+        };
+        resp.encoder.count_body_bytes(n);
+        let close = match resp.build(&[], true, None, &mut date) {
+            Ok(ReplyMsg::Data { close, .. }) => close,
+            _ => true,
+        };
+        resp.reply.send(ReplyMsg::Whole {
+            head,
+            body: bytes::Bytes::from_owner(shared),
+            close,
+        });
+        Ok(Some(true))
+    }
+
+    fn drain_inner<'py>(
+        &self,
+        gil: Gil<'py>,
+        result: &Obj<'py>,
+        exchange: &crate::handoff::Exchange,
+    ) -> PyResult<'py, bool> {
+        // Fast path: a list or tuple of bytes (`return [body]`): one message, head and body
+        // together, with a Content-Length the app did not have to compute.
+        if let Some(items) = result.sequence_items() {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in &items {
+                match item.as_bytes() {
+                    Some(bytes) => parts.push(bytes),
+                    None => {
+                        return Err(type_error(
+                            gil,
+                            &format!(
+                                "the response iterable must yield bytes, not {}",
+                                item.type_name()
+                            ),
+                        ))
+                    }
+                }
+            }
+            if let [only] = items.as_slice() {
+                if parts[0].len() >= SHARE_BODY_MIN {
+                    if let Some(sent) = self.emit_shared(only)? {
+                        return Ok(sent);
+                    }
+                }
+            }
+            let total = parts.iter().map(|p| p.len() as u64).sum();
+            return emit(gil, self.cb, &parts, true, Some(total));
+        }
+
+        if result.is_exact_instance(self.interp.file_wrapper.ptr(gil)) {
+            let source = self.interp.file_source.bind(gil).call(&[result.borrow()])?;
+            if !source.is_none() {
+                return self.send_file(gil, &source);
+            }
+        }
+
+        let iter = result.iter()?;
+        let is_head = self
+            .cb
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.encoder.is_head());
+        while let Some(chunk) = iter.next()? {
+            if exchange.is_cancelled() {
+                return Ok(false);
+            }
+            let Some(bytes) = chunk.as_bytes() else {
+                return Err(type_error(
+                    gil,
+                    &format!(
+                        "the response iterable must yield bytes, not {}",
+                        chunk.type_name()
+                    ),
+                ));
+            };
+            if bytes.is_empty() {
+                continue;
+            }
+            if !emit(gil, self.cb, &[bytes], false, None)? {
+                return Ok(false);
+            }
+            if is_head {
+                // The head is out and no body may follow: stop pulling.
+                break;
+            }
+        }
+        let nothing_sent = self
+            .cb
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| !r.encoder.headers_sent());
+        emit(gil, self.cb, &[], true, nothing_sent.then_some(0))
+    }
+
+    /// `wsgi.file_wrapper` over a regular file: the head, then the file by sendfile on the
+    /// I/O thread, from a duplicate of its descriptor.
+    fn send_file<'py>(&self, gil: Gil<'py>, source: &Obj<'py>) -> PyResult<'py, bool> {
+        let items = source
+            .sequence_items()
+            .filter(|s| s.len() == 3)
+            .ok_or_else(|| type_error(gil, "file_source"))?;
+        let fd = items[0].as_i64()? as i32;
+        let offset = items[1].as_i64()?.max(0) as u64;
+        let mut len = items[2].as_i64()?.max(0) as u64;
+        let (app_length, bodyless) = {
+            let current = self.cb.current.borrow();
+            let resp = current
+                .as_ref()
+                .ok_or_else(|| runtime_error(gil, "no request"))?;
+            (
+                resp.encoder.content_length(),
+                resp.encoder.is_head()
+                    || resp
+                        .encoder
+                        .status()
+                        .is_some_and(|s| !status_allows_body(s)),
+            )
+        };
+        if let Some(n) = app_length {
+            len = len.min(n);
+        }
+        // The head (with the length), then the file, then the end marker.
+        if !emit(gil, self.cb, &[], false, Some(len))? {
+            return Ok(false);
+        }
+        if !bodyless && len > 0 {
+            // SAFETY: dup of a descriptor the file object owns and keeps open during this
+            // call; the duplicate is ours alone and closed when the `File` drops.
+            let dup = unsafe { libc::dup(fd) };
+            if dup < 0 {
+                let err = std::io::Error::last_os_error();
+                // SAFETY: a builtin exception type.
+                return Err(raise(
+                    gil,
+                    unsafe { gil.builtin(ffi::PyExc_OSError) },
+                    &format!("dup: {err}"),
+                ));
+            }
+            // SAFETY: `dup` is a fresh descriptor nobody else owns.
+            let file = unsafe { std::fs::File::from_raw_fd(dup) };
+            let mut current = self.cb.current.borrow_mut();
+            if let Some(resp) = current.as_mut() {
+                resp.encoder.count_body_bytes(len);
+                resp.reply.send(ReplyMsg::File { file, offset, len });
+            }
+        }
+        emit(gil, self.cb, &[], true, None)
+    }
+}
+
+/// Calls `result.close()` if it has one.
+pub(super) fn close_result<'py>(result: &Obj<'py>) -> PyResult<'py, ()> {
+    if result.hasattr(c"close") {
+        result.call_method0(c"close")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! One Python thread's objects ([`Worker`]) and one request served end to end: environ,
+//! the application call, the result, `close()` exactly once, the 500 or abort when the
+//! application fails, and the access log line.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use pyo3_ffi as ffi;
+
+use super::callbacks::{new_function, Callbacks, CAPSULE_NAME, READ_BODY, START_RESPONSE, WRITE};
+use super::environ::Interp;
+use super::object::{Gil, Held, Obj, PyErr, PyResult, ReleaseQueue};
+use super::response::{close_result, Response};
+use crate::config::LogLevel;
+use crate::handoff::{ReplyMsg, Request, RequestBody};
+use crate::http::date::DateCache;
+use crate::http::response::{self};
+use crate::log_debug;
+
+/// How serving one request ended.
+pub(super) enum Outcome<'py> {
+    Done,
+    /// The client went away; the result was closed.
+    Cancelled,
+    Failed(PyErr<'py>),
+}
+
+/// One Python thread's own objects.
+pub(super) struct Worker {
+    pub(super) interp: Arc<Interp>,
+    pub(super) cb: &'static Callbacks,
+    pub(super) start_response: Held,
+    pub(super) write: Held,
+    pub(super) read_body: Held,
+    pub(super) access_log: bool,
+    /// `bytes` objects whose data the I/O threads wrote without a copy, to release here.
+    pub(super) releases: Arc<ReleaseQueue>,
+}
+
+impl Worker {
+    pub(super) fn new(gil: Gil<'_>, interp: Arc<Interp>, access_log: bool) -> PyResult<'_, Worker> {
+        let cb: &'static Callbacks = Box::leak(Box::new(Callbacks {
+            current: RefCell::new(None),
+            next_token: Cell::new(1),
+            date: RefCell::new(DateCache::new()),
+            write: Cell::new(std::ptr::null_mut()),
+            client_disconnected: Cell::new(interp.client_disconnected.ptr(gil)),
+        }));
+        // SAFETY: the capsule points to a leaked (never freed) `Callbacks`; GIL held.
+        let capsule = unsafe {
+            Obj::from_owned(
+                gil,
+                ffi::PyCapsule_New(
+                    std::ptr::from_ref(cb).cast_mut().cast::<c_void>(),
+                    CAPSULE_NAME.as_ptr(),
+                    None,
+                ),
+            )?
+        };
+        let start_response = new_function(gil, &START_RESPONSE, capsule.as_ptr())?.hold();
+        let write = new_function(gil, &WRITE, capsule.as_ptr())?.hold();
+        let read_body = new_function(gil, &READ_BODY, capsule.as_ptr())?.hold();
+        cb.write.set(write.ptr(gil));
+        Ok(Worker {
+            interp,
+            cb,
+            start_response,
+            write,
+            read_body,
+            access_log,
+            releases: Arc::default(),
+        })
+    }
+
+    /// Releases the `bytes` objects the I/O threads are done writing.
+    pub(super) fn release_written(&self, gil: Gil<'_>) {
+        self.releases.drain(gil);
+    }
+
+    pub(super) fn release(self, gil: Gil<'_>) {
+        // Bodies still being written when the server stops are left to the interpreter's
+        // end: only the ones already written come back here.
+        self.releases.drain(gil);
+        self.cb.client_disconnected.set(std::ptr::null_mut());
+        self.start_response.release(gil);
+        self.write.release(gil);
+        self.read_body.release(gil);
+    }
+
+    pub(super) fn handle<'py>(&self, gil: Gil<'py>, request: Request) {
+        let Request {
+            head,
+            parsed,
+            body,
+            peer,
+            local,
+            started,
+            reply,
+        } = request;
+        let token = self.cb.next_token.get();
+        self.cb.next_token.set(token + 1);
+        let streaming = matches!(body, RequestBody::Stream);
+        let exchange = reply.exchange.clone();
+        *self.cb.current.borrow_mut() = Some(Response::new(reply, &parsed, streaming, token));
+
+        let stream_input = || {
+            let token = gil.int(token as i64)?;
+            self.interp
+                .stream_input
+                .bind(gil)
+                .call(&[self.read_body.borrow(gil), token.borrow()])
+        };
+        let outcome =
+            match self
+                .interp
+                .environ(gil, &head, &parsed, &body, peer, local, stream_input)
+            {
+                Err(err) => Outcome::Failed(err),
+                Ok(environ) => {
+                    let app = self.interp.app.bind(gil);
+                    match app.call(&[environ.borrow(), self.start_response.borrow(gil)]) {
+                        Err(err) => Outcome::Failed(err),
+                        Ok(result) => {
+                            let outcome = self.drain(gil, &result, &exchange);
+                            // close() exactly once, on every path (PEP 3333).
+                            match (close_result(&result), outcome) {
+                                (Err(err), Outcome::Done) => Outcome::Failed(err),
+                                (Err(err), other) => {
+                                    self.report(gil, err, "exception in the response's close()");
+                                    other
+                                }
+                                (Ok(()), other) => other,
+                            }
+                        }
+                    }
+                }
+            };
+
+        let request_line = || {
+            format!(
+                "{} {}",
+                String::from_utf8_lossy(parsed.method.get(&head)),
+                String::from_utf8_lossy(parsed.target.get(&head))
+            )
+        };
+        // The server answered with its own 500 (what the access log shows).
+        let mut sent_500 = false;
+        let resp = match outcome {
+            Outcome::Done => self.cb.current.borrow_mut().take(),
+            Outcome::Cancelled => {
+                log_debug!("{peer}: client gone during {}", request_line());
+                self.cb.current.borrow_mut().take()
+            }
+            Outcome::Failed(err) if exchange.is_cancelled() => {
+                // Most likely the app tripping over the client going away (a
+                // ClientDisconnected from wsgi.input or write()): not an app error.
+                log_debug!(
+                    "{peer}: client gone during {}: {}",
+                    request_line(),
+                    err.summary()
+                );
+                self.cb.current.borrow_mut().take()
+            }
+            Outcome::Failed(err) => {
+                self.report(
+                    gil,
+                    err,
+                    &format!("exception in the application ({})", request_line()),
+                );
+                let resp = self.cb.current.borrow_mut().take();
+                if let Some(resp) = &resp {
+                    if resp.ended {
+                        // The response went out whole (the failure came from close()):
+                        // nothing more to send, and the connection may carry on.
+                    } else if resp.encoder.headers_sent() {
+                        // Too late for a 500: the client must not take a cut-short body
+                        // for a whole one, so the connection closes.
+                        resp.reply.send(ReplyMsg::Abort);
+                    } else {
+                        let mut out = Vec::new();
+                        response::error_response(&mut out, 500, self.cb.date.borrow_mut().get());
+                        resp.reply.send(ReplyMsg::Data {
+                            bytes: out,
+                            end: true,
+                            close: true,
+                            counted: false,
+                        });
+                        sent_500 = true;
+                    }
+                }
+                resp
+            }
+        };
+        if self.access_log {
+            if let Some(resp) = resp {
+                let version = if resp.encoder.http11() { "1.1" } else { "1.0" };
+                let status = if sent_500 {
+                    Some(500)
+                } else {
+                    resp.encoder.status()
+                };
+                crate::log_at!(
+                    LogLevel::Info,
+                    "{peer} \"{} HTTP/{version}\" {} {} {:.3}ms",
+                    request_line(),
+                    status.unwrap_or(0),
+                    resp.encoder.body_bytes(),
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+
+    pub(super) fn report<'py>(&self, gil: Gil<'py>, err: PyErr<'py>, context: &str) {
+        super::report(gil, Some(&self.interp.report_exception), err, context);
+    }
+}

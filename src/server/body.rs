@@ -1,0 +1,106 @@
+//! Request bodies on the connection: read a small body whole before the hand-off, or
+//! give a large (or `Expect: 100-continue`) body to the Python thread piece by piece as
+//! its application reads `wsgi.input`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Buf;
+
+use super::conn::{Conn, ReadOutcome};
+use crate::handoff::{BodyChunk, BodyError};
+use crate::http::BodyDecoder;
+
+/// A body up to this size is read whole before the request is handed off, so the
+/// application gets it as one `bytes` object without a round trip per read.
+pub(super) const PREBUFFER_BODY: usize = 64 * 1024;
+/// Bytes read from the socket per body read when streaming a larger body.
+pub(super) const BODY_READ_SIZE: usize = 64 * 1024;
+
+impl Conn {
+    /// Reads a body of up to [`PREBUFFER_BODY`] whole. `Ok(true)`: complete in `pending`;
+    /// `Ok(false)`: larger, stream it (the part read stays in `pending`); `Err(Some)`:
+    /// invalid or too slow (the status to answer); `Err(None)`: the client went away.
+    pub(super) async fn prebuffer(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        pending: &mut Vec<u8>,
+    ) -> Result<bool, Option<u16>> {
+        let timeout = self.ctx.shared.config.header_timeout;
+        loop {
+            if !self.buf.is_empty() {
+                let consumed = decoder
+                    .decode(&self.buf, pending)
+                    .map_err(|e| Some(e.status()))?;
+                self.buf.advance(consumed);
+            }
+            if decoder.is_done() {
+                return Ok(true);
+            }
+            if pending.len() >= PREBUFFER_BODY {
+                return Ok(false);
+            }
+            match self
+                .read_more(Instant::now() + timeout, BODY_READ_SIZE, false)
+                .await
+            {
+                ReadOutcome::Data => {}
+                ReadOutcome::TimedOut => return Err(Some(408)),
+                _ => return Err(None),
+            }
+        }
+    }
+
+    /// The next piece of a streamed body for the Python thread.
+    pub(super) async fn next_body_chunk(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        pending: &mut Vec<u8>,
+        body_done: &mut bool,
+    ) -> BodyChunk {
+        if !pending.is_empty() {
+            return BodyChunk::Data {
+                bytes: std::mem::take(pending),
+                last: decoder.is_done(),
+            };
+        }
+        if *body_done || decoder.is_done() {
+            *body_done = true;
+            return BodyChunk::End;
+        }
+        let timeout = self
+            .ctx
+            .shared
+            .config
+            .header_timeout
+            .max(Duration::from_secs(30));
+        let mut out = Vec::new();
+        loop {
+            if !self.buf.is_empty() {
+                match decoder.decode(&self.buf, &mut out) {
+                    Ok(consumed) => self.buf.advance(consumed),
+                    Err(err) => return BodyChunk::Error(BodyError::Invalid(err)),
+                }
+                if decoder.is_done() {
+                    *body_done = true;
+                }
+                if !out.is_empty() {
+                    return BodyChunk::Data {
+                        bytes: out,
+                        last: *body_done,
+                    };
+                }
+                if *body_done {
+                    return BodyChunk::End;
+                }
+            }
+            match self
+                .read_more(Instant::now() + timeout, BODY_READ_SIZE, false)
+                .await
+            {
+                ReadOutcome::Data => {}
+                ReadOutcome::TimedOut => return BodyChunk::Error(BodyError::TimedOut),
+                _ => return BodyChunk::Error(BodyError::Disconnected),
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The connection's socket: reads until a deadline, writes under `--write-timeout`,
+//! gathered writes, sendfile, and the lingering close after an error response.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use monoio::buf::{IoBuf, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use super::conn::{Conn, ReadOutcome};
+use super::event::{race, Either};
+use super::gather::Gather;
+use super::sendfile;
+use crate::log_debug;
+
+/// Lingering close: after an error response, how long and how much we keep reading (and
+/// discarding) so the client's unread bytes do not turn our FIN into a RST that destroys
+/// the response before the client reads it.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+impl Conn {
+    /// Writes all of `buf`, giving up when one write makes no progress for
+    /// `--write-timeout` (nginx's send_timeout: between two writes, not for the whole
+    /// response): a client that stops reading must not hold a connection, and the Python
+    /// thread feeding it, for ever.
+    pub(super) async fn write<B: IoBuf + 'static>(&mut self, buf: B) -> std::io::Result<()> {
+        self.write_buf(buf).await.0
+    }
+
+    /// [`Conn::write`], giving the buffer back (not after a timeout: the abandoned write
+    /// took it).
+    pub(super) async fn write_buf<B: IoBuf + 'static>(
+        &mut self,
+        buf: B,
+    ) -> (std::io::Result<()>, Option<B>) {
+        let timeout = self.ctx.shared.config.write_timeout;
+        let len = buf.bytes_init();
+        let mut buf = buf;
+        let mut written = 0;
+        while written < len {
+            match monoio::time::timeout(timeout, self.stream.write(buf.slice(written..len))).await {
+                Ok((Ok(0), slice)) => {
+                    return (
+                        Err(std::io::ErrorKind::WriteZero.into()),
+                        Some(slice.into_inner()),
+                    )
+                }
+                Ok((Ok(n), slice)) => {
+                    written += n;
+                    buf = slice.into_inner();
+                }
+                Ok((Err(err), slice)) => return (Err(err), Some(slice.into_inner())),
+                Err(_) => {
+                    return (
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client read nothing for --write-timeout",
+                        )),
+                        None,
+                    );
+                }
+            }
+        }
+        (Ok(()), Some(buf))
+    }
+
+    /// Writes every buffer of `bufs` with as few `writev` calls as the socket allows, under
+    /// the same per-write timeout as [`Conn::write`].
+    pub(super) async fn write_gather(&mut self, bufs: Vec<Bytes>) -> std::io::Result<()> {
+        let timeout = self.ctx.shared.config.write_timeout;
+        let mut gather = Gather::new(bufs);
+        while gather.remaining() > 0 {
+            match monoio::time::timeout(timeout, self.stream.writev(gather)).await {
+                Ok((Ok(0), _)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok((Ok(n), rest)) => gather = rest.advance(n),
+                Ok((Err(err), _)) => return Err(err),
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client read nothing for --write-timeout",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a server error response and closes with a lingering drain.
+    pub(super) async fn fail(&mut self, status: u16) {
+        let out = self.ctx.error_response(status);
+        if self.write(out).await.is_ok() {
+            self.linger().await;
+        }
+    }
+
+    /// Half-closes and discards what the client still sends, bounded in time and bytes.
+    pub(super) async fn linger(&mut self) {
+        sendfile::shutdown_write(&self.stream);
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut drained = 0;
+        self.buf.clear();
+        while drained < LINGER_BYTES {
+            self.buf.clear();
+            match self.read_more(deadline, 16 * 1024, false).await {
+                ReadOutcome::Data => drained += self.buf.len(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Reads more bytes into `buf`, until `deadline`; when `interruptible`, a server stop
+    /// also ends the wait (only while no request is half-read).
+    pub(super) async fn read_more(
+        &mut self,
+        deadline: Instant,
+        want: usize,
+        interruptible: bool,
+    ) -> ReadOutcome {
+        if self.buf.capacity() - self.buf.len() < want / 2 {
+            self.buf.reserve(want);
+        }
+        // Read into the spare capacity only: monoio's `IoBufMut` for `BytesMut` writes from
+        // the start of the buffer (and sets its length to the bytes read), which would
+        // overwrite a partial head or pipelined bytes already buffered.
+        let buf = std::mem::take(&mut self.buf);
+        let (start, end) = (buf.len(), buf.capacity());
+        let read = monoio::time::timeout_at(
+            deadline.into(),
+            self.stream.read(SliceMut::new(buf, start, end)),
+        );
+        let result = if interruptible {
+            match race(read, self.ctx.stop.wait()).await {
+                Either::Left(result) => result,
+                Either::Right(()) => return ReadOutcome::Stopped,
+            }
+        } else {
+            read.await
+        };
+        match result {
+            Err(_elapsed) => ReadOutcome::TimedOut,
+            Ok((Ok(0), buf)) => {
+                self.buf = buf.into_inner();
+                ReadOutcome::Eof
+            }
+            Ok((Ok(_), buf)) => {
+                self.buf = buf.into_inner();
+                ReadOutcome::Data
+            }
+            Ok((Err(err), buf)) => {
+                self.buf = buf.into_inner();
+                log_debug!("{}: read failed: {err}", self.peer);
+                ReadOutcome::Failed
+            }
+        }
+    }
+
+    /// Sends `len` bytes of `file` from `offset` with sendfile, waiting for the socket to
+    /// drain whenever it is full.
+    pub(super) async fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        mut offset: u64,
+        len: u64,
+    ) -> std::io::Result<()> {
+        let end = offset + len;
+        let flags = sendfile::set_nonblocking(&self.stream, true)?;
+        let mut result = Ok(());
+        while offset < end {
+            let remaining = end - offset;
+            match sendfile::send(&self.stream, file, &mut offset, remaining) {
+                Ok(0) => {
+                    result = Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shorter than announced",
+                    ));
+                    break;
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    let timeout = self.ctx.shared.config.write_timeout;
+                    match monoio::time::timeout(timeout, self.stream.writable(false)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            result = Err(err);
+                            break;
+                        }
+                        Err(_) => {
+                            result = Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the client read nothing for --write-timeout",
+                            ));
+                            break;
+                        }
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        use std::os::fd::AsRawFd;
+        sendfile::restore_flags(self.stream.as_raw_fd(), flags)?;
+        result
+    }
+}
