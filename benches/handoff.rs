@@ -15,6 +15,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use spindle::handoff::{
     request_queue, ConnToken, Exchange, IoMailbox, ReplyMsg, ReplyTo, Request, RequestBody,
+    RequestHead, ResponseEncoder,
 };
 use spindle::http::{parse_head, Limits};
 
@@ -26,11 +27,9 @@ fn request(mailbox: &Arc<IoMailbox>, seq: u32) -> Request {
     let parsed = parse_head(&head, &Limits::default()).unwrap().unwrap();
     let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
     Request {
-        head,
-        parsed,
+        encoder: ResponseEncoder::for_http1(&parsed, true),
+        head: RequestHead::from_http1(head, parsed, addr, addr),
         body: RequestBody::Complete(Bytes::new()),
-        peer: addr,
-        local: addr,
         started: Instant::now(),
         reply: ReplyTo {
             mailbox: mailbox.clone(),
@@ -53,7 +52,7 @@ fn round_trip(c: &mut Criterion) {
             req.reply.send(ReplyMsg::Data {
                 bytes: RESPONSE.to_vec(),
                 end: true,
-                close: false,
+                persistence: spindle::http::Persistence::new(true, true),
                 counted: false,
             });
         }

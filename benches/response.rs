@@ -1,6 +1,6 @@
 //! Benchmarks of response encoding, the Python-free half of `start_response` and of
 //! sending a WSGI response: `ResponseHead` (status and header validation) and
-//! `ResponseEncoder` (framing headers, `Date`, `Connection`, body framing). Three cases:
+//! `Http1Encoder` (framing headers, `Date`, `Connection`, body framing). Three cases:
 //! a hello response (2 headers, 13-byte body given whole), a typical framework response
 //! (8 headers, 2 KiB body given whole) and a streamed response (no length, so chunked on
 //! HTTP/1.1: 16 messages of one 4 KiB part, the first carrying the head, then the end).
@@ -14,7 +14,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use spindle::http::date::DateCache;
-use spindle::http::response::{ResponseEncoder, ResponseHead};
+use spindle::http::response::{Http1Encoder, ResponseHead};
+use spindle::http::Persistence;
 
 /// One response to a keep-alive HTTP/1.1 GET.
 struct Case<'a> {
@@ -34,7 +35,7 @@ fn encode(case: &Case<'_>, date: &mut DateCache) -> usize {
     for &(name, value) in &case.headers {
         head.push_header(name, value).unwrap();
     }
-    let mut encoder = ResponseEncoder::new(true, false, true);
+    let mut encoder = Http1Encoder::new(true, false, Persistence::new(true, true));
     encoder.start(head);
     let mut encoded = 0;
     for (i, parts) in case.messages.iter().enumerate() {

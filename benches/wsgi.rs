@@ -27,6 +27,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use crossbeam_channel::Sender;
 use spindle::handoff::{
     request_queue, ConnToken, Exchange, IoMailbox, ReplyMsg, ReplyTo, Request, RequestBody,
+    RequestHead, ResponseEncoder,
 };
 use spindle::http::{parse_head, Limits};
 use spindle::py::Runtime;
@@ -95,11 +96,9 @@ impl Python {
             .expect("valid request")
             .expect("complete head");
         Request {
-            head,
-            parsed,
+            encoder: ResponseEncoder::for_http1(&parsed, true),
+            head: RequestHead::from_http1(head, parsed, PEER, LOCAL),
             body: RequestBody::Complete(Bytes::new()),
-            peer: PEER,
-            local: LOCAL,
             started: Instant::now(),
             reply: ReplyTo {
                 mailbox: self.mailbox.clone(),
@@ -151,11 +150,12 @@ fn bench_environ(c: &mut Criterion, python: &Python) {
     for (name, raw) in [("minimal_get", MINIMAL_GET), ("browser_get", BROWSER_GET)] {
         let head = Bytes::from_static(raw);
         let parsed = parse_head(&head, &Limits::default()).unwrap().unwrap();
+        let head = RequestHead::from_http1(head, parsed, PEER, LOCAL);
         let body = RequestBody::Complete(Bytes::new());
         let ran = python.runtime.with_main_interp(|gil, interp| {
             let environ = || {
                 interp
-                    .environ(gil, &head, &parsed, &body, PEER, LOCAL, || {
+                    .environ(gil, &head, &body, || {
                         unreachable!("a complete body needs no stream")
                     })
                     .map_err(|err| err.summary())

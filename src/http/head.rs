@@ -74,6 +74,16 @@ pub enum Version {
     Http11,
 }
 
+impl Version {
+    /// As the request line and `SERVER_PROTOCOL` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
 /// One header line: its name and its value with surrounding OWS trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderSpan {
@@ -130,8 +140,10 @@ pub struct ParsedHead {
     /// In the order received; repeated headers are separate entries.
     pub headers: Vec<HeaderSpan>,
     pub framing: BodyFraming,
-    /// HTTP/1.1: unless `Connection` holds `close`. HTTP/1.0: only if
-    /// `Connection` holds `keep-alive` (and not `close`).
+    /// Whether the request allows a persistent connection. HTTP/1.1: unless
+    /// `Connection` holds `close`. HTTP/1.0: only if `Connection` holds
+    /// `keep-alive` (and not `close`). One fact of the decision in
+    /// [`Persistence`](crate::http::Persistence).
     pub keep_alive: bool,
     /// HTTP/1.1 with `Expect: 100-continue`.
     pub expect_continue: bool,

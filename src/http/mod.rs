@@ -6,8 +6,10 @@ pub mod body;
 pub mod date;
 pub mod error;
 pub mod head;
+pub mod persist;
 pub mod response;
 
 pub use body::{BodyDecoder, BodyFraming};
 pub use error::HttpError;
 pub use head::{parse_head, HeaderSpan, Limits, ParsedHead, Span, Version};
+pub use persist::{ConnectionEnd, Persistence};

@@ -1,10 +1,12 @@
-//! Response encoding: status lines, the application's validated headers, body framing
-//! ([`ResponseEncoder`]), the server's own error responses, chunk framing, and the rules for
+//! Responses: the application's status and headers validated ([`ResponseHead`], HTTP
+//! semantics that every wire protocol shares), their HTTP/1.1 encoding with body framing
+//! ([`Http1Encoder`]), the server's own error responses, chunk framing, and the rules for
 //! which responses carry a body (RFC 9110 §6.4.1, RFC 9112 §6.3). Bytes in, bytes out: no
 //! I/O, no Python, no logging (mismatches are reported to the caller, which logs them).
 
 use crate::http::date::DateCache;
 use crate::http::head::is_tchar;
+use crate::http::persist::Persistence;
 
 /// The interim response sent when the application first reads a body announced with
 /// `Expect: 100-continue` (RFC 9110 §10.1.1).
@@ -75,13 +77,15 @@ pub fn check_header_name(name: &[u8]) -> Result<(), HeadError> {
     Ok(())
 }
 
-/// The status line and the application's validated headers, before any framing header:
-/// what `start_response` produces. Built apart from the [`ResponseEncoder`] so validation
-/// (which may run Python code in the caller) never holds the response borrowed.
+/// The status and the application's validated headers, before any framing header: what
+/// `start_response` produces. Protocol-neutral: each wire protocol's encoder puts its own
+/// status line in front (`HTTP/1.1 200 OK`, or CGI's `Status: 200 OK`). Built apart from the
+/// encoder so validation (which may run Python code in the caller) never holds the
+/// response borrowed.
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
     status: u16,
-    /// `HTTP/1.1 <status>\r\n` then one `name: value\r\n` per header.
+    /// `<status>\r\n` (e.g. `200 OK`) then one `name: value\r\n` per header.
     bytes: Vec<u8>,
     content_length: Option<u64>,
     has_date: bool,
@@ -92,7 +96,6 @@ impl ResponseHead {
     pub fn new(status: &[u8]) -> Result<ResponseHead, HeadError> {
         let code = parse_status(status).ok_or(HeadError::BadStatus)?;
         let mut bytes = Vec::with_capacity(256);
-        bytes.extend_from_slice(b"HTTP/1.1 ");
         bytes.extend_from_slice(status);
         bytes.extend_from_slice(b"\r\n");
         Ok(ResponseHead {
@@ -131,6 +134,11 @@ impl ResponseHead {
     pub fn status(&self) -> u16 {
         self.status
     }
+
+    /// The status text and header lines (`200 OK\r\nname: value\r\n...`).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// How the body of a response is framed (RFC 9112 §6.3).
@@ -160,8 +168,10 @@ pub enum LengthMismatch {
 #[derive(Debug)]
 pub struct Encoded {
     pub bytes: Vec<u8>,
-    /// The connection closes after this message (only ever set on the last one).
-    pub close: bool,
+    /// What decides whether the connection persists, as the encoder knows it after this
+    /// message; the I/O thread adds what it knows (the request body read or not) once the
+    /// response has ended.
+    pub persistence: Persistence,
     pub mismatch: Option<LengthMismatch>,
 }
 
@@ -169,42 +179,40 @@ pub struct Encoded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotStarted;
 
-/// Encodes one application response on the wire: the head (status line, the application's
-/// headers, then `Content-Length` or `Transfer-Encoding`, `Date` and `Connection` as
-/// needed), then each body part framed. Framing is decided when the head is built, from
-/// the request (version, HEAD, keep-alive), the status and what is known of the length.
+/// Encodes one application response as HTTP/1.1 (or 1.0): the head (status line, the
+/// application's headers, then `Content-Length` or `Transfer-Encoding`, `Date` and
+/// `Connection` as needed), then each body part framed. Framing is decided when the head is
+/// built, from the request (version, HEAD), the status and what is known of the length;
+/// `Connection` from the [`Persistence`] the connection started it with.
 #[derive(Debug)]
-pub struct ResponseEncoder {
+pub struct Http1Encoder {
     http11: bool,
     is_head: bool,
-    keep_alive: bool,
+    persistence: Persistence,
     status: Option<u16>,
-    /// Status line and the application's validated headers, until the head is built.
+    /// Status text and the application's validated headers, until the head is built.
     head: Vec<u8>,
     content_length: Option<u64>,
     has_date: bool,
     headers_sent: bool,
     framing: ResponseFraming,
-    /// The connection closes after the response.
-    close: bool,
     body_bytes: u64,
 }
 
-impl ResponseEncoder {
-    /// A response to a request of this version and method; `keep_alive` is what the
-    /// request allowed.
-    pub fn new(http11: bool, is_head: bool, keep_alive: bool) -> ResponseEncoder {
-        ResponseEncoder {
+impl Http1Encoder {
+    /// A response to a request of this version and method; `persistence` holds what the
+    /// request and the server allow.
+    pub fn new(http11: bool, is_head: bool, persistence: Persistence) -> Http1Encoder {
+        Http1Encoder {
             http11,
             is_head,
-            keep_alive,
+            persistence,
             status: None,
             head: Vec::new(),
             content_length: None,
             has_date: false,
             headers_sent: false,
             framing: ResponseFraming::Pending,
-            close: false,
             body_bytes: 0,
         }
     }
@@ -217,10 +225,11 @@ impl ResponseEncoder {
         self.has_date = head.has_date;
     }
 
-    /// The connection will close after this response: the head says `Connection: close`
-    /// if it is not built yet, and the last message asks for the close.
-    pub fn close_after(&mut self) {
-        self.close = true;
+    /// The request body will not have been read to its end when the response ends, so the
+    /// connection cannot carry another request: the head says `Connection: close` if it is
+    /// not built yet.
+    pub fn request_body_unread(&mut self) {
+        self.persistence.body_unread();
     }
 
     /// Counts body bytes sent by other means (a file sent with sendfile after the head).
@@ -242,6 +251,10 @@ impl ResponseEncoder {
     }
     pub fn headers_sent(&self) -> bool {
         self.headers_sent
+    }
+    /// What decides whether the connection persists, as known so far.
+    pub fn persistence(&self) -> Persistence {
+        self.persistence
     }
     pub fn framing(&self) -> ResponseFraming {
         self.framing
@@ -300,22 +313,55 @@ impl ResponseEncoder {
                         sent: self.body_bytes,
                         declared: n,
                     });
-                    self.close = true;
+                    self.persistence.broken();
                 }
                 _ => {}
             }
         }
         Ok(Encoded {
             bytes: out,
-            close: end && (self.close || !self.keep_alive),
+            persistence: self.persistence,
             mismatch,
         })
+    }
+
+    /// The head of a whole response whose `len` body bytes are written apart (from the
+    /// application's own buffer), and the end of it: one message for the entire response.
+    pub fn build_whole(&mut self, len: u64, date: &mut DateCache) -> Result<Encoded, NotStarted> {
+        let head = self.build(&[], false, Some(len), date)?;
+        self.count_body_bytes(len);
+        let end = self.build(&[], true, None, date)?;
+        debug_assert!(
+            end.bytes.is_empty(),
+            "a length-framed response has no trailer"
+        );
+        Ok(Encoded {
+            bytes: head.bytes,
+            persistence: end.persistence,
+            mismatch: end.mismatch,
+        })
+    }
+
+    /// The server's own error response in place of the application's, which failed before
+    /// its head went out; the connection closes after it.
+    pub fn error(&mut self, status: u16, date: &mut DateCache) -> Encoded {
+        let mut out = Vec::with_capacity(192);
+        error_response(&mut out, status, date.get());
+        self.status = Some(status);
+        self.headers_sent = true;
+        self.persistence.broken();
+        Encoded {
+            bytes: out,
+            persistence: self.persistence,
+            mismatch: None,
+        }
     }
 
     /// Appends the head (status line, app headers, framing headers, Date, Connection) and
     /// decides the framing.
     fn write_head(&mut self, out: &mut Vec<u8>, known_total: Option<u64>, date: &mut DateCache) {
         let status = self.status.unwrap_or(500);
+        out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(&self.head);
         self.framing = if self.is_head || !status_allows_body(status) {
             ResponseFraming::NoBody
@@ -330,7 +376,7 @@ impl ResponseEncoder {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
             ResponseFraming::Chunked
         } else {
-            self.close = true;
+            self.persistence.close_delimited();
             ResponseFraming::CloseDelimited
         };
         if self.is_head && self.content_length.is_none() {
@@ -346,7 +392,7 @@ impl ResponseEncoder {
             out.extend_from_slice(date.get());
             out.extend_from_slice(b"\r\n");
         }
-        if self.close || !self.keep_alive {
+        if !self.persistence.keep_alive() {
             out.extend_from_slice(b"Connection: close\r\n");
         } else if !self.http11 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
@@ -465,6 +511,7 @@ pub fn itoa_buf(mut n: u64) -> Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::persist::ConnectionEnd;
 
     #[test]
     fn error_response_is_complete_and_closes() {
@@ -487,10 +534,10 @@ mod tests {
         assert!(out.ends_with(b"\r\n0\r\n\r\n"));
     }
 
-    fn hello(http11: bool, is_head: bool, keep_alive: bool) -> ResponseEncoder {
+    fn hello(http11: bool, is_head: bool, keep_alive: bool) -> Http1Encoder {
         let mut head = ResponseHead::new(b"200 OK").unwrap();
         head.push_header(b"Content-Type", b"text/plain").unwrap();
-        let mut encoder = ResponseEncoder::new(http11, is_head, keep_alive);
+        let mut encoder = Http1Encoder::new(http11, is_head, Persistence::new(keep_alive, true));
         encoder.start(head);
         encoder
     }
@@ -512,7 +559,7 @@ mod tests {
         assert!(!head.contains("Connection"));
         assert_eq!(body, "Hello, world!");
         assert_eq!(encoder.framing(), ResponseFraming::Length(13));
-        assert!(!out.close && out.mismatch.is_none());
+        assert!(out.persistence.keep_alive() && out.mismatch.is_none());
     }
 
     #[test]
@@ -520,7 +567,7 @@ mod tests {
         let mut date = DateCache::new();
         let mut head = ResponseHead::new(b"200 OK").unwrap();
         head.push_header(b"Content-Length", b"4").unwrap();
-        let mut encoder = ResponseEncoder::new(true, false, true);
+        let mut encoder = Http1Encoder::new(true, false, Persistence::new(true, true));
         encoder.start(head);
         let out = encoder.build(&[b"abcdef"], false, None, &mut date).unwrap();
         assert!(text(&out).contains("\r\nContent-Length: 4\r\n"));
@@ -539,7 +586,7 @@ mod tests {
                 declared: 10
             })
         );
-        assert!(out.close);
+        assert!(!out.persistence.keep_alive());
     }
 
     #[test]
@@ -552,7 +599,7 @@ mod tests {
         assert_eq!(body, "3\r\nabc\r\n");
         let last = encoder.build(&[], true, None, &mut date).unwrap();
         assert_eq!(last.bytes, LAST_CHUNK);
-        assert!(!last.close);
+        assert!(last.persistence.keep_alive());
         assert_eq!(encoder.body_bytes(), 3);
     }
 
@@ -566,7 +613,11 @@ mod tests {
         assert!(!head.contains("Transfer-Encoding") && !head.contains("Content-Length"));
         assert_eq!(body, "abc");
         assert_eq!(encoder.framing(), ResponseFraming::CloseDelimited);
-        assert!(encoder.build(&[], true, None, &mut date).unwrap().close);
+        assert!(!encoder
+            .build(&[], true, None, &mut date)
+            .unwrap()
+            .persistence
+            .keep_alive());
     }
 
     #[test]
@@ -591,7 +642,7 @@ mod tests {
         assert_eq!(encoder.framing(), ResponseFraming::NoBody);
         assert_eq!(encoder.body_bytes(), 0);
 
-        let mut encoder = ResponseEncoder::new(true, false, true);
+        let mut encoder = Http1Encoder::new(true, false, Persistence::new(true, true));
         encoder.start(ResponseHead::new(b"304 Not Modified").unwrap());
         let out = encoder.build(&[b"x"], true, None, &mut date).unwrap();
         assert!(text(&out).ends_with("\r\n\r\n") && !text(&out).contains("chunked"));
@@ -599,25 +650,42 @@ mod tests {
 
     #[test]
     fn build_before_start_is_refused() {
-        let mut encoder = ResponseEncoder::new(true, false, true);
+        let mut encoder = Http1Encoder::new(true, false, Persistence::new(true, true));
         let result = encoder.build(&[b"x"], true, None, &mut DateCache::new());
         assert_eq!(result.unwrap_err(), NotStarted);
     }
 
     #[test]
-    fn app_date_is_not_doubled_and_close_after_is_announced() {
+    fn app_date_is_not_doubled_and_an_unread_body_closes() {
         let mut head = ResponseHead::new(b"200 OK").unwrap();
         head.push_header(b"Date", b"Sun, 06 Nov 1994 08:49:37 GMT")
             .unwrap();
-        let mut encoder = ResponseEncoder::new(true, false, true);
+        let mut encoder = Http1Encoder::new(true, false, Persistence::new(true, true));
         encoder.start(head);
-        encoder.close_after();
+        encoder.request_body_unread();
         let out = encoder
             .build(&[], true, Some(0), &mut DateCache::new())
             .unwrap();
         assert_eq!(text(&out).matches("Date: ").count(), 1);
         assert!(text(&out).ends_with("\r\nConnection: close\r\n\r\n"));
-        assert!(out.close);
+        assert_eq!(out.persistence.end(), ConnectionEnd::Linger);
+    }
+
+    #[test]
+    fn a_whole_response_is_one_head_for_a_body_sent_apart() {
+        let mut date = DateCache::new();
+        let mut encoder = hello(true, false, true);
+        let out = encoder.build_whole(70_000, &mut date).unwrap();
+        assert!(text(&out).contains("\r\nContent-Length: 70000\r\n"));
+        assert!(text(&out).ends_with("\r\n\r\n"));
+        assert_eq!(encoder.body_bytes(), 70_000);
+        assert!(out.persistence.keep_alive() && out.mismatch.is_none());
+        // The server's 500 in place of a failed application's response closes.
+        let mut failed = hello(true, false, true);
+        let out = failed.error(500, &mut date);
+        assert!(text(&out).starts_with("HTTP/1.1 500 "));
+        assert!(!out.persistence.keep_alive());
+        assert!(failed.headers_sent());
     }
 
     #[test]

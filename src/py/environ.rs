@@ -7,7 +7,6 @@
 
 use crate::http::response;
 use std::ffi::CStr;
-use std::net::SocketAddr;
 
 use anyhow::anyhow;
 use pyo3_ffi as ffi;
@@ -15,8 +14,8 @@ use pyo3_ffi as ffi;
 use super::object::{Gil, Held, Obj, PyErr, PyResult};
 use super::ServerInfo;
 use crate::config::Config;
-use crate::handoff::RequestBody;
-use crate::http::{ParsedHead, Version};
+use crate::handoff::{RequestBody, RequestHead};
+use crate::http::Version;
 
 /// Interned environ keys.
 pub(crate) struct Keys {
@@ -268,28 +267,25 @@ impl Interp {
     /// Builds the environ of one request (public for benches/wsgi.rs, through
     /// [`Runtime::with_main_interp`](super::Runtime::with_main_interp)). `stream_input`
     /// makes `wsgi.input` for a streamed body; it is not called for a complete one.
-    #[allow(clippy::too_many_arguments)]
     pub fn environ<'py>(
         &self,
         gil: Gil<'py>,
-        head: &[u8],
-        parsed: &ParsedHead,
+        request: &RequestHead,
         body: &RequestBody,
-        peer: SocketAddr,
-        local: SocketAddr,
         stream_input: impl FnOnce() -> PyResult<'py, Obj<'py>>,
     ) -> PyResult<'py, Obj<'py>> {
         let environ = self.base_environ.bind(gil).dict_copy()?;
         let keys = &self.keys;
 
-        let method = parsed.method.get(head);
+        let head: &[u8] = &request.bytes;
+        let method = request.method.get(head);
         let method_obj = match self.methods.iter().find(|(name, _)| *name == method) {
             Some((_, held)) => held.bind(gil),
             None => gil.str_latin1(method)?,
         };
         environ.dict_set(keys.request_method.borrow(gil), &method_obj)?;
 
-        let protocol = match parsed.version {
+        let protocol = match request.version {
             Version::Http11 => self.http11.bind(gil),
             Version::Http10 => self.http10.bind(gil),
         };
@@ -298,7 +294,7 @@ impl Interp {
         // PATH_INFO: percent-decoded bytes as latin-1 (PEP 3333), minus --root-path. The
         // prefix is matched on the raw path, whole segments only, so an encoded slash
         // (`/app%2Fx`) is not taken for the mount point.
-        let mut raw_path = parsed.path.get(head);
+        let mut raw_path = request.path.get(head);
         if raw_path.is_empty() {
             raw_path = b"/";
         }
@@ -312,14 +308,14 @@ impl Interp {
         environ.dict_set(keys.path_info.borrow(gil), &gil.str_latin1(&path)?)?;
         environ.dict_set(
             keys.query_string.borrow(gil),
-            &gil.str_latin1(parsed.query.get(head))?,
+            &gil.str_latin1(request.query.get(head))?,
         )?;
 
         // Addresses and ports, then any uncommon header's key, through one scratch buffer.
         let mut scratch = Vec::with_capacity(64);
         for (name_key, port_key, addr) in [
-            (&keys.server_name, &keys.server_port, local),
-            (&keys.remote_addr, &keys.remote_port, peer),
+            (&keys.server_name, &keys.server_port, request.local),
+            (&keys.remote_addr, &keys.remote_port, request.peer),
         ] {
             scratch.clear();
             push_ip(&mut scratch, addr.ip());
@@ -329,7 +325,7 @@ impl Interp {
             environ.dict_set(port_key.borrow(gil), &gil.str_latin1(&scratch)?)?;
         }
 
-        for header in &parsed.headers {
+        for header in &request.headers {
             let name = header.name.get(head);
             let value = header.value.get(head);
             if name.contains(&b'_') {
@@ -360,6 +356,15 @@ impl Interp {
                 joined.extend_from_slice(value);
                 environ.dict_set(key_obj.borrow(), &gil.str_latin1(&joined)?)?;
             }
+        }
+
+        // What a front end set itself (CGI variables over uwsgi, FastCGI, SCGI) goes in as
+        // it came, over anything above.
+        for var in &request.vars {
+            environ.dict_set(
+                gil.str_latin1(var.name.get(head))?.borrow(),
+                &gil.str_latin1(var.value.get(head))?,
+            )?;
         }
 
         let input = match body {

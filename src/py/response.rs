@@ -10,10 +10,10 @@ use pyo3_ffi as ffi;
 use super::callbacks::{raise, runtime_error, type_error, Callbacks};
 use super::object::{Gil, Obj, PyResult};
 use super::worker::{Outcome, Worker};
-use crate::handoff::{ReplyMsg, ReplyTo};
+use crate::handoff::{ReplyMsg, ReplyTo, ResponseEncoder};
 use crate::http::date::DateCache;
-use crate::http::response::{status_allows_body, LengthMismatch, NotStarted, ResponseEncoder};
-use crate::http::Version;
+use crate::http::response::{status_allows_body, Encoded, LengthMismatch, NotStarted};
+use crate::http::Persistence;
 use crate::log_warn;
 
 /// A response body of one `bytes` object at least this large is written from the object's
@@ -47,17 +47,13 @@ pub(super) enum BuildError {
 impl Response {
     pub(super) fn new(
         reply: ReplyTo,
-        parsed: &crate::http::ParsedHead,
+        encoder: ResponseEncoder,
         streaming: bool,
         token: u64,
     ) -> Response {
         Response {
             reply,
-            encoder: ResponseEncoder::new(
-                parsed.version == Version::Http11,
-                parsed.is_head,
-                parsed.keep_alive,
-            ),
+            encoder,
             input_pending: streaming,
             input_done: false,
             ended: false,
@@ -74,34 +70,60 @@ impl Response {
         known_total: Option<u64>,
         date: &mut DateCache,
     ) -> Result<ReplyMsg, BuildError> {
-        if self.ended {
-            return Err(BuildError::Ended);
-        }
-        if self.input_pending && !self.encoder.headers_sent() {
-            // The app answers without reading the whole body: the connection cannot be
-            // reused (the I/O thread closes it), so the head says so.
-            self.encoder.close_after();
-        }
+        self.before_build()?;
         let encoded = self
             .encoder
             .build(parts, end, known_total, date)
             .map_err(|NotStarted| BuildError::NoStartResponse)?;
         self.ended = end;
-        match encoded.mismatch {
-            None => {}
-            Some(LengthMismatch::Excess { declared }) => log_warn!(
-                "the application sent more than its Content-Length ({declared}); the excess is dropped"
-            ),
-            Some(LengthMismatch::Short { sent, declared }) => log_warn!(
-                "the application sent {sent} of its Content-Length {declared}; closing the connection"
-            ),
-        }
+        log_mismatch(&encoded);
         Ok(ReplyMsg::Data {
             bytes: encoded.bytes,
             end,
-            close: encoded.close,
+            persistence: encoded.persistence,
             counted: !end,
         })
+    }
+
+    /// The head of the whole response, its body of `len` bytes to be written apart, and
+    /// what decides the connection's persistence: the response ends here.
+    pub(super) fn build_whole(
+        &mut self,
+        len: u64,
+        date: &mut DateCache,
+    ) -> Result<(Vec<u8>, Persistence), BuildError> {
+        self.before_build()?;
+        let encoded = self
+            .encoder
+            .build_whole(len, date)
+            .map_err(|NotStarted| BuildError::NoStartResponse)?;
+        self.ended = true;
+        log_mismatch(&encoded);
+        Ok((encoded.bytes, encoded.persistence))
+    }
+
+    fn before_build(&mut self) -> Result<(), BuildError> {
+        if self.ended {
+            return Err(BuildError::Ended);
+        }
+        if self.input_pending && !self.encoder.headers_sent() {
+            // The app answers without reading the whole body: the connection cannot carry
+            // another request (the I/O thread closes it), so the head says so.
+            self.encoder.request_body_unread();
+        }
+        Ok(())
+    }
+}
+
+fn log_mismatch(encoded: &Encoded) {
+    match encoded.mismatch {
+        None => {}
+        Some(LengthMismatch::Excess { declared }) => log_warn!(
+            "the application sent more than its Content-Length ({declared}); the excess is dropped"
+        ),
+        Some(LengthMismatch::Short { sent, declared }) => log_warn!(
+            "the application sent {sent} of its Content-Length {declared}; closing the connection"
+        ),
     }
 }
 
@@ -226,22 +248,13 @@ impl Worker {
         let Some(shared) = body.share_bytes(&self.releases) else {
             return Ok(None);
         };
-        let mut date = self.cb.date.borrow_mut();
-        // The head, framed for `n` bytes; the body is counted as sent, and the end adds
-        // nothing (Content-Length framing) but settles `close`.
-        let head = match resp.build(&[], false, Some(n), &mut date) {
-            Ok(ReplyMsg::Data { bytes, .. }) => bytes,
-            _ => return Ok(None),
-        };
-        resp.encoder.count_body_bytes(n);
-        let close = match resp.build(&[], true, None, &mut date) {
-            Ok(ReplyMsg::Data { close, .. }) => close,
-            _ => true,
+        let Ok((head, persistence)) = resp.build_whole(n, &mut self.cb.date.borrow_mut()) else {
+            return Ok(None);
         };
         resp.reply.send(ReplyMsg::Whole {
             head,
             body: bytes::Bytes::from_owner(shared),
-            close,
+            persistence,
         });
         Ok(Some(true))
     }

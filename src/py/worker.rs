@@ -15,7 +15,6 @@ use super::response::{close_result, Response};
 use crate::config::LogLevel;
 use crate::handoff::{ReplyMsg, Request, RequestBody};
 use crate::http::date::DateCache;
-use crate::http::response::{self};
 use crate::log_debug;
 
 /// How serving one request ended.
@@ -91,18 +90,17 @@ impl Worker {
     pub(super) fn handle<'py>(&self, gil: Gil<'py>, request: Request) {
         let Request {
             head,
-            parsed,
             body,
-            peer,
-            local,
+            encoder,
             started,
             reply,
         } = request;
+        let peer = head.peer;
         let token = self.cb.next_token.get();
         self.cb.next_token.set(token + 1);
         let streaming = matches!(body, RequestBody::Stream);
         let exchange = reply.exchange.clone();
-        *self.cb.current.borrow_mut() = Some(Response::new(reply, &parsed, streaming, token));
+        *self.cb.current.borrow_mut() = Some(Response::new(reply, encoder, streaming, token));
 
         let stream_input = || {
             let token = gil.int(token as i64)?;
@@ -111,41 +109,35 @@ impl Worker {
                 .bind(gil)
                 .call(&[self.read_body.borrow(gil), token.borrow()])
         };
-        let outcome =
-            match self
-                .interp
-                .environ(gil, &head, &parsed, &body, peer, local, stream_input)
-            {
-                Err(err) => Outcome::Failed(err),
-                Ok(environ) => {
-                    let app = self.interp.app.bind(gil);
-                    match app.call(&[environ.borrow(), self.start_response.borrow(gil)]) {
-                        Err(err) => Outcome::Failed(err),
-                        Ok(result) => {
-                            let outcome = self.drain(gil, &result, &exchange);
-                            // close() exactly once, on every path (PEP 3333).
-                            match (close_result(&result), outcome) {
-                                (Err(err), Outcome::Done) => Outcome::Failed(err),
-                                (Err(err), other) => {
-                                    self.report(gil, err, "exception in the response's close()");
-                                    other
-                                }
-                                (Ok(()), other) => other,
+        let outcome = match self.interp.environ(gil, &head, &body, stream_input) {
+            Err(err) => Outcome::Failed(err),
+            Ok(environ) => {
+                let app = self.interp.app.bind(gil);
+                match app.call(&[environ.borrow(), self.start_response.borrow(gil)]) {
+                    Err(err) => Outcome::Failed(err),
+                    Ok(result) => {
+                        let outcome = self.drain(gil, &result, &exchange);
+                        // close() exactly once, on every path (PEP 3333).
+                        match (close_result(&result), outcome) {
+                            (Err(err), Outcome::Done) => Outcome::Failed(err),
+                            (Err(err), other) => {
+                                self.report(gil, err, "exception in the response's close()");
+                                other
                             }
+                            (Ok(()), other) => other,
                         }
                     }
                 }
-            };
+            }
+        };
 
         let request_line = || {
             format!(
                 "{} {}",
-                String::from_utf8_lossy(parsed.method.get(&head)),
-                String::from_utf8_lossy(parsed.target.get(&head))
+                String::from_utf8_lossy(head.get(head.method)),
+                String::from_utf8_lossy(head.get(head.target))
             )
         };
-        // The server answered with its own 500 (what the access log shows).
-        let mut sent_500 = false;
         let resp = match outcome {
             Outcome::Done => self.cb.current.borrow_mut().take(),
             Outcome::Cancelled => {
@@ -168,8 +160,8 @@ impl Worker {
                     err,
                     &format!("exception in the application ({})", request_line()),
                 );
-                let resp = self.cb.current.borrow_mut().take();
-                if let Some(resp) = &resp {
+                let mut resp = self.cb.current.borrow_mut().take();
+                if let Some(resp) = &mut resp {
                     if resp.ended {
                         // The response went out whole (the failure came from close()):
                         // nothing more to send, and the connection may carry on.
@@ -178,15 +170,13 @@ impl Worker {
                         // for a whole one, so the connection closes.
                         resp.reply.send(ReplyMsg::Abort);
                     } else {
-                        let mut out = Vec::new();
-                        response::error_response(&mut out, 500, self.cb.date.borrow_mut().get());
+                        let out = resp.encoder.error(500, &mut self.cb.date.borrow_mut());
                         resp.reply.send(ReplyMsg::Data {
-                            bytes: out,
+                            bytes: out.bytes,
                             end: true,
-                            close: true,
+                            persistence: out.persistence,
                             counted: false,
                         });
-                        sent_500 = true;
                     }
                 }
                 resp
@@ -194,17 +184,12 @@ impl Worker {
         };
         if self.access_log {
             if let Some(resp) = resp {
-                let version = if resp.encoder.http11() { "1.1" } else { "1.0" };
-                let status = if sent_500 {
-                    Some(500)
-                } else {
-                    resp.encoder.status()
-                };
                 crate::log_at!(
                     LogLevel::Info,
-                    "{peer} \"{} HTTP/{version}\" {} {} {:.3}ms",
+                    "{peer} \"{} {}\" {} {} {:.3}ms",
                     request_line(),
-                    status.unwrap_or(0),
+                    head.version.as_str(),
+                    resp.encoder.status().unwrap_or(0),
                     resp.encoder.body_bytes(),
                     started.elapsed().as_secs_f64() * 1e3
                 );

@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,9 +18,12 @@ use monoio::net::TcpStream;
 use super::thread::{ConnInbox, IoCtx};
 use crate::handoff::{
     BodyChunk, BodyError, ConnToken, Exchange, ReplyMsg, ReplyTo, Request, RequestBody,
+    RequestHead, ResponseEncoder,
 };
-use crate::http::response;
-use crate::http::{parse_head, BodyDecoder, BodyFraming, HttpError, ParsedHead};
+use crate::http::response::{self};
+use crate::http::{
+    parse_head, BodyDecoder, BodyFraming, ConnectionEnd, HttpError, ParsedHead, Persistence,
+};
 use crate::{log_debug, log_warn};
 
 /// At most this many pipelined requests of one connection are in flight at once.
@@ -43,14 +45,6 @@ pub(super) enum ReadOutcome {
     TimedOut,
     Stopped,
     Failed,
-}
-
-/// What became of one exchange, for the keep-alive decision.
-enum ExchangeEnd {
-    KeepAlive,
-    Close,
-    /// Close after draining what the client still sends (it may not have read our reply).
-    Linger,
 }
 
 pub(super) struct Conn {
@@ -87,7 +81,9 @@ struct InFlight {
     seq: u32,
     /// Holds the exchange; cancels it if the connection gives up before its end.
     guard: CancelOnDrop,
-    keep_alive: bool,
+    /// Whether the connection may carry the requests behind this one: what the request and
+    /// the server allow, before the response adds what it knows.
+    may_persist: bool,
     body_done: bool,
     decoder: BodyDecoder,
     /// Body bytes read ahead for a streamed body, not yet given to the app.
@@ -98,17 +94,22 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Its response is complete: the exchange is done, and `Some` says how the connection
-    /// ends (`close`: the response said so), `None` that it may carry the next response.
-    fn ended(&mut self, close: bool) -> Option<ExchangeEnd> {
+    /// Its response is complete: the exchange is done. `persistence` is what the response's
+    /// encoder knew; this adds whether the request body was read to its end, and the one
+    /// rule ([`Persistence::end`]) decides. `Some` says how the connection ends, `None` that
+    /// it carries the next response.
+    fn ended(&mut self, mut persistence: Persistence) -> Option<ConnectionEnd> {
         self.guard.armed = false;
         if !self.body_done {
-            // The app did not read its body to the end: wake anyone still waiting for it,
-            // and since the connection is out of sync, close it after draining a little.
+            // The app did not read its body to the end: wake anyone still waiting for it;
+            // the connection is out of sync.
             self.guard.exchange.cancel();
-            return Some(ExchangeEnd::Linger);
+            persistence.body_unread();
         }
-        (close || !self.keep_alive).then_some(ExchangeEnd::Close)
+        match persistence.end() {
+            ConnectionEnd::KeepAlive => None,
+            end => Some(end),
+        }
     }
 }
 
@@ -146,9 +147,9 @@ impl Conn {
                 }
             };
             match self.exchange(head).await {
-                ExchangeEnd::KeepAlive => {}
-                ExchangeEnd::Close => return,
-                ExchangeEnd::Linger => {
+                ConnectionEnd::KeepAlive => {}
+                ConnectionEnd::Close => return,
+                ConnectionEnd::Linger => {
                     self.linger().await;
                     return;
                 }
@@ -210,7 +211,7 @@ impl Conn {
     /// or quickly here; streamed otherwise) and hands the request to Python. `Err`: the
     /// connection ends here, with the error response to send (if any) once the responses
     /// before this request are out: `start` itself writes nothing, to keep them in order.
-    async fn start(&mut self, mut head: ParsedHead, seq: u32) -> Result<InFlight, Option<u16>> {
+    async fn start(&mut self, head: ParsedHead, seq: u32) -> Result<InFlight, Option<u16>> {
         let started = Instant::now();
         let config = &self.ctx.shared.config;
         let mut decoder = match BodyDecoder::new(head.framing, config.max_body) {
@@ -244,21 +245,17 @@ impl Conn {
             },
         };
 
-        let config = &self.ctx.shared.config;
-        let stopping = self.ctx.shared.stopping.load(Ordering::Relaxed);
-        head.keep_alive = head.keep_alive && config.keep_alive.is_some() && !stopping;
-        let keep_alive = head.keep_alive;
+        let encoder = ResponseEncoder::for_http1(&head, self.ctx.server_allows_keep_alive());
+        let may_persist = encoder.may_persist();
         let exchange = Exchange::new(matches!(body, RequestBody::Stream));
         let guard = CancelOnDrop {
             exchange: exchange.clone(),
             armed: true,
         };
         let request = Request {
-            head: head_bytes,
-            parsed: head,
+            head: RequestHead::from_http1(head_bytes, head, self.peer, self.local),
             body,
-            peer: self.peer,
-            local: self.local,
+            encoder,
             started,
             reply: ReplyTo {
                 mailbox: self.ctx.mailbox.clone(),
@@ -271,7 +268,7 @@ impl Conn {
         Ok(InFlight {
             seq,
             guard,
-            keep_alive,
+            may_persist,
             body_done,
             decoder,
             pending,
@@ -283,7 +280,7 @@ impl Conn {
     /// Serves the request `head` and the pipelined requests already buffered behind it:
     /// all of them go to Python at once (up to [`PIPELINE_BATCH`]), and their responses are
     /// written in request order, coalesced into as few writes as the timing allows.
-    async fn exchange(&mut self, head: ParsedHead) -> ExchangeEnd {
+    async fn exchange(&mut self, head: ParsedHead) -> ConnectionEnd {
         // The connection's batch vector, kept between exchanges: no allocation per request.
         let mut batch = std::mem::take(&mut self.batch);
         let end = self.exchange_batch(head, &mut batch).await;
@@ -293,7 +290,11 @@ impl Conn {
         end
     }
 
-    async fn exchange_batch(&mut self, head: ParsedHead, batch: &mut Vec<InFlight>) -> ExchangeEnd {
+    async fn exchange_batch(
+        &mut self,
+        head: ParsedHead,
+        batch: &mut Vec<InFlight>,
+    ) -> ConnectionEnd {
         // Unique per request on this connection: `served` counts finished exchanges.
         let first_seq = self.served as u32;
         let first = match self.start(head, first_seq).await {
@@ -305,7 +306,7 @@ impl Conn {
         // streamed body needs this connection's reads for itself.
         while batch.len() < PIPELINE_BATCH {
             let last = &batch[batch.len() - 1];
-            if !last.keep_alive || !last.body_done || self.buf.is_empty() {
+            if !last.may_persist || !last.body_done || self.buf.is_empty() {
                 break;
             }
             let head = match parse_head(&self.buf, &self.ctx.shared.config.limits) {
@@ -328,7 +329,7 @@ impl Conn {
                 Err(status) => {
                     // Answer what was already handed off, then this one's error.
                     return match self.finish(batch).await {
-                        ExchangeEnd::KeepAlive => self.answer_error(status).await,
+                        ConnectionEnd::KeepAlive => self.answer_error(status).await,
                         other => other,
                     };
                 }
@@ -339,21 +340,21 @@ impl Conn {
 
     /// Ends the connection after a request that could not be handed off: with its error
     /// response (and a lingering close) when there is one, quietly otherwise.
-    async fn answer_error(&mut self, status: Option<u16>) -> ExchangeEnd {
+    async fn answer_error(&mut self, status: Option<u16>) -> ConnectionEnd {
         if let Some(status) = status {
             self.fail(status).await;
         }
-        ExchangeEnd::Close
+        ConnectionEnd::Close
     }
 
     /// Writes the responses of `batch` in order. Each ends the connection when it must
     /// (`Connection: close`, an unread body, an error); otherwise `KeepAlive` after all.
-    async fn finish(&mut self, batch: &mut [InFlight]) -> ExchangeEnd {
+    async fn finish(&mut self, batch: &mut [InFlight]) -> ConnectionEnd {
         let mut out = Vec::new();
         let mut to_release: Vec<(usize, usize)> = Vec::new();
         let mut end = self.finish_inner(batch, &mut out, &mut to_release).await;
         if self.flush(&mut out, batch, &mut to_release).await.is_err() {
-            end = ExchangeEnd::Close;
+            end = ConnectionEnd::Close;
         }
         self.served += batch.len() as u64;
         end
@@ -364,7 +365,7 @@ impl Conn {
         batch: &mut [InFlight],
         out: &mut Vec<u8>,
         to_release: &mut Vec<(usize, usize)>,
-    ) -> ExchangeEnd {
+    ) -> ConnectionEnd {
         let first_seq = batch[0].seq;
         for idx in 0..batch.len() {
             let mut response_started = false;
@@ -379,7 +380,7 @@ impl Conn {
                                 // Nothing more to coalesce now: write what we have before
                                 // waiting (the Python thread may wait for that window).
                                 if self.flush(out, batch, to_release).await.is_err() {
-                                    return ExchangeEnd::Close;
+                                    return ConnectionEnd::Close;
                                 }
                                 self.inbox.recv().await
                             }
@@ -401,21 +402,21 @@ impl Conn {
                     ReplyMsg::Data {
                         bytes,
                         end,
-                        close,
+                        persistence,
                         counted,
                     } => {
                         response_started |= !bytes.is_empty();
                         let n = bytes.len();
                         if n >= DIRECT_WRITE || out.len() + n > COALESCE_LIMIT {
                             if self.flush(out, batch, to_release).await.is_err() {
-                                return ExchangeEnd::Close;
+                                return ConnectionEnd::Close;
                             }
                             if let Err(err) = self.write(bytes).await {
                                 log_debug!(
                                     "{}: client gone while writing the response: {err}",
                                     self.peer
                                 );
-                                return ExchangeEnd::Close;
+                                return ConnectionEnd::Close;
                             }
                             if counted {
                                 batch[idx].guard.exchange.release(n);
@@ -432,16 +433,20 @@ impl Conn {
                             }
                         }
                         if end {
-                            if let Some(stop) = batch[idx].ended(close) {
+                            if let Some(stop) = batch[idx].ended(persistence) {
                                 if self.flush(out, batch, to_release).await.is_err() {
-                                    return ExchangeEnd::Close;
+                                    return ConnectionEnd::Close;
                                 }
                                 return stop;
                             }
                             break;
                         }
                     }
-                    ReplyMsg::Whole { head, body, close } => {
+                    ReplyMsg::Whole {
+                        head,
+                        body,
+                        persistence,
+                    } => {
                         // Whatever is coalesced, this head and the body: one writev.
                         let pending = Bytes::from(std::mem::take(out));
                         let result = self
@@ -455,9 +460,9 @@ impl Conn {
                                 "{}: client gone while writing the response: {err}",
                                 self.peer
                             );
-                            return ExchangeEnd::Close;
+                            return ConnectionEnd::Close;
                         }
-                        if let Some(stop) = batch[idx].ended(close) {
+                        if let Some(stop) = batch[idx].ended(persistence) {
                             return stop;
                         }
                         break;
@@ -465,18 +470,18 @@ impl Conn {
                     ReplyMsg::File { file, offset, len } => {
                         response_started = true;
                         if self.flush(out, batch, to_release).await.is_err() {
-                            return ExchangeEnd::Close;
+                            return ConnectionEnd::Close;
                         }
                         if let Err(err) = self.send_file(&file, offset, len).await {
                             log_debug!("{}: sendfile failed: {err}", self.peer);
-                            return ExchangeEnd::Close;
+                            return ConnectionEnd::Close;
                         }
                     }
                     ReplyMsg::ReadBody => {
                         // What the app sent of its response goes out before we wait for the
                         // client's body (it may wait for our response first).
                         if self.flush(out, batch, to_release).await.is_err() {
-                            return ExchangeEnd::Close;
+                            return ConnectionEnd::Close;
                         }
                         let current = &mut batch[idx];
                         // Only a streamed body asks, and a streamed request is always the
@@ -484,7 +489,7 @@ impl Conn {
                         if current.expect_continue && !continue_sent && !response_started {
                             continue_sent = true;
                             if self.write(response::CONTINUE).await.is_err() {
-                                return ExchangeEnd::Close;
+                                return ConnectionEnd::Close;
                             }
                         }
                         let chunk = self
@@ -506,19 +511,19 @@ impl Conn {
                                     self.fail(http.status()).await;
                                 }
                             }
-                            return ExchangeEnd::Close;
+                            return ConnectionEnd::Close;
                         }
                         exchange.send_body(chunk);
                     }
                     ReplyMsg::Abort => {
                         // Complete responses before this one still go out.
                         let _ = self.flush(out, batch, to_release).await;
-                        return ExchangeEnd::Close;
+                        return ConnectionEnd::Close;
                     }
                 }
             }
         }
-        ExchangeEnd::KeepAlive
+        ConnectionEnd::KeepAlive
     }
 
     /// Writes the coalesced responses in `out`, then gives their counted bytes back to the

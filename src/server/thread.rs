@@ -139,6 +139,16 @@ impl IoCtx {
         inbox.push(reply.seq, reply.msg);
     }
 
+    /// Whether a new exchange may keep its connection: keep-alive enabled and the server
+    /// not stopping (one fact of [`Persistence`](crate::http::Persistence)).
+    pub(super) fn server_allows_keep_alive(&self) -> bool {
+        self.shared.config.keep_alive.is_some()
+            && !self
+                .shared
+                .stopping
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn error_response(&self, status: u16) -> Vec<u8> {
         let mut out = Vec::with_capacity(192);
         response::error_response(&mut out, status, self.date.borrow_mut().get());

@@ -1,0 +1,81 @@
+//! [`IoMailbox`]: an I/O thread's inbox of replies, woken at most once per batch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+
+use super::Reply;
+
+/// An I/O thread's inbox of replies, with a wake-up that fires at most once per batch.
+pub struct IoMailbox {
+    queue: crossbeam_channel::Sender<Reply>,
+    inbox: crossbeam_channel::Receiver<Reply>,
+    waker: AtomicWaker,
+    /// True from the first push after a drain started until the next drain starts.
+    notified: AtomicBool,
+    /// Set once when the server stops; the I/O thread then stops accepting.
+    stop: AtomicBool,
+}
+
+impl IoMailbox {
+    pub fn new() -> Arc<IoMailbox> {
+        let (queue, inbox) = crossbeam_channel::unbounded();
+        Arc::new(IoMailbox {
+            queue,
+            inbox,
+            waker: AtomicWaker::new(),
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Python side: enqueue a reply; wake the I/O thread only if nobody did since it last
+    /// started draining.
+    pub fn push(&self, reply: Reply) {
+        // The receiver lives as long as `self`, so sending cannot fail.
+        let _ = self.queue.send(reply);
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    /// Asks the I/O thread to stop accepting and finish its exchanges.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Drops the registered waker (the I/O thread's runtime is ending).
+    pub fn detach(&self) {
+        drop(self.waker.take());
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// I/O side: hands every queued reply to `route`, then returns `Pending` with the
+    /// waker registered. Never returns `Ready`: the dispatcher task runs for the thread's
+    /// life. Returns how many replies it routed.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        mut route: impl FnMut(Reply),
+    ) -> (Poll<()>, usize) {
+        self.waker.register(cx.waker());
+        // Clear the flag before draining: a push that lands after the drain looked at the
+        // queue sees `false` and wakes us again, so no reply can be stranded.
+        // SeqCst swap: a full barrier between clearing the flag and looking at the queue,
+        // pairing with the producer's push-then-swap, without relying on the channel's
+        // own fences.
+        self.notified.swap(false, Ordering::SeqCst);
+        let mut routed = 0;
+        while let Ok(reply) = self.inbox.try_recv() {
+            route(reply);
+            routed += 1;
+        }
+        (Poll::Pending, routed)
+    }
+}

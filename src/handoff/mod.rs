@@ -1,0 +1,164 @@
+//! What crosses between I/O threads and Python threads, and nothing else: the request
+//! queue, each I/O thread's reply mailbox, and the per-request [`Exchange`]. No sockets
+//! and no Python objects ever cross here: requests carry frozen bytes and offsets, replies
+//! carry bytes and files.
+//!
+//! The hand-off speaks requests, not a wire protocol. A [`RequestHead`] is what any
+//! protocol delivers (request line parts, header fields, CGI variables from a front end,
+//! addresses), and a [`ResponseEncoder`] is chosen by the protocol that read the request and
+//! turns the application's status, headers and body into that protocol's bytes. The Python
+//! side uses only these two, so a second wire protocol touches `server/` and `http/` (or
+//! its own module), never `py/`.
+//!
+//! Wake-ups are the cost that matters (ARCHITECTURE.md, "Wake-ups": a cross-thread wake
+//! costs several µs, the same order as a whole hello-world request). So:
+//! - Python threads block on the request queue only when it is empty, and drain every
+//!   queued request before they sleep again;
+//! - an I/O thread is woken through its [`IoMailbox`] at most once per batch: the first
+//!   reply pushed after the I/O thread began draining sets `notified` and wakes it; later
+//!   pushes see the flag and only enqueue.
+
+mod encoder;
+mod exchange;
+mod head;
+mod mailbox;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::http::Persistence;
+
+pub use encoder::ResponseEncoder;
+pub use exchange::{Exchange, RESPONSE_WINDOW};
+pub use head::RequestHead;
+pub use mailbox::IoMailbox;
+
+/// A request handed from an I/O thread to a Python thread.
+pub struct Request {
+    pub head: RequestHead,
+    pub body: RequestBody,
+    /// How the response goes on the wire, chosen by the protocol that read the request.
+    pub encoder: ResponseEncoder,
+    pub started: Instant,
+    pub reply: ReplyTo,
+}
+
+/// The request body as the Python thread sees it.
+pub enum RequestBody {
+    /// The whole body was already read (possibly empty).
+    Complete(Bytes),
+    /// The body is still on the socket; the Python thread pulls it chunk by chunk with
+    /// [`ReplyMsg::ReadBody`] and receives it through [`Exchange::recv_body`]. The first pull
+    /// also answers `Expect: 100-continue`.
+    Stream,
+}
+
+/// One piece of body delivered to a Python thread that asked for it.
+pub enum BodyChunk {
+    /// A piece of the body; `last`: nothing follows (the app need not ask again).
+    Data { bytes: Vec<u8>, last: bool },
+    /// The body ended cleanly.
+    End,
+    /// The body did not arrive whole: the client closed early, or it broke the framing.
+    Error(BodyError),
+}
+
+/// Why a streamed body could not be read whole. `wsgi.input` raises an `OSError` for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// The client closed the connection before the body ended.
+    Disconnected,
+    /// The body broke HTTP framing (bad chunk) or exceeded `--limit-request-body`.
+    Invalid(crate::http::HttpError),
+    /// The client sent nothing for longer than the read timeout.
+    TimedOut,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Disconnected => {
+                f.write_str("client disconnected before the request body ended")
+            }
+            BodyError::Invalid(e) => write!(f, "invalid request body: {e}"),
+            BodyError::TimedOut => f.write_str("timed out reading the request body"),
+        }
+    }
+}
+
+/// Where a Python thread sends the response of one request.
+pub struct ReplyTo {
+    pub mailbox: Arc<IoMailbox>,
+    /// The connection's slot in its I/O thread, and the slot's generation, so a late reply
+    /// for a connection that is gone is dropped instead of reaching a new one.
+    pub conn: ConnToken,
+    /// The request's number on its connection, so a late reply for an earlier request
+    /// (an app writing from `close()` or another thread after its response ended) is
+    /// dropped instead of landing in the next response on the same connection.
+    pub seq: u32,
+    pub exchange: Arc<Exchange>,
+}
+
+impl ReplyTo {
+    pub fn send(&self, msg: ReplyMsg) {
+        self.mailbox.push(Reply {
+            conn: self.conn,
+            seq: self.seq,
+            msg,
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnToken {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// A message from a Python thread to the I/O thread that owns the connection.
+pub enum ReplyMsg {
+    /// Response bytes (head and/or body, already framed). `end`: the response is complete,
+    /// and `persistence` says what the encoder knows of whether the connection persists.
+    /// `counted`: the bytes count against the exchange's in-flight window and must be
+    /// released once written.
+    Data {
+        bytes: Vec<u8>,
+        end: bool,
+        persistence: Persistence,
+        counted: bool,
+    },
+    /// A whole response: `head` (framed for a body of `body.len()` bytes), then `body`
+    /// written from the application's own `bytes` object, without a copy (the object is
+    /// released by its Python thread once `body` is dropped). Never counted.
+    Whole {
+        head: Vec<u8>,
+        body: Bytes,
+        persistence: Persistence,
+    },
+    /// Send `len` bytes of `file` from `offset` (sendfile/splice, never through Python).
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+    /// Send the next piece of the request body through `Exchange::send_body` (and answer
+    /// `Expect: 100-continue` first if it is still unanswered).
+    ReadBody,
+    /// Something failed after the head was sent: close the connection without more bytes.
+    Abort,
+}
+
+pub struct Reply {
+    pub conn: ConnToken,
+    pub seq: u32,
+    pub msg: ReplyMsg,
+}
+
+/// The queue from all I/O threads to all Python threads. Bounded: when it is full, I/O
+/// threads stop reading new requests (back-pressure) instead of buffering without limit.
+pub fn request_queue(capacity: usize) -> (Sender<Request>, Receiver<Request>) {
+    crossbeam_channel::bounded(capacity)
+}
