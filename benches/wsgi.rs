@@ -12,7 +12,7 @@
 //! One Python thread, on the main interpreter unless `SPINDLE_INTERPRETERS` says otherwise
 //! (`SPINDLE_INTERPRETERS=sub` runs the Python-thread benchmarks in an own-GIL
 //! sub-interpreter, Python 3.12+; `environ` then is skipped). Each app gets its own
-//! `Runtime`, started before its benchmarks and stopped after them.
+//! `Pool` in the one embedded CPython, started before its benchmarks and stopped after them.
 //!
 //! Run with `cargo bench --bench wsgi`.
 
@@ -26,12 +26,12 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use crossbeam_channel::Sender;
 use spindle::handoff::{
-    request_queue, ConnToken, Exchange, IoMailbox, ReplyMsg, ReplyTo, Request, RequestBody,
-    RequestHead, ResponseEncoder,
+    ConnToken, Exchange, IoMailbox, ReplyMsg, ReplyTo, Request, RequestBody, RequestHead,
+    ResponseEncoder,
 };
 use spindle::http::{parse_head, Limits};
-use spindle::py::Runtime;
-use spindle::server::Driver;
+use spindle::py::object::{Attached, Gil};
+use spindle::py::Pool;
 use spindle::Config;
 
 mod common;
@@ -41,18 +41,58 @@ use common::{BROWSER_GET, MINIMAL_GET};
 const PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 54321));
 const LOCAL: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8000));
 
+/// CPython, initialised once in this process (the bench embeds it: the server itself runs
+/// inside a Python that started it). The main thread's state is kept detached between
+/// uses, so the Python thread of a main-interpreter pool can take the GIL.
+struct Embedded {
+    main: *mut pyo3_ffi::PyThreadState,
+}
+
+impl Embedded {
+    fn get() -> &'static Embedded {
+        static EMBEDDED: std::sync::OnceLock<EmbeddedPtr> = std::sync::OnceLock::new();
+        &EMBEDDED
+            .get_or_init(|| {
+                // SAFETY: called once, before any other Python call in this process; the
+                // initialising thread then holds the GIL, and saving its state releases it.
+                let main = unsafe {
+                    pyo3_ffi::Py_InitializeEx(0);
+                    pyo3_ffi::PyEval_SaveThread()
+                };
+                EmbeddedPtr(Embedded { main })
+            })
+            .0
+    }
+
+    /// Runs `f` attached to the main interpreter. Benchmarks run on criterion's (main)
+    /// thread, the one that initialised Python.
+    fn with_gil<R>(&self, f: impl for<'py> FnOnce(Gil<'py>) -> R) -> R {
+        // SAFETY: `main` is the initialising thread's state, detached since `get`; criterion
+        // runs every benchmark on that thread.
+        let attached = unsafe { Attached::restore(self.main) };
+        f(attached.gil())
+    }
+}
+
+struct EmbeddedPtr(Embedded);
+// SAFETY: the pointer is only dereferenced by CPython, on the thread that made it (see
+// `with_gil`); the wrapper only lets the OnceLock hold it.
+unsafe impl Send for EmbeddedPtr {}
+// SAFETY: as above.
+unsafe impl Sync for EmbeddedPtr {}
+
 /// A running Python side with one Python thread, and the I/O side's ends: the request
 /// queue's sender and one mailbox.
 struct Python {
-    runtime: Runtime,
-    requests: Sender<Request>,
+    pool: Option<Pool>,
+    requests: Option<Sender<Request>>,
     mailbox: Arc<IoMailbox>,
     /// "main" or "sub": what the benchmark ids say.
     mode: &'static str,
 }
 
 impl Python {
-    /// Starts the runtime with `app` (MODULE:NAME) found in `dir` (relative to the crate).
+    /// Starts a pool with `app` (MODULE:NAME) found in `dir` (relative to the crate).
     fn start(app: &str, dir: &str) -> Python {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         let mut args = vec![
@@ -70,25 +110,32 @@ impl Python {
         }
         let config = Arc::new(Config::from_arg_list(args).expect("bench config"));
         spindle::log::set_level(config.log_level);
-        let (requests, queue) = request_queue(config.queue_size);
         // The driver only names itself on the demo page; no I/O thread runs here.
-        let runtime = Runtime::start(&config, Driver::Epoll, queue).expect("Python starts");
-        let mode = match runtime.with_main_interp(|_, _| ()) {
-            Some(()) => "main",
+        let (pool, requests) = Embedded::get()
+            .with_gil(|gil| Pool::start(gil, &config, "epoll", None))
+            .expect("Python starts");
+        let mode = match pool.main_interp() {
+            Some(_) => "main",
             None => "sub",
         };
         Python {
-            runtime,
-            requests,
+            pool: Some(pool),
+            requests: Some(requests),
             mailbox: IoMailbox::new(),
             mode,
         }
     }
 
-    /// Closes the queue (the Python thread ends) and finalises Python.
-    fn stop(self) {
-        drop(self.requests);
-        self.runtime.stop();
+    fn requests(&self) -> &Sender<Request> {
+        self.requests.as_ref().expect("running")
+    }
+
+    /// Closes the queue (the Python thread ends) and releases the pool.
+    fn stop(mut self) {
+        drop(self.requests.take());
+        let mut pool = self.pool.take().expect("running");
+        pool.join();
+        Embedded::get().with_gil(|gil| pool.release(gil));
     }
 
     fn request(&self, head: Bytes, seq: u32) -> Request {
@@ -132,7 +179,7 @@ impl Python {
     fn serve(&self, raw: &'static [u8], out: &mut Vec<u8>) {
         out.clear();
         let request = self.request(Bytes::from_static(raw), 0);
-        self.requests.send(request).unwrap();
+        self.requests().send(request).unwrap();
         self.wait_for_responses(1, |bytes| out.extend_from_slice(&bytes));
     }
 }
@@ -152,7 +199,12 @@ fn bench_environ(c: &mut Criterion, python: &Python) {
         let parsed = parse_head(&head, &Limits::default()).unwrap().unwrap();
         let head = RequestHead::from_http1(head, parsed, PEER, LOCAL);
         let body = RequestBody::Complete(Bytes::new());
-        let ran = python.runtime.with_main_interp(|gil, interp| {
+        let Some(interp) = python.pool.as_ref().and_then(Pool::main_interp) else {
+            eprintln!("environ/{name}: skipped (the app runs in a sub-interpreter)");
+            continue;
+        };
+        // Attached to the main interpreter, as its Python thread would be (which waits).
+        Embedded::get().with_gil(|gil| {
             let environ = || {
                 interp
                     .environ(gil, &head, &body, || {
@@ -169,9 +221,6 @@ fn bench_environ(c: &mut Criterion, python: &Python) {
                 b.iter(|| drop(std::hint::black_box(environ())));
             });
         });
-        if ran.is_none() {
-            eprintln!("environ/{name}: skipped (the app runs in a sub-interpreter)");
-        }
     }
     group.finish();
 }
@@ -197,7 +246,7 @@ fn bench_round_trip(c: &mut Criterion, python: &Python) {
                 },
                 |requests| {
                     for request in requests {
-                        python.requests.send(request).unwrap();
+                        python.requests().send(request).unwrap();
                     }
                     python.wait_for_responses(batch as usize, drop);
                 },

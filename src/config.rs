@@ -3,12 +3,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
 use crate::http::Limits;
+use crate::log::LogLevel;
 
 /// Which monoio driver the I/O threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,15 +33,6 @@ pub enum InterpreterChoice {
     Sub,
     /// All Python threads share the main interpreter and its GIL.
     Main,
-}
-
-/// Minimum level of the server log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
 }
 
 #[derive(Parser, Debug)]
@@ -153,6 +144,15 @@ struct Args {
     version: bool,
 }
 
+/// What a command line asks for.
+pub enum Command {
+    Serve(Box<Config>),
+    /// `--version`: print Spindle's and Python's versions.
+    Version,
+    /// Help was printed, or an error about the command line: exit with this code.
+    Exit(i32),
+}
+
 /// The validated configuration: built once at start-up, then only read.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -180,25 +180,30 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses the process's command line. `Err` carries the exit code after clap (or
-    /// `--version`) has already printed what it had to say.
-    pub fn from_args() -> Result<Config, ExitCode> {
-        let args = match Args::try_parse() {
+    /// Parses a command line (`args[0]` is the program name). What clap or the validation
+    /// had to say about a bad one is printed here, so the caller only exits.
+    pub fn parse<I, T>(args: I) -> Command
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = match Args::try_parse_from(args) {
             Ok(args) => args,
             Err(err) => {
                 let _ = err.print();
-                return Err(ExitCode::from(err.exit_code() as u8));
+                return Command::Exit(err.exit_code());
             }
         };
         if args.version {
-            println!("spindle {}", crate::VERSION);
-            println!("Python {}", crate::py::runtime_version());
-            return Err(ExitCode::SUCCESS);
+            return Command::Version;
         }
-        Config::validate(args).map_err(|msg| {
-            eprintln!("error: {msg}");
-            ExitCode::from(2)
-        })
+        match Config::validate(args) {
+            Ok(config) => Command::Serve(Box::new(config)),
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                Command::Exit(2)
+            }
+        }
     }
 
     /// Parses an explicit argument list (tests, benches).

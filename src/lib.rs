@@ -12,6 +12,7 @@ pub mod handoff;
 pub mod http;
 pub mod log;
 pub mod py;
+pub mod run;
 pub mod server;
 
 pub use config::Config;

@@ -14,10 +14,10 @@ use pyo3_ffi as ffi;
 
 use super::object::{Borrowed, Gil, Obj, PyErr, PyResult};
 use super::response::{emit, Response};
-use crate::config::LogLevel;
 use crate::handoff::{BodyChunk, BodyError, ReplyMsg};
 use crate::http::date::DateCache;
 use crate::http::response::{self, HeadError, ResponseHead};
+use crate::log::LogLevel;
 
 pub(super) const CAPSULE_NAME: &std::ffi::CStr = c"spindle.callbacks";
 

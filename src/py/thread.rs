@@ -8,10 +8,11 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use pyo3_ffi as ffi;
 
-use super::environ::Interp;
+use super::interp::Interp;
+use super::interp::ServerInfo;
 use super::object::{Attached, Gil};
+use super::pool::{StartError, ThreadInterp};
 use super::worker::Worker;
-use super::{ServerInfo, StartError, ThreadInterp};
 use crate::handoff::Request;
 
 /// How soon an idle Python thread releases the shared bodies the I/O threads are done with.
@@ -100,9 +101,12 @@ fn run_sub_interpreter(
         // SAFETY: the sub-interpreter's thread state is attached to this thread until
         // Py_EndInterpreter below.
         let gil = unsafe { Gil::assume() };
-        let setup = super::prepare_sys_path(gil, config)
+        let setup = super::interp::prepare_sys_path(gil, config)
             .map_err(|e| anyhow::anyhow!("cannot set sys.path: {}", e.summary()))
-            .and_then(|()| Interp::new(gil, config, info, report_import_errors));
+            .and_then(|()| {
+                let app = super::interp::AppSource::Import(config.app.as_deref());
+                Interp::new(gil, config, info, app, report_import_errors)
+            });
         match setup {
             Err(err) => {
                 let message = match err.downcast_ref::<super::ImportFailure>() {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use pyo3_ffi as ffi;
 
 use super::callbacks::{new_function, Callbacks, CAPSULE_NAME, READ_BODY, START_RESPONSE, WRITE};
-use super::environ::Interp;
+use super::interp::Interp;
 use super::object::{Gil, Held, Obj, PyErr, PyResult, ReleaseQueue};
 use super::response::{close_result, Response};
-use crate::config::LogLevel;
 use crate::handoff::{ReplyMsg, Request, RequestBody};
 use crate::http::date::DateCache;
+use crate::log::LogLevel;
 use crate::log_debug;
 
 /// How serving one request ended.
@@ -198,6 +198,6 @@ impl Worker {
     }
 
     pub(super) fn report<'py>(&self, gil: Gil<'py>, err: PyErr<'py>, context: &str) {
-        super::report(gil, Some(&self.interp.report_exception), err, context);
+        super::interp::report(gil, Some(&self.interp.report_exception), err, context);
     }
 }

@@ -1,27 +1,25 @@
-//! Start-up and shutdown, and the I/O threads: one monoio runtime per thread, pinned to a
-//! core, each with its own SO_REUSEPORT listener per `--bind` address. I/O threads never
-//! touch Python: they hand requests to `py` through `handoff`.
+//! The I/O threads: one monoio runtime per thread, pinned to a core, each with its own
+//! SO_REUSEPORT listener per `--bind` address. I/O threads never touch Python: they hand
+//! requests to `py` through `handoff`. This module knows neither Python nor the process's
+//! life (signals, start-up order): `run` starts and stops it.
 
 mod body;
 mod conn;
 mod event;
 mod gather;
 mod sendfile;
-mod signals;
 mod socket;
 mod thread;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use crossbeam_channel::Sender;
 
 use crate::config::{Config, DriverChoice};
 use crate::handoff::{IoMailbox, Request};
-use crate::{log_debug, log_info};
+use crate::log_debug;
 
 /// The I/O driver actually running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,186 +53,84 @@ pub fn choose_driver(choice: DriverChoice) -> anyhow::Result<Driver> {
     }
 }
 
-/// Binds one listening socket with SO_REUSEPORT, so every I/O thread can own one on the
-/// same address and the kernel spreads connections between them.
-fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt per
-    // listener instead of one per connection. Responses go out whole, so Nagle only delays.
-    socket.set_nodelay(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
-    Ok(socket.into())
-}
-
-/// Binds `io_threads` listeners per address. Port 0 is resolved by the first bind and the
-/// rest reuse the port it got.
-fn bind_all(config: &Config) -> anyhow::Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>)> {
-    let mut per_thread: Vec<Vec<std::net::TcpListener>> =
-        (0..config.io_threads).map(|_| Vec::new()).collect();
-    let mut bound = Vec::new();
-    for &addr in &config.binds {
-        let first = bind_listener(addr, config.backlog).map_err(|e| bind_error(addr, e))?;
-        let actual = first.local_addr()?;
-        per_thread[0].push(first);
-        for listeners in per_thread.iter_mut().skip(1) {
-            listeners
-                .push(bind_listener(actual, config.backlog).map_err(|e| bind_error(actual, e))?);
-        }
-        bound.push(actual);
-    }
-    Ok((per_thread, bound))
-}
-
-fn bind_error(addr: SocketAddr, err: std::io::Error) -> anyhow::Error {
-    if err.kind() == std::io::ErrorKind::AddrInUse {
-        anyhow::anyhow!("cannot bind {addr}: the address is already in use (is another server running? pick another --bind)")
-    } else {
-        anyhow::Error::new(err).context(format!("cannot bind {addr}"))
-    }
-}
-
-/// Refuses a port some other process already listens on. SO_REUSEPORT would otherwise let
-/// us share it silently with, say, an old Spindle; a probe connect tells.
-fn ensure_port_free(addr: SocketAddr) -> anyhow::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let probe = if addr.ip().is_unspecified() {
-        match addr {
-            SocketAddr::V4(a) => SocketAddr::from(([127, 0, 0, 1], a.port())),
-            SocketAddr::V6(a) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
-        }
-    } else {
-        addr
-    };
-    if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
-        bail!("cannot bind {addr}: the address is already in use (is another server running? pick another --bind)");
-    }
-    Ok(())
-}
-
 /// What every I/O thread shares with the rest of the process.
 pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub stopping: AtomicBool,
 }
 
-/// Runs the server until SIGINT/SIGTERM, then drains and returns.
-pub fn run(config: Config) -> anyhow::Result<()> {
-    crate::log::set_level(config.log_level);
-    // Block the stop signals before any thread exists, so every thread inherits the mask
-    // and only the signal thread ever sees them.
-    let signals = signals::StopSignals::block()?;
-    let config = Arc::new(config);
-    let driver = choose_driver(config.driver)?;
-
-    for &addr in &config.binds {
-        ensure_port_free(addr)?;
-    }
-    let (listeners, bound) = bind_all(&config)?;
-
-    let mailboxes: Vec<Arc<IoMailbox>> = (0..config.io_threads).map(|_| IoMailbox::new()).collect();
-    let (req_tx, req_rx) = crate::handoff::request_queue(config.queue_size);
-    let python = crate::py::Runtime::start(&config, driver, req_rx)?;
-
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        stopping: AtomicBool::new(false),
-    });
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut io_handles = Vec::new();
-    for (idx, thread_listeners) in listeners.into_iter().enumerate() {
-        let shared = shared.clone();
-        let mailbox = mailboxes[idx].clone();
-        let requests = req_tx.clone();
-        let core = (!cores.is_empty()).then(|| cores[idx % cores.len()]);
-        let handle = std::thread::Builder::new()
-            .name(format!("spindle-io-{idx}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                io_thread(idx, driver, shared, mailbox, requests, thread_listeners)
-            })
-            .context("cannot start an I/O thread")?;
-        io_handles.push(handle);
-    }
-    // Only the I/O threads may hold senders: when they end, the queue closes and the
-    // Python threads finish.
-    drop(req_tx);
-
-    for addr in &bound {
-        log_info!(
-            "listening on http://{} ({}, {} I/O threads, {} Python threads, {})",
-            display_addr(*addr),
-            driver.name(),
-            config.io_threads,
-            config.py_threads,
-            python.mode_description()
-        );
-    }
-
-    let signal = signals.wait();
-    log_info!("{signal} received: finishing in-flight requests, then stopping");
-    shared.stopping.store(true, Ordering::SeqCst);
-    // A bounded drain: an application stuck in a request must not keep the server alive
-    // for ever. A second Ctrl-C (SIGINT) means "now"; a repeated SIGTERM (service managers
-    // resend it) changes nothing.
-    let grace = config.graceful_timeout;
-    let deadline = std::time::Instant::now() + grace;
-    std::thread::Builder::new()
-        .name("spindle-drain".into())
-        .spawn(move || {
-            loop {
-                match signals.wait_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                    Some("SIGINT") => {
-                        crate::log_error!("SIGINT received again: exiting without waiting for in-flight requests");
-                        break;
-                    }
-                    Some(_) => continue,
-                    None => {
-                        crate::log_error!("in-flight requests still running after --graceful-timeout {}s: exiting", grace.as_secs_f64());
-                        break;
-                    }
-                }
-            }
-            std::process::exit(1);
-        })
-        .context("cannot start the drain watchdog")?;
-    for mailbox in &mailboxes {
-        mailbox.request_stop();
-    }
-    let mut failed = false;
-    for handle in io_handles {
-        match handle.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                crate::log_error!("I/O thread failed: {e:#}");
-                failed = true;
-            }
-            Err(_) => failed = true,
-        }
-    }
-    python.stop();
-    log_info!("stopped");
-    if failed {
-        bail!("an I/O thread failed");
-    }
-    Ok(())
+/// The running I/O threads.
+pub struct IoThreads {
+    shared: Arc<Shared>,
+    mailboxes: Vec<Arc<IoMailbox>>,
+    handles: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
-fn display_addr(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.to_string(),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+impl IoThreads {
+    /// Starts one I/O thread per entry of `listeners` (each pinned to a core, in order),
+    /// handing requests to `requests` and taking replies through `mailboxes` (one each).
+    pub fn start(
+        config: Arc<Config>,
+        driver: Driver,
+        listeners: Vec<Vec<std::net::TcpListener>>,
+        mailboxes: Vec<Arc<IoMailbox>>,
+        requests: Sender<Request>,
+    ) -> anyhow::Result<IoThreads> {
+        let shared = Arc::new(Shared {
+            config,
+            stopping: AtomicBool::new(false),
+        });
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut handles = Vec::new();
+        for (idx, thread_listeners) in listeners.into_iter().enumerate() {
+            let shared = shared.clone();
+            let mailbox = mailboxes[idx].clone();
+            let requests = requests.clone();
+            let core = (!cores.is_empty()).then(|| cores[idx % cores.len()]);
+            let handle = std::thread::Builder::new()
+                .name(format!("spindle-io-{idx}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    io_thread(idx, driver, shared, mailbox, requests, thread_listeners)
+                })
+                .context("cannot start an I/O thread")?;
+            handles.push(handle);
+        }
+        Ok(IoThreads {
+            shared,
+            mailboxes,
+            handles,
+        })
+    }
+
+    /// Stops accepting; connections finish the exchange they are in (idle ones close), and
+    /// each thread drops its request sender when its last connection is gone.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for mailbox in &self.mailboxes {
+            mailbox.request_stop();
+        }
+    }
+
+    /// Waits for every I/O thread to end. `Err`: one of them failed.
+    pub fn join(self) -> anyhow::Result<()> {
+        let mut failed = false;
+        for handle in self.handles {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    crate::log_error!("I/O thread failed: {e:#}");
+                    failed = true;
+                }
+                Err(_) => failed = true,
+            }
+        }
+        if failed {
+            bail!("an I/O thread failed");
+        }
+        Ok(())
     }
 }
 
