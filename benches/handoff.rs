@@ -2,7 +2,7 @@
 //! queues requests, a responder thread (standing in for a Python thread with an empty app)
 //! takes them and pushes a complete reply to the I/O thread's mailbox, and the I/O side
 //! drains its mailbox. Measured per request, one at a time (every request pays both
-//! wake-ups) and in batches of 64 (one wake-up serves many: DESIGN.md §1).
+//! wake-ups) and in batches of 64 (one wake-up serves many: ARCHITECTURE.md §4).
 //!
 //! Run with `cargo bench --bench handoff`.
 

@@ -12,10 +12,11 @@
 #   DURATION       measured wrk run, wrk syntax: 10s, 1m (default 10s)
 #   WARMUP         warm-up wrk run before it (default 2s)
 #   CONNECTIONS    wrk connections, one wrk thread (default 64)
-#   SPINDLE_BIN    the server binary (default: newest target/*/release/spindle)
+#   SPINDLE_BIN    a `spindle` command (default: this checkout's wheel, installed
+#                  into the venv)
 #   SPINDLE_ARGS   extra Spindle flags, split on spaces, e.g. "--driver epoll"
-#   SPINDLE_PYTHON python for gunicorn's venv (default: the python Spindle links,
-#                  else python<X.Y> from target/py<X.Y>/, else python3)
+#   SPINDLE_PYTHON the Python of the venv both run in (default: SPINDLE_BIN's, else
+#                  the newest found)
 #   PERF_VENV      venv holding gunicorn (default build/perf-venv-<X.Y>, shared
 #                  with lab.sh)
 #   RUN_DIR        where the report goes (default perf/runs/<date>-<host>)
@@ -50,10 +51,10 @@ need_cores
 
 # ---------------------------------------------------------------- spindle, python, gunicorn
 
-find_spindle
 pick_python
 VENV=${PERF_VENV:-$ROOT/build/perf-venv-$PY_MINOR}
 ensure_venv "$VENV" gunicorn
+install_spindle "$VENV"
 ((${#VENV_MISSING[@]} == 0)) || die "pip install gunicorn failed: $(cat "$WORK/pip-gunicorn.log")"
 GUNICORN_VERSION=$("$VENV/bin/gunicorn" --version 2>&1 | head -n 1 || true)
 

@@ -4,8 +4,8 @@
 # Servers (SERVERS): Spindle on io_uring and on epoll (one I/O thread, one
 # Python thread), gunicorn sync and gthread, uWSGI, Granian, bjoern, waitress
 # (each one process/worker), and nginx `return 200` / a static file, no Python,
-# as the ceiling. Python servers all serve perf/apps/lab.py on the Python that
-# Spindle embeds, from a venv at build/perf-venv-<X.Y>.
+# as the ceiling. Python servers all serve perf/apps/lab.py on one Python, from
+# one venv at build/perf-venv-<X.Y>, Spindle installed there from its wheel.
 #
 # Scenarios (SCENARIOS): hello keep-alive at 1, 64 and 256 connections; hello
 # with `Connection: close`; hello pipelined 16 deep; a 64 KiB response; a 4 KiB
@@ -30,9 +30,10 @@
 #   WRK_TIMEOUT    wrk's per-request timeout, counted as an error (default 2s)
 #   NOISE_RETRY_PCT  rerun a server x scenario once when something else kept
 #                  either core this busy (%) during it (default 15; 101: never)
-#   SPINDLE_BIN    the binary (default: newest target/*/release/spindle)
+#   SPINDLE_BIN    a `spindle` command to measure (default: this checkout's wheel,
+#                  built and installed into the venv)
 #   SPINDLE_ARGS   extra flags for both Spindle servers, split on spaces
-#   SPINDLE_PYTHON python for the peers' venv (default: the one Spindle links)
+#   SPINDLE_PYTHON the Python of the venv (default: SPINDLE_BIN's, else the newest found)
 #   PERF_VENV      the venv (default build/perf-venv-<X.Y>)
 #   RUN_DIR        where the report goes (default perf/runs/<date>-<host>)
 set -euo pipefail
@@ -86,7 +87,6 @@ need_cores
 if wants nginx; then need_cmd nginx nginx-light nginx; fi
 if wants bjoern; then need_pkg libev-dev; fi
 
-find_spindle
 pick_python
 VENV=${PERF_VENV:-$ROOT/build/perf-venv-$PY_MINOR}
 DISTS=(matplotlib)
@@ -96,6 +96,7 @@ if wants granian; then DISTS+=(granian); fi
 if wants bjoern; then DISTS+=(bjoern); fi
 if wants waitress; then DISTS+=(waitress); fi
 ensure_venv "$VENV" "${DISTS[@]}"
+install_spindle "$VENV"
 missing() { [[ " ${VENV_MISSING[*]} " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- servers

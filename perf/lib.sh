@@ -10,7 +10,7 @@
 #
 # Contents: logging; process trees from /proc (CPU ticks, peak RSS, stop);
 # starting a server and polling it until it answers; core busy time; wrk
-# output parsing; tools from apt; the Spindle binary and the Python it embeds;
+# output parsing; tools from apt; the Python every server runs on and the Spindle (a wheel installed in the venv);
 # the perf venv.
 
 PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -395,75 +395,67 @@ need_cores() {
 
 # ---------------------------------------------------------------- spindle
 
-# SPINDLE_BIN: the env value, else the newest target/*/release/spindle; made
-# absolute. SPINDLE_FINGERPRINT and SPINDLE_VERSION describe it.
-find_spindle() {
-    if [[ -n ${SPINDLE_BIN:-} ]]; then
-        [[ -x $SPINDLE_BIN ]] || die "SPINDLE_BIN=$SPINDLE_BIN is not an executable file"
-    else
-        local f newest=
-        for f in "$ROOT"/target/*/release/spindle; do
-            [[ -x $f ]] || continue
-            if [[ -z $newest || $f -nt $newest ]]; then newest=$f; fi
-        done
-        [[ -n $newest ]] ||
-            die "no Spindle binary in target/*/release/spindle: run scripts/build.sh first (or set SPINDLE_BIN)"
-        SPINDLE_BIN=$newest
-    fi
-    SPINDLE_BIN=$(cd "$(dirname "$SPINDLE_BIN")" && pwd)/$(basename "$SPINDLE_BIN")
-    # Fingerprint the binary now: a build running beside the benchmark can
-    # replace it, and the report must name the one that was measured.
-    SPINDLE_FINGERPRINT=$(spindle_fingerprint)
-    SPINDLE_VERSION=$(timeout -k 2 5 "$SPINDLE_BIN" --version 2>&1 </dev/null | tr '\n' ' ' || true)
-    SPINDLE_VERSION=${SPINDLE_VERSION% }
-}
-spindle_fingerprint() { echo "sha256 $(sha256sum "$SPINDLE_BIN" | cut -c1-16); built $(date -u -r "$SPINDLE_BIN" '+%F %T UTC')"; }
-
-# Prints a warning line (markdown list item) if the binary changed since
-# find_spindle, nothing otherwise.
-spindle_changed_note() {
-    if [[ $(spindle_fingerprint) != "$SPINDLE_FINGERPRINT" ]]; then
-        echo "- WARNING: $SPINDLE_BIN was replaced during the run (a build beside it?): the spindle rows may mix two builds; rerun."
-    fi
-}
-
-# The Python peers run on: the one Spindle embeds, so all of them run the same
-# app code on the same interpreter. Sources, in order: SPINDLE_PYTHON; the
-# libpython the binary links (its ../bin/pythonX.Y); the target/pyX.Y/ folder
-# name; python3. Sets PY (the real interpreter, not a shim), PY_SOURCE,
+# The Python every server runs on, PY: SPINDLE_PYTHON; else, when SPINDLE_BIN names a
+# `spindle` command, the Python of its venv; else the newest CPython found
+# (scripts/find-python.sh --any). Sets PY (the real interpreter, not a shim), PY_SOURCE,
 # PY_VERSION (X.Y.Z) and PY_MINOR (X.Y).
 runs_python() { [[ -n $1 ]] && "$1" -c 'import sys' >/dev/null 2>&1; }
 pick_python() {
-    local lib ver candidate
+    local shebang
     PY=
     if [[ -n ${SPINDLE_PYTHON:-} ]]; then
         runs_python "$SPINDLE_PYTHON" || die "SPINDLE_PYTHON=$SPINDLE_PYTHON does not run"
         PY=$SPINDLE_PYTHON PY_SOURCE="SPINDLE_PYTHON"
-    fi
-    if [[ -z $PY ]]; then
-        lib=$(ldd "$SPINDLE_BIN" 2>/dev/null | grep -oE '/[^ ]*/libpython3\.[0-9]+[^ ]*' | head -n 1 || true)
-        if [[ $lib =~ libpython(3\.[0-9]+) ]]; then
-            ver=${BASH_REMATCH[1]}
-            candidate=$(dirname "$(dirname "$lib")")/bin/python$ver
-            if runs_python "$candidate"; then PY=$candidate PY_SOURCE="libpython linked by the binary"; fi
-        fi
-    fi
-    if [[ -z $PY && $SPINDLE_BIN =~ /target/py(3\.[0-9]+)/ ]]; then
-        ver=${BASH_REMATCH[1]}
-        if runs_python "python$ver"; then
-            PY=python$ver PY_SOURCE="target folder py$ver"
-        else
-            warn "Spindle was built for Python $ver but python$ver does not run here; the peers will use python3"
-        fi
-    fi
-    if [[ -z $PY ]]; then
-        runs_python python3 || die "no python3 found: set SPINDLE_PYTHON"
-        PY=python3 PY_SOURCE="default python3"
+    elif [[ -n ${SPINDLE_BIN:-} ]]; then
+        [[ -x $SPINDLE_BIN ]] || die "SPINDLE_BIN=$SPINDLE_BIN is not an executable file"
+        shebang=$(head -n 1 "$SPINDLE_BIN")
+        PY=${shebang#\#!}
+        runs_python "$PY" || die "SPINDLE_BIN=$SPINDLE_BIN is not a spindle console script (its first line: $shebang)"
+        PY_SOURCE="the venv of SPINDLE_BIN"
+    else
+        PY=$("$ROOT/scripts/find-python.sh" --any) || die "no CPython >= 3.11 found: set SPINDLE_PYTHON"
+        PY_SOURCE="scripts/find-python.sh --any"
     fi
     PY=$("$PY" -c 'import sys; print(sys.executable)')
     PY_VERSION=$(py_version "$PY")
     PY_MINOR=${PY_VERSION%.*}
 }
+
+# install_spindle VENV: the Spindle to measure. SPINDLE_BIN when set; else this checkout's
+# wheel for $PY (scripts/wheel.sh), installed into VENV, whose `spindle` it then is. Sets
+# SPINDLE_BIN, SPINDLE_LIB (the extension module it loads), SPINDLE_VERSION and
+# SPINDLE_FINGERPRINT.
+install_spindle() {
+    local venv=$1 wheel
+    if [[ -z ${SPINDLE_BIN:-} ]]; then
+        log "building Spindle's wheel for Python $PY_VERSION"
+        wheel=$("$ROOT/scripts/wheel.sh" "$PY" 2>"$WORK/wheel.log") ||
+            die "scripts/wheel.sh failed: $(tail -n 20 "$WORK/wheel.log")"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel" \
+            >"$WORK/pip-spindle.log" 2>&1 || die "installing $wheel failed: $(tail -n 5 "$WORK/pip-spindle.log")"
+        SPINDLE_BIN=$venv/bin/spindle
+    fi
+    SPINDLE_BIN=$(cd "$(dirname "$SPINDLE_BIN")" && pwd)/$(basename "$SPINDLE_BIN")
+    local shebang
+    shebang=$(head -n 1 "$SPINDLE_BIN")
+    SPINDLE_LIB=$("${shebang#\#!}" -c 'import spindle._native as m; print(m.__file__)') ||
+        die "$SPINDLE_BIN: its Python cannot load spindle._native"
+    # Fingerprint the extension now: a build or install beside the benchmark can replace
+    # it, and the report must name the one that was measured.
+    SPINDLE_FINGERPRINT=$(spindle_fingerprint)
+    SPINDLE_VERSION=$(timeout -k 2 5 "$SPINDLE_BIN" --version 2>&1 </dev/null | tr '\n' ' ' || true)
+    SPINDLE_VERSION=${SPINDLE_VERSION% }
+}
+spindle_fingerprint() { echo "sha256 $(sha256sum "$SPINDLE_LIB" | cut -c1-16); built $(date -u -r "$SPINDLE_LIB" '+%F %T UTC')"; }
+
+# Prints a warning line (markdown list item) if the extension changed since
+# install_spindle, nothing otherwise.
+spindle_changed_note() {
+    if [[ $(spindle_fingerprint) != "$SPINDLE_FINGERPRINT" ]]; then
+        echo "- WARNING: $SPINDLE_LIB was replaced during the run (a build beside it?): the spindle rows may mix two builds; rerun."
+    fi
+}
+
 py_version() { "$1" -c 'import sys; print(sys.version.split()[0])'; }
 
 # ---------------------------------------------------------------- perf venv

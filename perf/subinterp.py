@@ -11,7 +11,7 @@ Every server gets one I/O thread / no pinning: the point is how Python spreads o
 >= 1.8x sub with 1 thread on the CPU-bound app.
 
 Usage: perf/subinterp.py [--duration 10] [--connections 16]
-  SPINDLE_BIN (default: the target/py3.X/release/spindle with the newest Python), GUNICORN (default: from
+  SPINDLE_BIN (default: this checkout's wheel, installed into build/perf-venv-X.Y), GUNICORN (default: from
   build/perf-venv-<ver>/bin/gunicorn, installed with pip when missing).
 Writes perf/runs/<date>-<host>/subinterp.md and prints it.
 """
@@ -40,17 +40,22 @@ def free_port() -> int:
 
 
 def spindle_bin() -> str:
+    """SPINDLE_BIN, else this checkout's wheel for the newest Python found, installed into
+    build/perf-venv-<X.Y> (shared with lab.sh)."""
     if os.environ.get("SPINDLE_BIN"):
         return os.environ["SPINDLE_BIN"]
-    # The newest Python wins (sub-interpreters need 3.12+), not the newest build.
-    def version(path: str) -> tuple[int, ...]:
-        m = re.search(r"target/py(\d+)\.(\d+)/", path)
-        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-    found = sorted(glob.glob(str(ROOT / "target/*/release/spindle")), key=version)
-    if not found:
-        sys.exit("no Spindle binary: run scripts/build.sh first (or set SPINDLE_BIN)")
-    return found[-1]
+    py = subprocess.run([str(ROOT / "scripts/find-python.sh"), "--any"], capture_output=True, text=True,
+                        check=True).stdout.strip()
+    pyver = subprocess.run([py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    venv = ROOT / "build" / f"perf-venv-{pyver}"
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([py, "-m", "venv", str(venv)], check=True)
+    wheel = subprocess.run([str(ROOT / "scripts/wheel.sh"), py], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", wheel],
+                   check=True)
+    return str(venv / "bin" / "spindle")
 
 
 def embedded_python(binary: str) -> str:
@@ -64,7 +69,7 @@ def gunicorn_bin(pyver: str) -> str:
     venv = ROOT / "build" / f"perf-venv-{pyver}"
     exe = venv / "bin" / "gunicorn"
     if not exe.exists():
-        py = subprocess.run([str(ROOT / "scripts/find-python.sh")], capture_output=True, text=True).stdout.strip()
+        py = subprocess.run([str(ROOT / "scripts/find-python.sh"), "--any"], capture_output=True, text=True).stdout.strip()
         subprocess.run([py, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin/pip"), "install", "-q", "gunicorn"], check=True)
     return str(exe)

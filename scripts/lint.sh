@@ -7,4 +7,5 @@ ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 export PYO3_PYTHON="$py" CARGO_TARGET_DIR="target/py$ver"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+"$py" -m py_compile python/spindle/*.py tests/integration/*.py
 echo "lint clean"

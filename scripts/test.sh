@@ -1,59 +1,83 @@
 #!/usr/bin/env bash
-# Runs every test Spindle has:
-#   1. unit tests and the HTTP corpus (cargo test), against the newest Python found;
-#   2. the integration suite (tests/integration, real binary, real clients) for each
-#      I/O driver (io_uring, epoll), each interpreter mode (own-GIL sub-interpreters and
-#      the main interpreter; 3.11 has only main) and each Python: the newest >= 3.12
-#      found, and 3.11.
-# Installs what it needs itself (one venv per Python under build/). Fails loudly.
-#   SPINDLE_TEST_PYTHONS="python3.13 python3.11"   choose the interpreters
-#   SPINDLE_TEST_DRIVERS="io_uring epoll"          choose the drivers
-#   SPINDLE_TEST_MODES="sub main"                   choose the interpreter modes
+# Runs every test Spindle has. Installs what it needs itself; fails loudly.
+#   1. cargo test: unit tests, the HTTP corpus and the architecture checks (test binaries
+#      embed the CPython scripts/find-python.sh picks);
+#   2. for each CPython found (the newest 3.13, 3.12 and 3.11: scripts/find-python.sh --all):
+#      build its wheel, install it into a fresh venv with tests/requirements.txt, and run
+#      the integration suite (tests/integration: real processes, real clients) against
+#      that venv's own `spindle` command, once per I/O driver and interpreter mode: every
+#      combination on the newest Python, epoll with sub and main on the others (main only
+#      on 3.11, which has no own-GIL sub-interpreters, and with io_uring too);
+#   3. the distribution's own python3 (Debian's /usr/bin/python3), when it is another
+#      interpreter than those: a fresh venv, the wheel for its version, and the package,
+#      command-line and Flask tests.
+# Knobs:
+#   SPINDLE_TEST_PYTHONS="python3.13 python3.11"   choose the interpreters (no system step)
+#   SPINDLE_TEST_DRIVERS="io_uring epoll"          choose the drivers (every Python)
+#   SPINDLE_TEST_MODES="sub main"                   choose the interpreter modes (3.12+)
 #   PYTEST_ARGS="-k chunked"                       pass through to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-newest=$(scripts/find-python.sh)
 if [ -n "${SPINDLE_TEST_PYTHONS:-}" ]; then
     read -r -a pythons <<<"$SPINDLE_TEST_PYTHONS"
+    system_python=
 else
-    pythons=("$newest")
-    # 3.11 must keep building and passing; take it from the usual places when present.
-    for cand in python3.11 /usr/bin/python3.11 /usr/local/bin/python3.11 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.11.*/bin/python3.11; do
-        if p=$(command -v "$cand" 2>/dev/null) && [ "$(SPINDLE_PYTHON=$p scripts/find-python.sh 2>/dev/null)" = "$p" ]; then
-            [ "$p" != "$newest" ] && pythons+=("$p")
-            break
-        fi
-    done
+    mapfile -t pythons < <(scripts/find-python.sh --all)
+    [ ${#pythons[@]} -gt 0 ] || { echo "error: no CPython >= 3.11 found" >&2; exit 1; }
+    system_python=/usr/bin/python3
 fi
-read -r -a drivers <<<"${SPINDLE_TEST_DRIVERS:-io_uring epoll}"
 
 failed=()
 step() { echo; echo "=== $*"; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+
+# fresh_venv PYTHON DIR WHEEL: DIR becomes a new venv of PYTHON with the wheel and the
+# test requirements, nothing else.
+fresh_venv() {
+    rm -rf "$2"
+    "$1" -m venv "$2"
+    "$2/bin/python" -m pip install -q --disable-pip-version-check "$3" -r tests/requirements.txt
+}
+
+# suite PYTHON_VENV DRIVER MODE [PYTEST FILES...]
+suite() {
+    local venv=$1 driver=$2 mode=$3
+    shift 3
+    local ver
+    ver=$(py_version "$venv/bin/python")
+    step "integration suite: Python $ver ($(readlink -f "$venv/bin/python")), $driver, --interpreters $mode"
+    # shellcheck disable=SC2086
+    if ! env -u VIRTUAL_ENV SPINDLE_DRIVER="$driver" SPINDLE_INTERPRETERS="$mode" \
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider "${@:-tests/integration}" ${PYTEST_ARGS:-} 2>&1 | tee -a "$log"; then
+        failed+=("integration (Python $ver, $driver, $mode)")
+    fi
+}
+
+step "cargo test"
+cargo_py=$(scripts/find-python.sh)
+PYO3_PYTHON="$cargo_py" CARGO_TARGET_DIR="target/py$(py_version "$cargo_py")" \
+    cargo test --quiet 2>&1 | tee -a "$log" || failed+=("cargo test")
+
+declare -A wheels
 first=1
 for py in "${pythons[@]}"; do
     py=$(command -v "$py")
-    ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    export PYO3_PYTHON="$py" CARGO_TARGET_DIR="target/py$ver"
-    if [ "$first" = 1 ]; then
-        step "cargo test (Python $ver)"
-        cargo test --quiet 2>&1 | tee -a "$log" || failed+=("cargo test (Python $ver)")
-        first=0
-    fi
-    step "build (Python $ver)"
-    SPINDLE_PYTHON="$py" scripts/build.sh >/dev/null
-    bin="$CARGO_TARGET_DIR/release/spindle"
-
-    venv="build/venv-$ver"
-    if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/requirements.txt "$venv/.requirements"; then
-        step "venv $venv"
-        rm -rf "$venv"
-        "$py" -m venv "$venv"
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
-        cp tests/requirements.txt "$venv/.requirements"
+    ver=$(py_version "$py")
+    step "wheel and venv (Python $ver, $py)"
+    wheel=$(scripts/wheel.sh "$py")
+    wheels[$ver]=$wheel
+    venv="build/test-venv-$ver"
+    fresh_venv "$py" "$venv" "$wheel"
+    if [ -n "${SPINDLE_TEST_DRIVERS:-}" ]; then
+        read -r -a drivers <<<"$SPINDLE_TEST_DRIVERS"
+    elif [ "$first" = 1 ] || [ "$ver" = 3.11 ]; then
+        drivers=(io_uring epoll)
+    else
+        drivers=(epoll)
     fi
     if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
         read -r -a modes <<<"${SPINDLE_TEST_MODES:-sub main}"
@@ -62,15 +86,27 @@ for py in "${pythons[@]}"; do
     fi
     for driver in "${drivers[@]}"; do
         for mode in "${modes[@]}"; do
-            step "integration suite: Python $ver, $driver, --interpreters $mode"
-            # shellcheck disable=SC2086
-            if ! SPINDLE_BIN="$bin" SPINDLE_DRIVER="$driver" SPINDLE_INTERPRETERS="$mode" \
-                "$venv/bin/python" -m pytest tests/integration -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee -a "$log"; then
-                failed+=("integration (Python $ver, $driver, $mode)")
-            fi
+            suite "$venv" "$driver" "$mode"
         done
     done
+    first=0
 done
+
+if [ -n "$system_python" ] && [ -x "$system_python" ] && "$system_python" -m venv --help >/dev/null 2>&1; then
+    real=$(readlink -f "$system_python")
+    tested=0
+    for py in "${pythons[@]}"; do
+        [ "$(readlink -f "$(command -v "$py")")" = "$real" ] && tested=1
+    done
+    ver=$(py_version "$system_python")
+    if [ "$tested" = 0 ] && [ -n "${wheels[$ver]:-}" ]; then
+        step "the distribution's python3 ($system_python, $ver)"
+        venv="build/test-venv-system-$ver"
+        fresh_venv "$system_python" "$venv" "${wheels[$ver]}"
+        suite "$venv" epoll main tests/integration/test_package.py tests/integration/test_cli.py \
+            tests/integration/test_flask.py
+    fi
+fi
 
 # One closing line over every run: cargo's "test result: ... N passed; M failed" lines and
 # pytest's "N passed, M failed" summaries, added up.
@@ -88,7 +124,7 @@ print(passed, failed)
 PY
 )
 echo
-echo "Python: ${pythons[*]}; drivers: ${drivers[*]}; interpreter modes: sub (3.12+) and main"
+echo "Python: ${pythons[*]}${system_python:+ (and $system_python)}"
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
     echo "${n_passed} passed, $((n_failed > 0 ? n_failed : 1)) failed"

@@ -74,8 +74,9 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     pythonpath: Vec<PathBuf>,
 
-    /// Import the application from this virtual environment [default: $VIRTUAL_ENV]
-    #[arg(long, value_name = "DIR", env = "VIRTUAL_ENV")]
+    /// Gone with the embedding binary: Spindle runs in the Python that starts it. Kept
+    /// hidden so an old command line gets the fix, not "unexpected argument".
+    #[arg(long, value_name = "DIR", hide = true)]
     venv: Option<PathBuf>,
 
     /// Minimum level of the server log.
@@ -163,7 +164,6 @@ pub struct Config {
     pub interpreters: InterpreterChoice,
     pub chdir: Option<PathBuf>,
     pub pythonpath: Vec<PathBuf>,
-    pub venv: Option<PathBuf>,
     pub log_level: LogLevel,
     pub access_log: bool,
     /// `None`: keep-alive disabled.
@@ -217,6 +217,12 @@ impl Config {
     }
 
     fn validate(args: Args) -> Result<Config, String> {
+        if let Some(venv) = &args.venv {
+            return Err(format!(
+                "--venv is gone: Spindle runs in the Python that starts it, so run the spindle installed in that environment ({}/bin/spindle), or `python -m spindle` with its python",
+                venv.display()
+            ));
+        }
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -273,7 +279,6 @@ impl Config {
             interpreters: args.interpreters,
             chdir: args.chdir,
             pythonpath: args.pythonpath,
-            venv: args.venv.filter(|p| !p.as_os_str().is_empty()),
             log_level: args.log_level,
             access_log: args.access_log,
             keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),

@@ -1,5 +1,10 @@
 //! Spindle: a WSGI (PEP 3333) server. Thread-per-core HTTP/1.1 I/O on monoio, a pool of
-//! Python threads behind lock-free queues. See README.md, "Architecture", for the code map.
+//! Python threads behind lock-free queues, all inside the Python process that starts it.
+//! ARCHITECTURE.md explains the whole; README.md has the code map.
+//!
+//! From the top: `ext` (the `spindle._native` extension module) calls `run` (one process,
+//! start to exit), which starts `py` (the Python threads) and `server` (the I/O threads);
+//! they meet only in `handoff`; `http` is the protocol, pure; `config` and `log` serve all.
 
 #![deny(
     unsafe_op_in_unsafe_fn,
@@ -8,6 +13,7 @@
 )]
 
 pub mod config;
+mod ext;
 pub mod handoff;
 pub mod http;
 pub mod log;

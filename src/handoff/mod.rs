@@ -10,7 +10,7 @@
 //! side uses only these two, so a second wire protocol touches `server/` and `http/` (or
 //! its own module), never `py/`.
 //!
-//! Wake-ups are the cost that matters (ARCHITECTURE.md, "Wake-ups": a cross-thread wake
+//! Wake-ups are the cost that matters (ARCHITECTURE.md §4: a cross-thread wake
 //! costs several µs, the same order as a whole hello-world request). So:
 //! - Python threads block on the request queue only when it is empty, and drain every
 //!   queued request before they sleep again;

@@ -7,54 +7,18 @@
 //! No pyo3 statics and no `PyGILState_*` are involved, so the same code serves the main
 //! interpreter and sub-interpreters.
 
-use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use pyo3_ffi as ffi;
 
-use super::object::{Borrowed, Gil, Obj, PyErr, PyResult};
-use super::response::{emit, Response};
+use super::object::{
+    guard, raise, runtime_error, type_error, value_error, Gil, MethodDef, Obj, PyErr, PyResult,
+};
+use super::response::{emit, Callbacks};
 use crate::handoff::{BodyChunk, BodyError, ReplyMsg};
-use crate::http::date::DateCache;
 use crate::http::response::{self, HeadError, ResponseHead};
-use crate::log::LogLevel;
 
 pub(super) const CAPSULE_NAME: &std::ffi::CStr = c"spindle.callbacks";
-
-/// Per-Python-thread state reached from the C callbacks through their capsule. Leaked on
-/// purpose: an application may keep `start_response` beyond its thread's life, and the
-/// capsule must never dangle. Only touched with the interpreter's GIL held, and no borrow
-/// is ever held across a call into Python or a GIL release.
-pub(super) struct Callbacks {
-    pub(super) current: RefCell<Option<Response>>,
-    pub(super) next_token: Cell<u64>,
-    pub(super) date: RefCell<DateCache>,
-    /// `write`, returned by `start_response` (set once at thread start).
-    pub(super) write: Cell<*mut ffi::PyObject>,
-    /// `_spindle.ClientDisconnected` of this thread's interpreter.
-    pub(super) client_disconnected: Cell<*mut ffi::PyObject>,
-}
-
-impl Callbacks {
-    /// `_spindle.ClientDisconnected` of this thread's interpreter.
-    pub(super) fn disconnected<'py>(&self, gil: Gil<'py>) -> Borrowed<'static, 'py> {
-        let class = self.client_disconnected.get();
-        if class.is_null() {
-            // The thread stopped serving (its `Interp` may be gone): a builtin will do.
-            // SAFETY: a builtin exception type.
-            return unsafe { gil.builtin(ffi::PyExc_ConnectionResetError) };
-        }
-        // SAFETY: set at thread start from the `Interp`, which keeps the class alive until
-        // `Worker::release` clears this pointer; the caller is attached to that interpreter.
-        unsafe { Borrowed::from_ptr(gil, class) }
-    }
-}
-
-/// A `PyMethodDef` CPython may read from any thread: its pointers are static C strings and
-/// function pointers, never written after construction.
-pub(super) struct MethodDef(ffi::PyMethodDef);
-// SAFETY: see the type's documentation: immutable data with 'static pointers.
-unsafe impl Sync for MethodDef {}
 
 pub(super) static START_RESPONSE: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_name: c"start_response".as_ptr(),
@@ -80,92 +44,12 @@ pub(super) static READ_BODY: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_flags: ffi::METH_FASTCALL,
     ml_doc: c"read_body(token) -> bytes: the next piece of a streamed request body".as_ptr(),
 });
-pub(super) static LOG: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"log".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer {
-        PyCFunctionFast: log,
-    },
-    ml_flags: ffi::METH_FASTCALL,
-    ml_doc: c"log(level, text): one line in Spindle's log".as_ptr(),
-});
-
-pub(super) fn new_function<'py>(
-    gil: Gil<'py>,
-    def: &'static MethodDef,
-    slf: *mut ffi::PyObject,
-) -> PyResult<'py, Obj<'py>> {
-    // SAFETY: `def` is 'static and never written (CPython only reads it); `slf` is a live
-    // object or NULL; GIL held.
-    unsafe {
-        Obj::from_owned(
-            gil,
-            ffi::PyCFunction_NewEx(
-                std::ptr::from_ref(&def.0).cast_mut(),
-                slf,
-                std::ptr::null_mut(),
-            ),
-        )
-    }
-}
-
-/// `_spindle.log`, made per interpreter.
-pub(crate) fn log_function<'py>(gil: Gil<'py>) -> PyResult<'py, Obj<'py>> {
-    new_function(gil, &LOG, std::ptr::null_mut())
-}
-
-/// Runs `f` as a C callback body: a Rust panic must never unwind into CPython.
-pub(super) fn guard<'py>(
-    gil: Gil<'py>,
-    f: impl FnOnce() -> PyResult<'py, Obj<'py>>,
-) -> *mut ffi::PyObject {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(obj)) => obj.into_ptr(),
-        Ok(Err(err)) => {
-            err.restore();
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            // SAFETY: SystemError is a builtin type.
-            let system_error = unsafe { gil.builtin(ffi::PyExc_SystemError) };
-            gil.raise(
-                system_error,
-                "internal error in Spindle (a bug: please report it)",
-            );
-            std::ptr::null_mut()
-        }
-    }
-}
 
 /// # Safety
 /// `slf` must be one of our capsules (CPython passes the `self` we gave PyCFunction_NewEx).
 pub(super) unsafe fn callbacks(slf: *mut ffi::PyObject) -> &'static Callbacks {
     // SAFETY: the capsule was made from a leaked `Callbacks` with CAPSULE_NAME.
     unsafe { &*(ffi::PyCapsule_GetPointer(slf, CAPSULE_NAME.as_ptr()) as *const Callbacks) }
-}
-
-/// Raises `ty(message)` and returns it as a `PyErr`.
-pub(super) fn raise<'py>(gil: Gil<'py>, ty: Borrowed<'_, 'py>, message: &str) -> PyErr<'py> {
-    gil.raise(ty, message);
-    PyErr::fetch(gil)
-}
-
-pub(super) fn type_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
-    // SAFETY: a builtin exception type.
-    raise(gil, unsafe { gil.builtin(ffi::PyExc_TypeError) }, message)
-}
-
-pub(super) fn value_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
-    // SAFETY: a builtin exception type.
-    raise(gil, unsafe { gil.builtin(ffi::PyExc_ValueError) }, message)
-}
-
-pub(super) fn runtime_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
-    // SAFETY: a builtin exception type.
-    raise(
-        gil,
-        unsafe { gil.builtin(ffi::PyExc_RuntimeError) },
-        message,
-    )
 }
 
 /// The `ValueError` for a refused status or header. `field`: the header name, or the
@@ -473,39 +357,5 @@ unsafe extern "C" fn read_body(
             }
             BodyChunk::Error(err) => Err(raise(gil, cb.disconnected(gil), &err.to_string())),
         }
-    })
-}
-
-unsafe extern "C" fn log(
-    _slf: *mut ffi::PyObject,
-    args: *mut *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls us with the GIL held.
-    let gil = unsafe { Gil::assume() };
-    guard(gil, || {
-        // SAFETY: CPython passes `nargs` borrowed positional arguments.
-        let (level, text) = unsafe {
-            if ffi::PyVectorcall_NARGS(nargsf as usize) != 2 {
-                return Err(type_error(gil, "log(level, text)"));
-            }
-            let all = std::slice::from_raw_parts(args, 2);
-            (
-                Obj::from_borrowed_unchecked(gil, all[0]),
-                Obj::from_borrowed_unchecked(gil, all[1]),
-            )
-        };
-        let level = match level.as_i64()? {
-            0 => LogLevel::Error,
-            1 => LogLevel::Warn,
-            2 => LogLevel::Info,
-            _ => LogLevel::Debug,
-        };
-        let text = text
-            .as_str_utf8()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
-        crate::log_at!(level, "{text}");
-        Ok(gil.none())
     })
 }

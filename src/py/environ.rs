@@ -8,7 +8,7 @@
 
 use crate::http::response;
 
-use super::interp::Interp;
+use super::interp::{push_http_key, Interp};
 use super::object::{Gil, Held, Obj, PyResult};
 use crate::handoff::{RequestBody, RequestHead};
 use crate::http::Version;
@@ -142,18 +142,6 @@ impl Interp {
     }
 }
 
-/// `HTTP_` + the name uppercased, `-` as `_` (PEP 3333, CGI).
-pub(super) fn push_http_key(out: &mut Vec<u8>, name: &[u8]) {
-    out.extend_from_slice(b"HTTP_");
-    out.extend(name.iter().map(|&b| {
-        if b == b'-' {
-            b'_'
-        } else {
-            b.to_ascii_uppercase()
-        }
-    }));
-}
-
 /// An address as `SERVER_NAME`/`REMOTE_ADDR` show it; IPv4 without `fmt`.
 fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
@@ -172,6 +160,8 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     }
 }
 
+/// Decodes `%XX` escapes; a malformed escape stays as it is (as gunicorn and wsgiref do).
+/// Borrows the input when it has no `%`: most paths allocate nothing.
 pub fn percent_decode(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if memchr::memchr(b'%', raw).is_none() {
         // Most paths: nothing to decode, nothing to allocate.

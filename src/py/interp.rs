@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use pyo3_ffi as ffi;
 
-use super::object::{Gil, Held, Obj, PyErr, PyResult};
+use super::object::{guard, new_function, type_error, Gil, Held, MethodDef, Obj, PyErr, PyResult};
 use crate::config::Config;
+use crate::log::LogLevel;
 
 /// Interned environ keys.
 pub(crate) struct Keys {
@@ -273,10 +274,7 @@ fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo) -> PyResult<'py, Obj<'p
     let dict = module.getattr(c"__dict__")?;
     let builtins = gil.import(c"builtins")?;
     dict.dict_set(gil.intern(c"__builtins__")?.borrow(), &builtins)?;
-    dict.dict_set(
-        gil.intern(c"log")?.borrow(),
-        &super::callbacks::log_function(gil)?,
-    )?;
+    dict.dict_set(gil.intern(c"log")?.borrow(), &log_function(gil)?)?;
     let server_info = gil.new_dict()?;
     server_info.dict_set(gil.intern(c"version")?.borrow(), &gil.str(crate::VERSION)?)?;
     server_info.dict_set(gil.intern(c"driver")?.borrow(), &gil.str(info.driver)?)?;
@@ -387,15 +385,28 @@ const COMMON_HEADERS: &[&[u8]] = &[
     b"x-requested-with",
 ];
 
+/// `HTTP_` + the name uppercased, `-` as `_` (PEP 3333, CGI).
+pub(super) fn push_http_key(out: &mut Vec<u8>, name: &[u8]) {
+    out.extend_from_slice(b"HTTP_");
+    out.extend(name.iter().map(|&b| {
+        if b == b'-' {
+            b'_'
+        } else {
+            b.to_ascii_uppercase()
+        }
+    }));
+}
+
 fn http_key(name: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + name.len());
-    super::environ::push_http_key(&mut key, name);
+    push_http_key(&mut key, name);
     key
 }
 
-/// Puts the working directory and each `--pythonpath` in front of sys.path, as `python -m`
-/// and gunicorn do, so `spindle module:app` finds modules next to where it runs.
-pub(crate) fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> Result<(), PyErr<'py>> {
+/// Puts the working directory and each `--pythonpath` in front of the main interpreter's
+/// sys.path, as `python -m` and gunicorn do, so `spindle module:app` finds modules next to
+/// where it runs; returns the whole sys.path, for the sub-interpreters.
+pub(crate) fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> PyResult<'py, Vec<String>> {
     let sys = gil.import(c"sys")?;
     let path = sys.getattr(c"path")?;
     let insert = path.getattr(c"insert")?;
@@ -409,6 +420,28 @@ pub(crate) fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> Result<()
     for dir in dirs.iter().rev() {
         let text = gil.str(&dir.to_string_lossy())?;
         insert.call(&[zero.borrow(), text.borrow()])?;
+    }
+    let mut snapshot = Vec::new();
+    let entries = path.iter()?;
+    while let Some(entry) = entries.next()? {
+        if let Some(text) = entry.as_str_utf8() {
+            snapshot.push(String::from_utf8_lossy(text).into_owned());
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Gives a new sub-interpreter the main interpreter's sys.path: what the program that
+/// started Spindle put there (its own directory, `sys.path.insert` calls, .pth files)
+/// holds for the sub-interpreters too, so an app that imports in one imports in all.
+pub(crate) fn set_sys_path<'py>(gil: Gil<'py>, paths: &[String]) -> PyResult<'py, ()> {
+    let sys = gil.import(c"sys")?;
+    let list = sys.getattr(c"path")?;
+    let clear = list.getattr(c"clear")?;
+    clear.call(&[])?;
+    let append = list.getattr(c"append")?;
+    for entry in paths {
+        append.call(&[gil.str(entry)?.borrow()])?;
     }
     Ok(())
 }
@@ -459,7 +492,7 @@ pub(super) fn preimport_in_main(gil: Gil<'_>, config: &Config) {
     {
         if let Ok(name) = std::ffi::CString::new(module) {
             if let Err(err) = gil.import(&name) {
-                log_warn!(
+                crate::log_warn!(
                     "importing {module} in the main interpreter failed: {}",
                     err.summary()
                 );
@@ -480,4 +513,52 @@ pub(crate) struct ServerInfo {
     /// Other interpreters run their own copy of the application at the same time (module
     /// state is per interpreter, as per process).
     pub multiprocess: bool,
+}
+
+static LOG: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"log".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: log,
+    },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"log(level, text): one line in Spindle's log".as_ptr(),
+});
+
+/// `_spindle.log`, made per interpreter.
+fn log_function<'py>(gil: Gil<'py>) -> PyResult<'py, Obj<'py>> {
+    new_function(gil, &LOG, None)
+}
+
+unsafe extern "C" fn log(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held.
+    let gil = unsafe { Gil::assume() };
+    guard(gil, || {
+        // SAFETY: CPython passes `nargs` borrowed positional arguments.
+        let (level, text) = unsafe {
+            if ffi::PyVectorcall_NARGS(nargsf as usize) != 2 {
+                return Err(type_error(gil, "log(level, text)"));
+            }
+            let all = std::slice::from_raw_parts(args, 2);
+            (
+                Obj::from_borrowed_unchecked(gil, all[0]),
+                Obj::from_borrowed_unchecked(gil, all[1]),
+            )
+        };
+        let level = match level.as_i64()? {
+            0 => LogLevel::Error,
+            1 => LogLevel::Warn,
+            2 => LogLevel::Info,
+            _ => LogLevel::Debug,
+        };
+        let text = text
+            .as_str_utf8()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        crate::log_at!(level, "{text}");
+        Ok(gil.none())
+    })
 }

@@ -14,7 +14,7 @@
 //! Each Python thread attaches with a thread state of its own (explicit `PyThreadState_New`,
 //! `PyEval_RestoreThread`/`PyEval_SaveThread`, `Py_NewInterpreterFromConfig` with an own
 //! GIL, `Py_EndInterpreter`), never `PyGILState_*`, which only knows the main interpreter.
-//! The same code serves both modes; ARCHITECTURE.md, "Python", has the C-API rules.
+//! The same code serves both modes; ARCHITECTURE.md §6 has the C-API rules.
 //!
 //! | file | owns |
 //! |---|---|
@@ -23,13 +23,12 @@
 //! | `interp.rs` | one interpreter's state: bootstrap, the app, interned keys, base environ |
 //! | `environ.rs` | the environ of one request |
 //! | `worker.rs` | one request end to end: the app call, `close()`, failures, access log |
-//! | `response.rs` | iterating the result into encoded messages for the I/O thread |
+//! | `response.rs` | iterating the result into encoded messages; the per-thread state the C functions reach |
 //! | `callbacks.rs` | `start_response`, `write`, `wsgi.input`'s reader as C functions |
 //! | `object.rs` | the safe layer over the C API |
 //! | `bootstrap.py` | the Python-side helpers run once per interpreter |
 
 mod callbacks;
-mod embed;
 mod environ;
 mod interp;
 pub mod object;
@@ -42,7 +41,6 @@ use std::ffi::CStr;
 
 use pyo3_ffi as ffi;
 
-pub use embed::initialize_embedded;
 pub use interp::{ImportFailure, Interp};
 pub use pool::Pool;
 

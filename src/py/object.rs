@@ -1,7 +1,7 @@
 //! A small safe layer over the CPython C API (pyo3-ffi), written for many interpreters.
 //!
 //! pyo3's safe layer assumes one interpreter (`PyGILState_*`, process-wide statics for
-//! interned strings and type objects), so Spindle does not use it: DESIGN.md §3. Instead:
+//! interned strings and type objects), so Spindle does not use it: ARCHITECTURE.md §6. Instead:
 //! - [`Gil<'py>`] is proof that the calling thread holds an attached thread state. It is
 //!   created only by [`Attached`] (which restores a thread state and saves it on drop) or,
 //!   inside a C callback that CPython invoked, by `Gil::assume`.
@@ -172,6 +172,81 @@ impl<'py> Gil<'py> {
     pub fn err_occurred(self) -> bool {
         // SAFETY: we hold the GIL.
         unsafe { !ffi::PyErr_Occurred().is_null() }
+    }
+}
+
+/// Runs `f` as a C callback body: a Rust panic must never unwind into CPython.
+pub fn guard<'py>(
+    gil: Gil<'py>,
+    f: impl FnOnce() -> PyResult<'py, Obj<'py>>,
+) -> *mut ffi::PyObject {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(obj)) => obj.into_ptr(),
+        Ok(Err(err)) => {
+            err.restore();
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            // SAFETY: SystemError is a builtin type.
+            let system_error = unsafe { gil.builtin(ffi::PyExc_SystemError) };
+            gil.raise(
+                system_error,
+                "internal error in Spindle (a bug: please report it)",
+            );
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Raises `ty(message)` and returns it as a `PyErr`.
+pub fn raise<'py>(gil: Gil<'py>, ty: Borrowed<'_, 'py>, message: &str) -> PyErr<'py> {
+    gil.raise(ty, message);
+    PyErr::fetch(gil)
+}
+
+pub fn type_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: a builtin exception type.
+    raise(gil, unsafe { gil.builtin(ffi::PyExc_TypeError) }, message)
+}
+
+pub fn value_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: a builtin exception type.
+    raise(gil, unsafe { gil.builtin(ffi::PyExc_ValueError) }, message)
+}
+
+pub fn runtime_error<'py>(gil: Gil<'py>, message: &str) -> PyErr<'py> {
+    // SAFETY: a builtin exception type.
+    raise(
+        gil,
+        unsafe { gil.builtin(ffi::PyExc_RuntimeError) },
+        message,
+    )
+}
+
+/// A `PyMethodDef` CPython may read from any thread: its pointers are static C strings and
+/// function pointers, never written after construction.
+pub struct MethodDef(pub ffi::PyMethodDef);
+// SAFETY: see the type's documentation: immutable data with 'static pointers.
+unsafe impl Sync for MethodDef {}
+
+/// A function object for `def`, with `slf` (a capsule, typically) as its `self`.
+pub fn new_function<'py>(
+    gil: Gil<'py>,
+    def: &'static MethodDef,
+    slf: Option<&Obj<'py>>,
+) -> PyResult<'py, Obj<'py>> {
+    let slf = slf.map_or(std::ptr::null_mut(), Obj::as_ptr);
+    // SAFETY: `def` is 'static and never written (CPython only reads it); `slf` is a live
+    // object of this interpreter (the `Obj` it came from) or NULL; GIL held.
+    unsafe {
+        Obj::from_owned(
+            gil,
+            ffi::PyCFunction_NewEx(
+                std::ptr::from_ref(&def.0).cast_mut(),
+                slf,
+                std::ptr::null_mut(),
+            ),
+        )
     }
 }
 

@@ -18,27 +18,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::interp::{prepare_sys_path, AppSource, Interp, ServerInfo};
 use super::object::{Gil, Obj};
+use super::thread::{StartError, SubInterp, ThreadInterp};
 use crate::config::{Config, InterpreterChoice};
 use crate::handoff::Request;
 use crate::{log_info, log_warn};
-
-/// What a Python thread is told to run on.
-pub(super) enum ThreadInterp {
-    /// The main interpreter, whose state all Python threads share.
-    Main(Arc<Interp>),
-    /// A sub-interpreter with its own GIL, created by the thread itself.
-    Sub {
-        config: Arc<Config>,
-        info: Arc<ServerInfo>,
-        /// Log import tracebacks (`--interpreters sub`); quiet while `auto` probes.
-        report_import_errors: bool,
-    },
-}
-
-/// Why a Python thread could not start.
-pub(super) struct StartError {
-    pub message: String,
-}
 
 /// The running Python threads.
 pub struct Pool {
@@ -83,14 +66,16 @@ impl Pool {
             InterpreterChoice::Sub => true,
             InterpreterChoice::Auto => cfg!(Py_3_12) && app.is_none(),
         };
-        prepare_sys_path(gil, config)
-            .map_err(|e| anyhow!("cannot set sys.path: {}", e.summary()))?;
+        let sys_path = Arc::new(
+            prepare_sys_path(gil, config)
+                .map_err(|e| anyhow!("cannot set sys.path: {}", e.summary()))?,
+        );
         if try_sub {
             super::interp::prime_main_interpreter(gil);
             #[cfg(all(Py_3_12, not(Py_3_13)))]
             // CPython 3.12 can abort when a single-phase extension that failed in an
             // own-GIL sub-interpreter is imported later in the main one; importing the app
-            // in the main interpreter first avoids it (ARCHITECTURE.md, "CPython quirks").
+            // in the main interpreter first avoids it (ARCHITECTURE.md §7).
             super::interp::preimport_in_main(gil, config);
         }
 
@@ -115,10 +100,13 @@ impl Pool {
                 multithread: false,
                 multiprocess: n > 1,
             });
-            let sub = || ThreadInterp::Sub {
-                config: config.clone(),
-                info: info.clone(),
-                report_import_errors: config.interpreters == InterpreterChoice::Sub,
+            let sub = || {
+                ThreadInterp::Sub(SubInterp {
+                    config: config.clone(),
+                    info: info.clone(),
+                    sys_path: sys_path.clone(),
+                    report_import_errors: config.interpreters == InterpreterChoice::Sub,
+                })
             };
             // The threads create their interpreters from the main one, which needs its GIL:
             // released meanwhile. The first interpreter alone decides whether the app runs

@@ -1,15 +1,17 @@
 //! One response as the Python thread produces it: the application's result iterated (a
 //! list of `bytes` in one message, a large body shared without a copy, a file by sendfile,
 //! anything else piece by piece), each piece framed by the response encoder and pushed to
-//! the I/O thread, waiting for the window with the GIL released.
+//! the I/O thread, waiting for the window with the GIL released; and [`Callbacks`], the
+//! thread's state the C functions of `callbacks.rs` reach through their capsule.
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::FromRawFd;
+use std::sync::Arc;
 
 use pyo3_ffi as ffi;
 
-use super::callbacks::{raise, runtime_error, type_error, Callbacks};
-use super::object::{Gil, Obj, PyResult};
-use super::worker::{Outcome, Worker};
+use super::interp::Interp;
+use super::object::{raise, runtime_error, type_error, Borrowed, Gil, Obj, PyResult, ReleaseQueue};
 use crate::handoff::{ReplyMsg, ReplyTo, ResponseEncoder};
 use crate::http::date::DateCache;
 use crate::http::response::{status_allows_body, Encoded, LengthMismatch, NotStarted};
@@ -203,24 +205,44 @@ pub(super) fn emit<'py>(
     Ok(true)
 }
 
-impl Worker {
-    /// Sends the application's result.
-    pub(super) fn drain<'py>(
-        &self,
-        gil: Gil<'py>,
-        result: &Obj<'py>,
-        exchange: &crate::handoff::Exchange,
-    ) -> Outcome<'py> {
-        match self.drain_inner(gil, result, exchange) {
-            Ok(true) => Outcome::Done,
-            Ok(false) => Outcome::Cancelled,
-            Err(err) => Outcome::Failed(err),
-        }
-    }
+/// Per-Python-thread state reached from the C callbacks through their capsule. Leaked on
+/// purpose: an application may keep `start_response` beyond its thread's life, and the
+/// capsule must never dangle. Only touched with the interpreter's GIL held, and no borrow
+/// is ever held across a call into Python or a GIL release.
+pub(super) struct Callbacks {
+    pub(super) current: RefCell<Option<Response>>,
+    pub(super) next_token: Cell<u64>,
+    pub(super) date: RefCell<DateCache>,
+    /// `write`, returned by `start_response` (set once at thread start).
+    pub(super) write: Cell<*mut ffi::PyObject>,
+    /// `_spindle.ClientDisconnected` of this thread's interpreter.
+    pub(super) client_disconnected: Cell<*mut ffi::PyObject>,
+}
 
-    /// The whole response at once, its body written from `body`'s own memory (see
-    /// [`ReplyMsg::Whole`]). `Ok(None)`: not possible for this response (a HEAD, a status
-    /// without body, a Content-Length that differs, headers already sent); copy instead.
+impl Callbacks {
+    /// `_spindle.ClientDisconnected` of this thread's interpreter.
+    pub(super) fn disconnected<'py>(&self, gil: Gil<'py>) -> Borrowed<'static, 'py> {
+        let class = self.client_disconnected.get();
+        if class.is_null() {
+            // The thread stopped serving (its `Interp` may be gone): a builtin will do.
+            // SAFETY: a builtin exception type.
+            return unsafe { gil.builtin(ffi::PyExc_ConnectionResetError) };
+        }
+        // SAFETY: set at thread start from the `Interp`, which keeps the class alive until
+        // `Worker::release` clears this pointer; the caller is attached to that interpreter.
+        unsafe { Borrowed::from_ptr(gil, class) }
+    }
+}
+
+/// What sending an application's result needs of its thread: the response state, the
+/// interpreter (its `FileWrapper` type), and where shared bodies come back to be released.
+pub(super) struct ResultSink<'a> {
+    pub cb: &'a Callbacks,
+    pub interp: &'a Interp,
+    pub releases: &'a Arc<ReleaseQueue>,
+}
+
+impl ResultSink<'_> {
     fn emit_shared<'py>(&self, body: &Obj<'py>) -> PyResult<'py, Option<bool>> {
         let Ok(mut current) = self.cb.current.try_borrow_mut() else {
             return Ok(None);
@@ -245,7 +267,7 @@ impl Worker {
         if resp.reply.exchange.is_cancelled() {
             return Ok(Some(false));
         }
-        let Some(shared) = body.share_bytes(&self.releases) else {
+        let Some(shared) = body.share_bytes(self.releases) else {
             return Ok(None);
         };
         let Ok((head, persistence)) = resp.build_whole(n, &mut self.cb.date.borrow_mut()) else {
@@ -259,7 +281,9 @@ impl Worker {
         Ok(Some(true))
     }
 
-    fn drain_inner<'py>(
+    /// Sends the application's result: `Ok(true)` when the response went out whole,
+    /// `Ok(false)` when the client went away first.
+    pub(super) fn send<'py>(
         &self,
         gil: Gil<'py>,
         result: &Obj<'py>,

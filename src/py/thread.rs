@@ -11,9 +11,33 @@ use pyo3_ffi as ffi;
 use super::interp::Interp;
 use super::interp::ServerInfo;
 use super::object::{Attached, Gil};
-use super::pool::{StartError, ThreadInterp};
 use super::worker::Worker;
+use crate::config::Config;
 use crate::handoff::Request;
+
+/// What a Python thread is told to run on.
+pub(super) enum ThreadInterp {
+    /// The main interpreter, whose state all Python threads share.
+    Main(Arc<Interp>),
+    /// A sub-interpreter with its own GIL, created by the thread itself.
+    Sub(SubInterp),
+}
+
+/// What a thread needs to create its sub-interpreter and load the application in it.
+#[cfg_attr(not(Py_3_12), allow(dead_code))]
+pub(super) struct SubInterp {
+    pub config: Arc<Config>,
+    pub info: Arc<ServerInfo>,
+    /// The main interpreter's sys.path, which the sub-interpreter takes.
+    pub sys_path: Arc<Vec<String>>,
+    /// Log import tracebacks (`--interpreters sub`); quiet while `auto` probes.
+    pub report_import_errors: bool,
+}
+
+/// Why a Python thread could not start.
+pub(super) struct StartError {
+    pub message: String,
+}
 
 /// How soon an idle Python thread releases the shared bodies the I/O threads are done with.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(10);
@@ -37,20 +61,8 @@ pub(super) fn python_thread(
             // The main interpreter's state is shared: the main thread releases it at stop.
             drop(serve(attached.gil(), interp, &requests, ready, access_log));
         }
-        ThreadInterp::Sub {
-            config,
-            info,
-            report_import_errors,
-        } => {
-            run_sub_interpreter(
-                &config,
-                &info,
-                report_import_errors,
-                &requests,
-                ready,
-                access_log,
-                main_tstate,
-            );
+        ThreadInterp::Sub(spec) => {
+            run_sub_interpreter(&spec, &requests, ready, access_log, main_tstate);
         }
     }
     std::mem::forget(attached);
@@ -61,9 +73,7 @@ pub(super) fn python_thread(
 /// serves, and ends it. On return the thread's main-interpreter state is attached again.
 #[cfg(Py_3_12)]
 fn run_sub_interpreter(
-    config: &crate::config::Config,
-    info: &ServerInfo,
-    report_import_errors: bool,
+    spec: &SubInterp,
     requests: &Receiver<Request>,
     ready: Sender<Result<(), StartError>>,
     access_log: bool,
@@ -101,11 +111,17 @@ fn run_sub_interpreter(
         // SAFETY: the sub-interpreter's thread state is attached to this thread until
         // Py_EndInterpreter below.
         let gil = unsafe { Gil::assume() };
-        let setup = super::interp::prepare_sys_path(gil, config)
+        let setup = super::interp::set_sys_path(gil, &spec.sys_path)
             .map_err(|e| anyhow::anyhow!("cannot set sys.path: {}", e.summary()))
             .and_then(|()| {
-                let app = super::interp::AppSource::Import(config.app.as_deref());
-                Interp::new(gil, config, info, app, report_import_errors)
+                let app = super::interp::AppSource::Import(spec.config.app.as_deref());
+                Interp::new(
+                    gil,
+                    &spec.config,
+                    &spec.info,
+                    app,
+                    spec.report_import_errors,
+                )
             });
         match setup {
             Err(err) => {
@@ -137,9 +153,7 @@ fn run_sub_interpreter(
 
 #[cfg(not(Py_3_12))]
 fn run_sub_interpreter(
-    _config: &crate::config::Config,
-    _info: &ServerInfo,
-    _report_import_errors: bool,
+    _spec: &SubInterp,
     _requests: &Receiver<Request>,
     ready: Sender<Result<(), StartError>>,
     _access_log: bool,

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use pyo3_ffi as ffi;
 
-use super::callbacks::{new_function, Callbacks, CAPSULE_NAME, READ_BODY, START_RESPONSE, WRITE};
+use super::callbacks::{CAPSULE_NAME, READ_BODY, START_RESPONSE, WRITE};
 use super::interp::Interp;
+use super::object::new_function;
 use super::object::{Gil, Held, Obj, PyErr, PyResult, ReleaseQueue};
-use super::response::{close_result, Response};
+use super::response::Callbacks;
+use super::response::{close_result, Response, ResultSink};
 use crate::handoff::{ReplyMsg, Request, RequestBody};
 use crate::http::date::DateCache;
 use crate::log::LogLevel;
@@ -57,9 +59,9 @@ impl Worker {
                 ),
             )?
         };
-        let start_response = new_function(gil, &START_RESPONSE, capsule.as_ptr())?.hold();
-        let write = new_function(gil, &WRITE, capsule.as_ptr())?.hold();
-        let read_body = new_function(gil, &READ_BODY, capsule.as_ptr())?.hold();
+        let start_response = new_function(gil, &START_RESPONSE, Some(&capsule))?.hold();
+        let write = new_function(gil, &WRITE, Some(&capsule))?.hold();
+        let read_body = new_function(gil, &READ_BODY, Some(&capsule))?.hold();
         cb.write.set(write.ptr(gil));
         Ok(Worker {
             interp,
@@ -116,7 +118,16 @@ impl Worker {
                 match app.call(&[environ.borrow(), self.start_response.borrow(gil)]) {
                     Err(err) => Outcome::Failed(err),
                     Ok(result) => {
-                        let outcome = self.drain(gil, &result, &exchange);
+                        let sink = ResultSink {
+                            cb: self.cb,
+                            interp: &self.interp,
+                            releases: &self.releases,
+                        };
+                        let outcome = match sink.send(gil, &result, &exchange) {
+                            Ok(true) => Outcome::Done,
+                            Ok(false) => Outcome::Cancelled,
+                            Err(err) => Outcome::Failed(err),
+                        };
                         // close() exactly once, on every path (PEP 3333).
                         match (close_result(&result), outcome) {
                             (Err(err), Outcome::Done) => Outcome::Failed(err),

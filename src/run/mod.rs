@@ -60,20 +60,6 @@ pub fn run(gil: Gil<'_>, args: Vec<OsString>, app: Option<&Obj<'_>>) -> i32 {
     }
 }
 
-/// `run` for a command line that serves nothing (`--version`, help, a bad flag): needs no
-/// Python thread state.
-pub fn run_without_python(args: Vec<OsString>) -> i32 {
-    match Config::parse(args) {
-        Command::Exit(code) => code,
-        Command::Version => {
-            println!("spindle {}", crate::VERSION);
-            println!("Python {}", crate::py::python_version());
-            0
-        }
-        Command::Serve(_) => 2,
-    }
-}
-
 /// Serves until SIGINT or SIGTERM, then drains and returns.
 pub fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>) -> anyhow::Result<()> {
     crate::log::set_level(config.log_level);

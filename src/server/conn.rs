@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 use monoio::net::TcpStream;
 
-use super::thread::{ConnInbox, IoCtx};
+use super::ctx::{ConnInbox, IoCtx};
 use crate::handoff::{
     BodyChunk, BodyError, ConnToken, Exchange, ReplyMsg, ReplyTo, Request, RequestBody,
     RequestHead, ResponseEncoder,

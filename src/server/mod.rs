@@ -5,6 +5,7 @@
 
 mod body;
 mod conn;
+mod ctx;
 mod event;
 mod gather;
 mod sendfile;

@@ -45,6 +45,16 @@ def stream():
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
 
 
+@flask.get("/where")
+def where():
+    # Where this app's Python and its Flask come from (tests/integration/test_package.py).
+    import sys
+
+    import flask as flask_module
+
+    return jsonify({"executable": sys.executable, "flask": flask_module.__file__})
+
+
 @flask.get("/download")
 def download():
     # send_file goes through environ["wsgi.file_wrapper"].

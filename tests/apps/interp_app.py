@@ -61,6 +61,17 @@ def _app(environ, start_response):
     query = dict(parse_qsl(environ["QUERY_STRING"]))
     if environ["PATH_INFO"] == "/rendezvous":
         result = _rendezvous(query, environ["wsgi.errors"])
+    elif environ["PATH_INFO"] == "/spindle":
+        # What this interpreter has of Spindle's own Python package and extension.
+        import spindle
+
+        result = {
+            "token": TOKEN,
+            "version": spindle.__version__,
+            "native_loaded": "spindle._native" in sys.modules,
+            "executable": sys.executable,
+            "prefix": sys.prefix,
+        }
     else:
         result = {
             "token": TOKEN,

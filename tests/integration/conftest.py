@@ -1,10 +1,11 @@
-"""Fixtures that run the real Spindle binary.
+"""Fixtures that run the real Spindle, installed from its wheel.
 
-`SPINDLE_BIN` names the binary (default target/py3.13/release/spindle);
-`SPINDLE_DRIVER` is passed through untouched, the binary reads it itself.
-The server imports the test apps from tests/apps with this test run's own
-virtual environment (`--venv sys.prefix`), so Flask and friends resolve to
-the same packages as here.
+`SPINDLE_BIN` names the command (default: the `spindle` console script of the
+virtual environment these tests run in, where scripts/test.sh installed the
+wheel); `SPINDLE_DRIVER` and `SPINDLE_INTERPRETERS` are passed through
+untouched, Spindle reads them itself. Spindle runs in that venv's Python, so
+the test apps (tests/apps, on --pythonpath) import Flask and friends from it;
+VIRTUAL_ENV is removed from its environment to show nothing relies on it.
 
 A server is ready when it prints `listening on http://HOST:PORT`; with
 `--bind 127.0.0.1:0` that line carries the real port. Its combined
@@ -29,7 +30,7 @@ from rawhttp import RawConnection, request
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "tests" / "apps"
-SPINDLE_BIN = Path(os.environ.get("SPINDLE_BIN") or ROOT / "target" / "py3.13" / "release" / "spindle")
+SPINDLE_BIN = Path(os.environ.get("SPINDLE_BIN") or Path(sys.prefix) / "bin" / "spindle")
 READY_V4 = r"listening on http://127\.0\.0\.1:(\d+)"
 READY_V6 = r"listening on http://\[::1\]:(\d+)"
 START_TIMEOUT = 20.0
@@ -44,19 +45,21 @@ VALIDATOR_COMPLAINTS = ("WSGIWarning", "Iterator garbage collected without being
 
 
 def base_args() -> list[str]:
-    return ["--bind", "127.0.0.1:0", "--pythonpath", str(APPS), "--venv", sys.prefix,
+    return ["--bind", "127.0.0.1:0", "--pythonpath", str(APPS),
             "--log-level", "debug", "--io-threads", "2", "--py-threads", "2"]
 
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("PYTHONHOME", None)
+    for name in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV"):
+        env.pop(name, None)
     return env
 
 
 def require_binary() -> None:
     if not SPINDLE_BIN.exists():
-        pytest.fail(f"Spindle binary not found at {SPINDLE_BIN} (set SPINDLE_BIN)", pytrace=False)
+        pytest.fail(f"spindle not found at {SPINDLE_BIN}: install the wheel into this venv "
+                    f"(scripts/test.sh does) or set SPINDLE_BIN", pytrace=False)
 
 
 class Spindle:
@@ -64,9 +67,11 @@ class Spindle:
 
     _live: list["Spindle"] = []
 
-    def __init__(self, args: list[str], ready: list[str]):
-        require_binary()
-        self.args = [str(SPINDLE_BIN), *args]
+    def __init__(self, args: list[str], ready: list[str], command: list[str] | None = None):
+        """`command`: what to run instead of the spindle command (args follow it)."""
+        if command is None:
+            require_binary()
+        self.args = [*(command or [str(SPINDLE_BIN)]), *args]
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._closed_output = False
@@ -208,11 +213,11 @@ class SpindleFactory:
         self.servers: list[Spindle] = []
 
     def __call__(self, app_spec: str | None, *extra_args: str, ready: list[str] | None = None,
-                 base: bool = True) -> Spindle:
+                 base: bool = True, command: list[str] | None = None) -> Spindle:
         args = (base_args() if base else []) + list(extra_args)
         if app_spec is not None:
             args.append(app_spec)
-        server = Spindle(args, ready or [READY_V4])
+        server = Spindle(args, ready or [READY_V4], command)
         self.servers.append(server)
         return server
 

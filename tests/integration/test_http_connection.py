@@ -1,4 +1,4 @@
-"""HTTP/1.1 connection behaviour (DESIGN.md §2): keep-alive, HTTP/1.0,
+"""HTTP/1.1 connection behaviour (ARCHITECTURE.md §5): keep-alive, HTTP/1.0,
 pipelining, chunked uploads, Expect: 100-continue, HEAD, bodiless statuses,
 response framing and the Date header."""
 

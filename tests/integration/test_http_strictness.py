@@ -1,4 +1,4 @@
-"""Malformed and hostile requests (DESIGN.md §2, RFC 9112): each gets the
+"""Malformed and hostile requests (ARCHITECTURE.md §5, RFC 9112): each gets the
 right status with Content-Length and `Connection: close`, the connection is
 closed after it, and the server answers a good request on a new connection
 at once."""

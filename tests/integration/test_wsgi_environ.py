@@ -1,4 +1,4 @@
-"""The WSGI environ (PEP 3333, DESIGN.md §3): every key, its type and value.
+"""The WSGI environ (PEP 3333, ARCHITECTURE.md §6): every key, its type and value.
 The app (`/env`) answers with JSON: {key: {"type": ..., "value": ...}}."""
 
 import json

@@ -139,7 +139,7 @@ def test_100_mib_upload_streams_in_bounded_memory(server):
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_body_cut_short_is_never_complete(server, tmp_path, framing):
-    """DESIGN.md §2: a body that ends early is never handed to the app as
+    """ARCHITECTURE.md §5: a body that ends early is never handed to the app as
     complete; reading it raises an OSError subclass. (Dropping the request
     before the app runs is fine too: the app then never sees it at all.)"""
     rec = tmp_path / "truncated.log"

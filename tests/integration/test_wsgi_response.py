@@ -1,4 +1,4 @@
-"""The response side of the WSGI bridge (PEP 3333, DESIGN.md §3):
+"""The response side of the WSGI bridge (PEP 3333, ARCHITECTURE.md §6):
 start_response validation, write(), streamed iterables, close() on every
 path, app exceptions, wsgi.errors and wsgi.file_wrapper."""
 

@@ -1,0 +1,101 @@
+"""Spindle: a fast, strict WSGI server (PEP 3333) with its core in Rust.
+
+From a shell::
+
+    spindle myproject.wsgi:application --bind 0.0.0.0:8000
+    python -m spindle myproject.wsgi:application
+
+From Python::
+
+    import spindle
+    spindle.serve("myproject.wsgi:application", bind="0.0.0.0:8000")   # an import string
+    spindle.serve(app, bind="0.0.0.0:8000", threads=8)                 # an app object
+    spindle.run(["--bind", "0.0.0.0:8000", "myproject.wsgi:application"])
+
+The server runs in the calling Python process, so the virtual environment it runs in is
+the one the application is imported from. `spindle --help` lists every setting.
+
+Importing this package loads no native code: the extension ``spindle._native`` is loaded
+by `run()` and `serve()` only, in the main interpreter. An application running in one of
+Spindle's sub-interpreters may import ``spindle`` (to read ``__version__``, say), but not
+call `run()` or `serve()` there.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = ["run", "serve", "__version__"]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spindle")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown"
+
+
+__version__ = _version()
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs Spindle with a command line, as the ``spindle`` command does, and returns its
+    exit code: 0 after a clean stop (SIGINT or SIGTERM), 1 when it could not start (the
+    reason is on stderr), 2 for a bad command line. ``argv`` excludes the program name;
+    by default it is ``sys.argv[1:]``.
+
+    Call it from the main thread: Spindle takes SIGINT, SIGTERM and SIGHUP while it serves
+    (Python's own handlers, such as KeyboardInterrupt, do not run meanwhile) and gives
+    them back when it returns.
+    """
+    import sys
+
+    from spindle import _native
+
+    if argv is None:
+        argv = sys.argv[1:]
+    return _native.run([os.fsdecode(arg) for arg in argv], None)
+
+
+def serve(app: str | Callable[..., Iterable[bytes]], **settings: Any) -> None:
+    """Serves ``app`` until SIGINT or SIGTERM; raises ``SystemExit`` with the exit code
+    when Spindle could not start (the reason is on stderr) or stopped with an error.
+
+    ``app`` is an import string (``"myproject.wsgi:application"``), which every
+    sub-interpreter imports for itself, or a WSGI callable, which belongs to this
+    interpreter and so runs on the main interpreter (``interpreters="main"``).
+
+    ``settings`` are the command line's flags with ``_`` for ``-``: ``bind="0.0.0.0:8000"``
+    (a list for several), ``threads=8``, ``access_log=True``. ``True`` passes a flag
+    without a value; ``None`` and ``False`` leave it out.
+    """
+    from spindle import _native
+
+    argv = _settings_to_argv(settings)
+    if isinstance(app, str):
+        code = _native.run(argv + [app], None)
+    elif callable(app):
+        code = _native.run(argv, app)
+    else:
+        raise TypeError("app must be an import string or a WSGI callable, not %s" % type(app).__name__)
+    if code:
+        raise SystemExit(code)
+
+
+def _settings_to_argv(settings: dict[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is None or value is False:
+            continue
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                argv += [flag, os.fsdecode(item) if isinstance(item, (bytes, os.PathLike)) else str(item)]
+        else:
+            argv += [flag, os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)]
+    return argv

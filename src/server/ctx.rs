@@ -1,0 +1,149 @@
+//! One I/O thread's shared state ([`IoCtx`]): its connections' slots and inboxes, where the
+//! dispatcher routes each reply by slot and generation, the stop event, the `Date` cache
+//! and the counters. Everything here lives on one monoio runtime: `Rc`/`RefCell`, no locks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use crossbeam_channel::Sender;
+
+use super::event::LocalEvent;
+use super::Shared;
+use crate::handoff::{ConnToken, IoMailbox, Reply, ReplyMsg, Request};
+use crate::http::date::DateCache;
+use crate::http::response;
+
+/// The replies routed to one connection, in the order its Python thread sent them.
+#[derive(Default)]
+pub(super) struct ConnInbox {
+    pub(super) msgs: RefCell<VecDeque<(u32, ReplyMsg)>>,
+    pub(super) waker: Cell<Option<Waker>>,
+}
+
+impl ConnInbox {
+    pub(super) fn push(&self, seq: u32, msg: ReplyMsg) {
+        self.msgs.borrow_mut().push_back((seq, msg));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The next reply if one is here already.
+    pub(super) fn try_recv(&self) -> Option<(u32, ReplyMsg)> {
+        self.msgs.borrow_mut().pop_front()
+    }
+
+    /// The next reply with its request number.
+    pub(super) async fn recv(&self) -> (u32, ReplyMsg) {
+        poll_fn(|cx| match self.msgs.borrow_mut().pop_front() {
+            Some(msg) => Poll::Ready(msg),
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+pub(super) struct Slot {
+    generation: u32,
+    inbox: Option<Rc<ConnInbox>>,
+}
+
+/// This I/O thread's state, shared by its tasks.
+pub(super) struct IoCtx {
+    pub(super) shared: Arc<Shared>,
+    /// This thread's sender of the request queue; taken out (dropped) when the thread
+    /// stops, whatever tasks the runtime may still keep, so the Python threads can end.
+    pub(super) requests: RefCell<Option<Sender<Request>>>,
+    pub(super) mailbox: Arc<IoMailbox>,
+    pub(super) slots: RefCell<Vec<Slot>>,
+    pub(super) free_slots: RefCell<Vec<u32>>,
+    pub(super) date: RefCell<DateCache>,
+    pub(super) stop: LocalEvent,
+    pub(super) live_conns: Cell<usize>,
+    pub(super) all_closed: RefCell<Option<Waker>>,
+    pub(super) stats: Cell<Stats>,
+}
+
+/// Counters for the lab: how well replies batch per wake-up.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Stats {
+    pub(super) requests: u64,
+    pub(super) replies: u64,
+    pub(super) wakeups: u64,
+}
+
+impl IoCtx {
+    pub(super) fn register(&self) -> (ConnToken, Rc<ConnInbox>) {
+        let inbox = Rc::new(ConnInbox::default());
+        let mut slots = self.slots.borrow_mut();
+        let slot = match self.free_slots.borrow_mut().pop() {
+            Some(slot) => slot,
+            None => {
+                slots.push(Slot {
+                    generation: 0,
+                    inbox: None,
+                });
+                (slots.len() - 1) as u32
+            }
+        };
+        let entry = &mut slots[slot as usize];
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.inbox = Some(inbox.clone());
+        (
+            ConnToken {
+                slot,
+                generation: entry.generation,
+            },
+            inbox,
+        )
+    }
+
+    pub(super) fn unregister(&self, token: ConnToken) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(entry) = slots.get_mut(token.slot as usize) {
+            if entry.generation == token.generation {
+                entry.inbox = None;
+                self.free_slots.borrow_mut().push(token.slot);
+            }
+        }
+    }
+
+    /// Hands one reply to its connection; a reply for a connection that is gone is dropped
+    /// (its exchange was cancelled when the connection ended).
+    pub(super) fn route(&self, reply: Reply) {
+        let inbox = {
+            let slots = self.slots.borrow();
+            match slots.get(reply.conn.slot as usize) {
+                Some(Slot {
+                    generation,
+                    inbox: Some(inbox),
+                }) if *generation == reply.conn.generation => inbox.clone(),
+                _ => return,
+            }
+        };
+        inbox.push(reply.seq, reply.msg);
+    }
+
+    /// Whether a new exchange may keep its connection: keep-alive enabled and the server
+    /// not stopping (one fact of [`Persistence`](crate::http::Persistence)).
+    pub(super) fn server_allows_keep_alive(&self) -> bool {
+        self.shared.config.keep_alive.is_some()
+            && !self
+                .shared
+                .stopping
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn error_response(&self, status: u16) -> Vec<u8> {
+        let mut out = Vec::with_capacity(192);
+        response::error_response(&mut out, status, self.date.borrow_mut().get());
+        out
+    }
+}
