@@ -24,21 +24,28 @@ call `run()` or `serve()` there.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Sequence
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no `typing` import at run time: `import spindle` stays cheap
+    from typing import Any, Callable, Iterable, Sequence
 
 __all__ = ["run", "serve", "__version__"]
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def __getattr__(name: str) -> str:
+    # __version__ on first use: importlib.metadata costs tens of milliseconds to import,
+    # and every `spindle` command starts by importing this package.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version("spindle")
-    except PackageNotFoundError:  # a source tree on sys.path, not installed
-        return "unknown"
-
-
-__version__ = _version()
+        try:
+            value = version("spindle")
+        except PackageNotFoundError:  # a source tree on sys.path, not installed
+            value = "unknown"
+        globals()["__version__"] = value
+        return value
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -51,8 +58,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     (Python's own handlers, such as KeyboardInterrupt, do not run meanwhile) and gives
     them back when it returns.
     """
-    import sys
-
     from spindle import _native
 
     if argv is None:
