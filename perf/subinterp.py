@@ -3,12 +3,14 @@
 
 For a CPU-bound app (perf/apps/cpu.py, ~200 µs of pure Python per request) and the hello
 app, measures req/s and peak RSS of:
-  Spindle --interpreters sub  --py-threads 1 and 2  (own-GIL sub-interpreters, PEP 684)
-  Spindle --interpreters main --py-threads 1 and 2  (threads sharing one GIL)
+  Spindle's defaults with 1 and with 2 own-GIL sub-interpreters (PEP 684): threads start at
+    one per interpreter and grow while requests wait and the interpreter's GIL is free
+  Spindle --interpreters sub --threads 1 and 2 (fixed: one thread per interpreter)
+  Spindle --interpreters main, threads on demand, and --threads 2 (threads sharing one GIL)
   gunicorn -w 2 (sync workers: one process per core, the usual way to use 2 cores)
 Every server gets one I/O thread / no pinning: the point is how Python spreads over the
-2 cores; wrk (1 thread) needs little CPU at these rates. The goal: sub with 2 threads
->= 1.8x sub with 1 thread on the CPU-bound app.
+2 cores; wrk (1 thread) needs little CPU at these rates. The goal: the defaults with 2
+sub-interpreters >= 1.8x the defaults with 1 on the CPU-bound app.
 
 Usage: perf/subinterp.py [--duration 10] [--connections 16]
   SPINDLE_BIN (default: this checkout's wheel, installed into build/perf-venv-X.Y), GUNICORN (default: from
@@ -103,7 +105,7 @@ def peak_rss_mib(pid: int) -> float:
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds so far of every thread in the process tree, grouped by thread name:
-    Spindle names its threads spindle-py-N and spindle-io-N."""
+    Spindle names its threads spindle-py and spindle-io-N."""
     tick = os.sysconf("SC_CLK_TCK")
     groups: dict[str, float] = {}
     for p in tree_pids(pid):
@@ -173,6 +175,17 @@ def measure(name: str, cmd: list[str], port: int, args) -> tuple[float, float, f
     return rps, rss, cores
 
 
+# (name, flags): the first is the ratio's base; the second is the defaults on 2 cores.
+CONFIGS = [
+    ("spindle sub, 1 interpreter (defaults)", ["--interpreters", "sub", "--sub-interpreters", "1"]),
+    ("spindle sub, 2 interpreters (defaults)", ["--interpreters", "sub", "--sub-interpreters", "2"]),
+    ("spindle sub --threads 1", ["--interpreters", "sub", "--threads", "1"]),
+    ("spindle sub --threads 2", ["--interpreters", "sub", "--threads", "2"]),
+    ("spindle main (threads on demand)", ["--interpreters", "main"]),
+    ("spindle main --threads 2", ["--interpreters", "main", "--threads", "2"]),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
@@ -194,19 +207,17 @@ def main() -> None:
     for app in ("cpu:app", "hello:app"):
         print(f"{app}:", file=sys.stderr)
         results = {}
-        for mode in ("sub", "main"):
-            for threads in (1, 2):
-                port = free_port()
-                cmd = [binary, "--bind", f"127.0.0.1:{port}", "--io-threads", "1", "--py-threads", str(threads),
-                       "--interpreters", mode, "--pythonpath", str(APPS), "--log-level", "warn", app]
-                results[(mode, threads)] = measure(f"spindle {mode} --py-threads {threads}", cmd, port, args)
+        for name, flags in CONFIGS:
+            port = free_port()
+            cmd = [binary, "--bind", f"127.0.0.1:{port}", "--io-threads", "1", *flags,
+                   "--pythonpath", str(APPS), "--log-level", "warn", app]
+            results[name] = measure(name, cmd, port, args)
         port = free_port()
         cmd = [gunicorn, "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}", "--chdir", str(APPS),
                "--log-level", "warning", app]
-        results["gunicorn"] = measure("gunicorn -w 2 (sync)", cmd, port, args)
-        base = results[("sub", 1)][0]
-        for key, (rps, rss, cores) in results.items():
-            name = "gunicorn -w 2 (sync)" if key == "gunicorn" else f"spindle {key[0]} --py-threads {key[1]}"
+        results["gunicorn -w 2 (sync)"] = measure("gunicorn -w 2 (sync)", cmd, port, args)
+        base = results[CONFIGS[0][0]][0]
+        for name, (rps, rss, cores) in results.items():
             rows.append((app, name, rps, rps / base, rss, cores))
 
     host = socket.gethostname()
@@ -219,7 +230,7 @@ def main() -> None:
         f"Spindle {binary} (Python {pyver}), wrk -t1 -c{args.connections} -d{args.duration}s",
         f"- cpu:app does {cpu.ITERATIONS} loop iterations: {call_us:.0f} µs per call here "
         f"(so one core tops out near {1e6 / call_us:.0f} req/s)",
-        "- ratio: req/s relative to `spindle sub --py-threads 1` on the same app",
+        f"- ratio: req/s relative to `{CONFIGS[0][0]}` on the same app",
         "- Python cores: CPU time of Spindle's Python threads per second of the run (gunicorn: all",
         "  its processes); the I/O thread and wrk share the same 2 cores, so 2 is out of reach",
         "",

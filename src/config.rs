@@ -57,12 +57,26 @@ struct Args {
     #[arg(long, value_name = "N")]
     io_threads: Option<usize>,
 
-    /// Number of Python threads that run the application [default: one per core]
-    #[arg(long, value_name = "N")]
-    py_threads: Option<usize>,
+    /// Python threads in this process, spread over its interpreters: exactly N, as
+    /// gunicorn's --threads. Threads buy waiting: while one waits on a database the others
+    /// of its interpreter run. Without it, each interpreter starts with one thread and grows
+    /// while requests wait and its GIL is free, up to --max-threads; idle ones leave after 30 s.
+    #[arg(long, visible_alias = "py-threads", value_name = "N")]
+    threads: Option<usize>,
 
-    /// Interpreters: `sub` gives each Python thread its own sub-interpreter and GIL, so Python
-    /// runs on every core; `main` shares one; `auto` picks `sub` when the app allows it.
+    /// Without --threads: the most Python threads the pool grows to, all interpreters
+    /// together [default: 128 per interpreter]
+    #[arg(long, value_name = "N")]
+    max_threads: Option<usize>,
+
+    /// Own-GIL sub-interpreters the Python threads are spread over. Interpreters buy
+    /// parallel Python, one core each; each imports the application [default: one per core]
+    #[arg(long, value_name = "N")]
+    sub_interpreters: Option<usize>,
+
+    /// Interpreters: `sub` runs the threads in own-GIL sub-interpreters (Python 3.12+), so
+    /// Python runs on every core; `main` runs them all on the main interpreter, sharing its
+    /// GIL; `auto` picks `sub` when the app allows it.
     #[arg(long, value_enum, env = "SPINDLE_INTERPRETERS", default_value = "auto")]
     interpreters: InterpreterChoice,
 
@@ -145,6 +159,34 @@ struct Args {
     version: bool,
 }
 
+/// How many Python threads run the application, in all interpreters together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Exactly this many (`--threads`).
+    Fixed(usize),
+    /// One per interpreter to start with, more while requests wait, up to `max`.
+    Grow { max: usize },
+}
+
+impl Threads {
+    /// (min, max) threads for each of `interpreters` interpreters, the first ones taking
+    /// any remainder of `Fixed`.
+    pub fn per_interpreter(self, interpreters: usize, index: usize) -> (usize, usize) {
+        let n = interpreters.max(1);
+        match self {
+            Threads::Fixed(total) => {
+                let each = total / n + usize::from(index < total % n);
+                (each.max(1), each.max(1))
+            }
+            Threads::Grow { max } => (1, max.div_ceil(n).max(1)),
+        }
+    }
+}
+
+/// Threads each interpreter may grow to by default: enough for an application that waits
+/// 5 ms per request to keep a core busy (ARCHITECTURE.md §6, "Threads").
+pub const DEFAULT_MAX_THREADS_PER_INTERPRETER: usize = 128;
+
 /// What a command line asks for.
 pub enum Command {
     Serve(Box<Config>),
@@ -160,7 +202,10 @@ pub struct Config {
     pub app: Option<String>,
     pub binds: Vec<SocketAddr>,
     pub io_threads: usize,
-    pub py_threads: usize,
+    /// How many Python threads, and whether the pool grows.
+    pub threads: Threads,
+    /// Sub-interpreters, when they are used (`--sub-interpreters`).
+    pub sub_interpreters: usize,
     pub interpreters: InterpreterChoice,
     pub chdir: Option<PathBuf>,
     pub pythonpath: Vec<PathBuf>,
@@ -271,11 +316,29 @@ impl Config {
             return Err("request limits are too small to read any request".into());
         }
         let keep_alive = seconds("keep-alive", args.keep_alive)?;
+        let mut sub_interpreters = positive("sub-interpreters", args.sub_interpreters)?;
+        let threads = match (args.threads, args.max_threads) {
+            (Some(0), _) => return Err("--threads must be at least 1".into()),
+            (Some(n), _) => {
+                // Each interpreter runs at least one thread.
+                sub_interpreters = sub_interpreters.min(n);
+                Threads::Fixed(n)
+            }
+            (None, Some(0)) => return Err("--max-threads must be at least 1".into()),
+            (None, Some(max)) => {
+                sub_interpreters = sub_interpreters.min(max);
+                Threads::Grow { max }
+            }
+            (None, None) => Threads::Grow {
+                max: DEFAULT_MAX_THREADS_PER_INTERPRETER * sub_interpreters,
+            },
+        };
         Ok(Config {
             app: args.app,
             binds,
             io_threads: positive("io-threads", args.io_threads)?,
-            py_threads: positive("py-threads", args.py_threads)?,
+            threads,
+            sub_interpreters,
             interpreters: args.interpreters,
             chdir: args.chdir,
             pythonpath: args.pythonpath,

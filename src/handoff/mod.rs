@@ -22,12 +22,12 @@ mod encoder;
 mod exchange;
 mod head;
 mod mailbox;
+mod queue;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
 
 use crate::http::Persistence;
 
@@ -35,6 +35,7 @@ pub use encoder::ResponseEncoder;
 pub use exchange::{Exchange, RESPONSE_WINDOW};
 pub use head::RequestHead;
 pub use mailbox::IoMailbox;
+pub use queue::{request_queue, Capacity, RequestSender};
 
 /// A request handed from an I/O thread to a Python thread.
 pub struct Request {
@@ -42,7 +43,11 @@ pub struct Request {
     pub body: RequestBody,
     /// How the response goes on the wire, chosen by the protocol that read the request.
     pub encoder: ResponseEncoder,
+    /// When the I/O thread began on the request (the access log's duration).
     pub started: Instant,
+    /// When it entered the queue: set by [`RequestSender::try_send`]. How long requests
+    /// wait there tells the pool whether more threads would help.
+    pub queued: Instant,
     pub reply: ReplyTo,
 }
 
@@ -155,10 +160,4 @@ pub struct Reply {
     pub conn: ConnToken,
     pub seq: u32,
     pub msg: ReplyMsg,
-}
-
-/// The queue from all I/O threads to all Python threads. Bounded: when it is full, I/O
-/// threads stop reading new requests (back-pressure) instead of buffering without limit.
-pub fn request_queue(capacity: usize) -> (Sender<Request>, Receiver<Request>) {
-    crossbeam_channel::bounded(capacity)
 }

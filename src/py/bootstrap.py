@@ -188,7 +188,7 @@ def demo_app(environ, start_response):
         ("Python", sys.version.split()[0] + " (" + sys.executable + ")"),
         ("I/O driver", info["driver"]),
         ("I/O threads", str(info["io_threads"])),
-        ("Python threads", str(info["py_threads"])),
+        ("Python threads", info["py_threads"]),
         ("Interpreter mode", info["mode"]),
         ("Your request", "%s %s" % (environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/"))),
     ]

@@ -45,10 +45,16 @@ pub(super) static READ_BODY: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_doc: c"read_body(token) -> bytes: the next piece of a streamed request body".as_ptr(),
 });
 
+/// The `Callbacks` a capsule owns, for the duration of one call of a function object
+/// holding that capsule.
+///
 /// # Safety
-/// `slf` must be one of our capsules (CPython passes the `self` we gave PyCFunction_NewEx).
-pub(super) unsafe fn callbacks(slf: *mut ffi::PyObject) -> &'static Callbacks {
-    // SAFETY: the capsule was made from a leaked `Callbacks` with CAPSULE_NAME.
+/// `slf` must be one of our capsules (CPython passes the `self` we gave PyCFunction_NewEx),
+/// and the result must not outlive the call: the capsule frees the `Callbacks` when the
+/// last function object holding it goes away.
+pub(super) unsafe fn callbacks<'a>(slf: *mut ffi::PyObject) -> &'a Callbacks {
+    // SAFETY: the capsule was made in `Worker::new` from a boxed `Callbacks` with
+    // CAPSULE_NAME, and the function object being called holds the capsule.
     unsafe { &*(ffi::PyCapsule_GetPointer(slf, CAPSULE_NAME.as_ptr()) as *const Callbacks) }
 }
 
@@ -252,8 +258,17 @@ unsafe extern "C" fn start_response(
         };
         resp.encoder.start(validated);
         drop(current);
-        // SAFETY: `write` was set at thread start to a function object we keep alive.
-        Ok(unsafe { Obj::from_borrowed_unchecked(gil, cb.write.get()) })
+        let write = cb.write.get();
+        if write.is_null() {
+            // Only once the thread stopped serving, and then no request is current.
+            return Err(runtime_error(
+                gil,
+                "start_response() called outside of a request",
+            ));
+        }
+        // SAFETY: `write` is set at thread start to a function object the worker keeps
+        // alive, and cleared before the worker lets it go.
+        Ok(unsafe { Obj::from_borrowed_unchecked(gil, write) })
     })
 }
 

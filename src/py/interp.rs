@@ -285,7 +285,7 @@ fn load_bootstrap<'py>(gil: Gil<'py>, info: &ServerInfo) -> PyResult<'py, Obj<'p
     )?;
     server_info.dict_set(
         gil.intern(c"py_threads")?.borrow(),
-        &gil.int(info.py_threads as i64)?,
+        &gil.str(&info.threads)?,
     )?;
     dict.dict_set(gil.intern(c"SERVER_INFO")?.borrow(), &server_info)?;
 
@@ -507,7 +507,8 @@ pub(crate) struct ServerInfo {
     pub driver: &'static str,
     pub mode: String,
     pub io_threads: usize,
-    pub py_threads: usize,
+    /// The Python threads, in words ("1 per interpreter, growing to 128 each").
+    pub threads: String,
     /// Other threads may call the same application object at the same time.
     pub multithread: bool,
     /// Other interpreters run their own copy of the application at the same time (module

@@ -18,8 +18,9 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `pool.rs` | the threads and the interpreter mode (sub, main, the fallback) |
-//! | `thread.rs` | one thread's life: its thread states, its sub-interpreter, the serve loop |
+//! | `pool.rs` | the interpreters, the interpreter mode (sub, main, the fallback), the grower |
+//! | `host.rs` | one interpreter and its threads: admitting, leaving, closing |
+//! | `thread.rs` | one thread's life: owner of a sub-interpreter or member, the serve loop |
 //! | `interp.rs` | one interpreter's state: bootstrap, the app, interned keys, base environ |
 //! | `environ.rs` | the environ of one request |
 //! | `worker.rs` | one request end to end: the app call, `close()`, failures, access log |
@@ -30,6 +31,7 @@
 
 mod callbacks;
 mod environ;
+mod host;
 mod interp;
 pub mod object;
 mod pool;

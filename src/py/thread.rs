@@ -1,27 +1,37 @@
-//! The life of a Python thread: attach a thread state of its own, create (and at the end
-//! destroy) its own-GIL sub-interpreter or join the main interpreter, then serve batches
-//! of requests from the queue until it closes.
+//! The life of a Python thread. Every thread attaches with a thread state of its own and
+//! serves batches of requests from the queue until it closes. Two kinds:
+//!
+//! - the **owner** of a sub-interpreter creates it (`Py_NewInterpreterFromConfig`, own GIL,
+//!   PEP 684), loads the application in it, serves, and at the end waits for the other
+//!   threads of its interpreter to leave before it ends the interpreter;
+//! - a **member** joins an interpreter that exists (a sub-interpreter, or the main one) with
+//!   `PyThreadState_New`, serves, and leaves: when the queue closes, or when it has been idle
+//!   for [`IDLE_LEAVE`] and its host keeps enough threads without it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pyo3_ffi as ffi;
 
-use super::interp::Interp;
-use super::interp::ServerInfo;
+use super::host::{Admission, Host, InterpState};
+use super::interp::{Interp, ServerInfo};
 use super::object::{Attached, Gil};
 use super::worker::Worker;
 use crate::config::Config;
-use crate::handoff::Request;
+use crate::handoff::{Capacity, Request};
 
-/// What a Python thread is told to run on.
-pub(super) enum ThreadInterp {
-    /// The main interpreter, whose state all Python threads share.
-    Main(Arc<Interp>),
-    /// A sub-interpreter with its own GIL, created by the thread itself.
-    Sub(SubInterp),
-}
+/// How soon an idle Python thread releases the shared bodies the I/O threads are done with.
+const RELEASE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A thread beyond its host's minimum that waited this long for a request leaves (the
+/// pool grows again on demand). Granian's blocking threads idle out after 30 s as well.
+pub(super) const IDLE_LEAVE: Duration = Duration::from_secs(30);
+
+/// The C stack of a Python thread: what `pthread_create` gives by default on Linux, which
+/// CPython's recursion limits assume (Rust's default of 2 MiB is not enough for a deep
+/// template render). Address space only; pages are touched as used.
+pub(super) const STACK_SIZE: usize = 8 << 20;
 
 /// What a thread needs to create its sub-interpreter and load the application in it.
 #[cfg_attr(not(Py_3_12), allow(dead_code))]
@@ -39,44 +49,38 @@ pub(super) struct StartError {
     pub message: String,
 }
 
-/// How soon an idle Python thread releases the shared bodies the I/O threads are done with.
-const RELEASE_INTERVAL: Duration = Duration::from_millis(10);
+/// What every Python thread works with.
+#[derive(Clone)]
+pub(super) struct ThreadCtx {
+    pub requests: Receiver<Request>,
+    pub capacity: Arc<Capacity>,
+    pub host: Arc<Host>,
+    pub access_log: bool,
+}
 
-/// The body of one Python thread: attach a thread state of its own, serve batches of
-/// requests until the queue closes, then delete the thread state.
-pub(super) fn python_thread(
-    interp: ThreadInterp,
-    requests: Receiver<Request>,
-    ready: Sender<Result<(), StartError>>,
-    access_log: bool,
-) {
-    // SAFETY: the main interpreter exists for the whole life of the Python threads (it is
-    // finalised only after they are joined); a new thread state is made for this thread
-    // and attached only here.
+/// The owner of a sub-interpreter: see the module documentation. The host counted it
+/// already (`Host::first_thread`).
+pub(super) fn owner_thread(spec: SubInterp, ctx: ThreadCtx, ready: Sender<Result<(), StartError>>) {
+    // SAFETY: the main interpreter exists for the whole life of the Python threads (the
+    // pool joins them before returning to the caller); a new thread state is made for this
+    // thread and attached only here.
     let main_tstate = unsafe { ffi::PyThreadState_New(ffi::PyInterpreterState_Main()) };
     // SAFETY: `main_tstate` is fresh, belongs to this thread and is attached nowhere else.
     let attached = unsafe { Attached::restore(main_tstate) };
-    match interp {
-        ThreadInterp::Main(interp) => {
-            // The main interpreter's state is shared: the main thread releases it at stop.
-            drop(serve(attached.gil(), interp, &requests, ready, access_log));
-        }
-        ThreadInterp::Sub(spec) => {
-            run_sub_interpreter(&spec, &requests, ready, access_log, main_tstate);
-        }
-    }
+    run_sub_interpreter(&spec, &ctx, ready, main_tstate);
     std::mem::forget(attached);
     end_thread_state(main_tstate);
+    ctx.host.thread_left();
 }
 
-/// Creates this thread's own-GIL sub-interpreter (PEP 684), imports the application in it,
-/// serves, and ends it. On return the thread's main-interpreter state is attached again.
+/// Creates this thread's own-GIL sub-interpreter (PEP 684), loads the application in it,
+/// serves, waits for the interpreter's other threads, and ends it. On return the thread's
+/// main-interpreter state is attached again.
 #[cfg(Py_3_12)]
 fn run_sub_interpreter(
     spec: &SubInterp,
-    requests: &Receiver<Request>,
+    ctx: &ThreadCtx,
     ready: Sender<Result<(), StartError>>,
-    access_log: bool,
     main_tstate: *mut ffi::PyThreadState,
 ) {
     // Isolated defaults (own GIL, own allocator, multi-phase extensions only), but allow
@@ -132,19 +136,27 @@ fn run_sub_interpreter(
                 let _ = ready.send(Err(StartError { message }));
             }
             Ok(interp) => {
-                let interp = serve(gil, Arc::new(interp), requests, ready, access_log);
-                match Arc::try_unwrap(interp) {
-                    Ok(interp) => interp.release(gil),
-                    Err(_) => {
-                        crate::log_warn!("sub-interpreter state still shared at exit; leaking it")
-                    }
+                let interp = Arc::new(interp);
+                // SAFETY: the sub-interpreter's thread state is attached here.
+                let state = unsafe { InterpState::current() };
+                ctx.host.set_ready(Admission {
+                    interp: interp.clone(),
+                    state,
+                });
+                serve(gil, interp, ctx, Some(ready), false);
+                // Every other thread of this interpreter leaves (the queue is closed), with
+                // this thread's GIL released so they can finish; then its state is ours.
+                let interp = gil.allow_threads(|| ctx.host.close(1));
+                match interp.map(Arc::try_unwrap) {
+                    Some(Ok(interp)) => interp.release(gil),
+                    _ => crate::log_warn!("sub-interpreter state still shared at exit; leaking it"),
                 }
             }
         }
     }
     // SAFETY: `sub_tstate` is the attached thread state of the interpreter we created on
-    // this thread, and no other thread state of it exists; ending it leaves none attached,
-    // so we attach the main one again for the caller.
+    // this thread, and every other thread state of it was deleted (`Host::close` waited for
+    // them); ending it leaves none attached, so we attach the main one again for the caller.
     unsafe {
         ffi::Py_EndInterpreter(sub_tstate);
         ffi::PyEval_RestoreThread(main_tstate);
@@ -154,9 +166,8 @@ fn run_sub_interpreter(
 #[cfg(not(Py_3_12))]
 fn run_sub_interpreter(
     _spec: &SubInterp,
-    _requests: &Receiver<Request>,
+    _ctx: &ThreadCtx,
     ready: Sender<Result<(), StartError>>,
-    _access_log: bool,
     _main_tstate: *mut ffi::PyThreadState,
 ) {
     let _ = ready.send(Err(StartError {
@@ -164,51 +175,106 @@ fn run_sub_interpreter(
     }));
 }
 
-/// Serves requests until the queue closes; returns the interpreter state to its owner.
+/// A member thread: joins the interpreter of `admission` (which its host admitted it to),
+/// serves, and leaves.
+pub(super) fn member_thread(
+    admission: Admission,
+    ctx: ThreadCtx,
+    ready: Option<Sender<Result<(), StartError>>>,
+) {
+    // SAFETY: the host admitted this thread while open, so the interpreter lives until this
+    // thread leaves (`Host::close` waits for it); a new thread state is made for this thread
+    // and attached only here.
+    let tstate = unsafe { ffi::PyThreadState_New(admission.state.as_ptr()) };
+    // SAFETY: `tstate` is fresh, belongs to this thread and is attached nowhere else.
+    let attached = unsafe { Attached::restore(tstate) };
+    let granted_leave = serve(attached.gil(), admission.interp, &ctx, ready, true);
+    std::mem::forget(attached);
+    end_thread_state(tstate);
+    if !granted_leave {
+        ctx.host.thread_left();
+    }
+}
+
+/// Serves requests until the queue closes or, for a member (`may_leave`), until it has
+/// been idle long enough and its host lets it go (then returns true: the host already
+/// counted it out).
 fn serve(
     gil: Gil<'_>,
     interp: Arc<Interp>,
-    requests: &Receiver<Request>,
-    ready: Sender<Result<(), StartError>>,
-    access_log: bool,
-) -> Arc<Interp> {
-    let worker = match Worker::new(gil, interp.clone(), access_log) {
+    ctx: &ThreadCtx,
+    ready: Option<Sender<Result<(), StartError>>>,
+    may_leave: bool,
+) -> bool {
+    let worker = match Worker::new(gil, interp, ctx.access_log) {
         Ok(worker) => worker,
         Err(err) => {
-            let _ = ready.send(Err(StartError {
-                message: err.summary(),
-            }));
-            return interp;
+            if let Some(ready) = ready {
+                let _ = ready.send(Err(StartError {
+                    message: err.summary(),
+                }));
+            }
+            return false;
         }
     };
-    let _ = ready.send(Ok(()));
-    drop(ready);
+    if let Some(ready) = ready {
+        let _ = ready.send(Ok(()));
+    }
+    let clock = ctx.host.register_thread_clock();
+    let mut idle_since = Instant::now();
+    let mut left = false;
     // Take every queued request before sleeping again: under load one wake-up serves many.
     loop {
         // While shared bodies are out, wake now and then to release them even when idle.
-        let first = if worker.releases.has_outstanding() {
-            match gil.allow_threads(|| requests.recv_timeout(RELEASE_INTERVAL)) {
-                Ok(first) => first,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    worker.release_written(gil);
-                    continue;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            }
+        let wait = if worker.releases.has_outstanding() {
+            Some(RELEASE_INTERVAL)
+        } else if may_leave {
+            Some(IDLE_LEAVE.saturating_sub(idle_since.elapsed()))
         } else {
-            match gil.allow_threads(|| requests.recv()) {
-                Ok(first) => first,
-                Err(_) => break,
-            }
+            None
         };
-        worker.handle(gil, first);
-        while let Ok(next) = requests.try_recv() {
-            worker.handle(gil, next);
+        let got = gil.allow_threads(|| {
+            ctx.capacity.thread_idle();
+            let got = match wait {
+                Some(wait) => ctx.requests.recv_timeout(wait),
+                None => ctx
+                    .requests
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            ctx.capacity.thread_busy();
+            if got.is_ok() {
+                ctx.host.gil_wait_begins();
+            }
+            got
+        });
+        match got {
+            Ok(first) => {
+                ctx.host.gil_wait_ends();
+                ctx.capacity.record_wait(first.queued.elapsed());
+                worker.handle(gil, first);
+                while let Ok(next) = ctx.requests.try_recv() {
+                    // A batch can last as long as requests keep coming: every request says
+                    // how long it waited (one clock read, ~20 ns).
+                    ctx.capacity.record_wait(next.queued.elapsed());
+                    worker.handle(gil, next);
+                }
+                worker.release_written(gil);
+                idle_since = Instant::now();
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                worker.release_written(gil);
+                if may_leave && idle_since.elapsed() >= IDLE_LEAVE && ctx.host.may_leave() {
+                    left = true;
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
         }
-        worker.release_written(gil);
     }
     worker.release(gil);
-    interp
+    ctx.host.unregister_thread_clock(clock);
+    left
 }
 
 fn end_thread_state(tstate: *mut ffi::PyThreadState) {

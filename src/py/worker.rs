@@ -30,7 +30,9 @@ pub(super) enum Outcome<'py> {
 /// One Python thread's own objects.
 pub(super) struct Worker {
     pub(super) interp: Arc<Interp>,
-    pub(super) cb: &'static Callbacks,
+    /// Owned by the capsule the three function objects below share: alive as long as
+    /// they are, and so at least as long as this `Worker` (see [`Worker::cb`]).
+    cb: std::ptr::NonNull<Callbacks>,
     pub(super) start_response: Held,
     pub(super) write: Held,
     pub(super) read_body: Held,
@@ -41,28 +43,34 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn new(gil: Gil<'_>, interp: Arc<Interp>, access_log: bool) -> PyResult<'_, Worker> {
-        let cb: &'static Callbacks = Box::leak(Box::new(Callbacks {
+        let cb = Box::into_raw(Box::new(Callbacks {
             current: RefCell::new(None),
             next_token: Cell::new(1),
             date: RefCell::new(DateCache::new()),
             write: Cell::new(std::ptr::null_mut()),
             client_disconnected: Cell::new(interp.client_disconnected.ptr(gil)),
         }));
-        // SAFETY: the capsule points to a leaked (never freed) `Callbacks`; GIL held.
+        // SAFETY: the capsule takes ownership of the boxed `Callbacks` and frees it in its
+        // destructor, when the last function object holding it is gone (an application may
+        // keep `start_response` beyond this thread's life: the capsule must never dangle,
+        // and it does not, since it owns what it points to). GIL held.
         let capsule = unsafe {
-            Obj::from_owned(
-                gil,
-                ffi::PyCapsule_New(
-                    std::ptr::from_ref(cb).cast_mut().cast::<c_void>(),
-                    CAPSULE_NAME.as_ptr(),
-                    None,
-                ),
-            )?
+            let capsule = ffi::PyCapsule_New(
+                cb.cast::<c_void>(),
+                CAPSULE_NAME.as_ptr(),
+                Some(free_callbacks),
+            );
+            if capsule.is_null() {
+                drop(Box::from_raw(cb));
+            }
+            Obj::from_owned(gil, capsule)?
         };
+        let cb = std::ptr::NonNull::new(cb).expect("Box::into_raw is never null");
         let start_response = new_function(gil, &START_RESPONSE, Some(&capsule))?.hold();
         let write = new_function(gil, &WRITE, Some(&capsule))?.hold();
         let read_body = new_function(gil, &READ_BODY, Some(&capsule))?.hold();
-        cb.write.set(write.ptr(gil));
+        // SAFETY: `cb` is alive: the capsule, held by the function objects, owns it.
+        unsafe { cb.as_ref() }.write.set(write.ptr(gil));
         Ok(Worker {
             interp,
             cb,
@@ -74,6 +82,13 @@ impl Worker {
         })
     }
 
+    /// This thread's callback state.
+    pub(super) fn cb(&self) -> &Callbacks {
+        // SAFETY: the capsule owning it is held by `start_response`, `write` and
+        // `read_body`, which this worker holds until `release` consumes it.
+        unsafe { self.cb.as_ref() }
+    }
+
     /// Releases the `bytes` objects the I/O threads are done writing.
     pub(super) fn release_written(&self, gil: Gil<'_>) {
         self.releases.drain(gil);
@@ -83,7 +98,11 @@ impl Worker {
         // Bodies still being written when the server stops are left to the interpreter's
         // end: only the ones already written come back here.
         self.releases.drain(gil);
-        self.cb.client_disconnected.set(std::ptr::null_mut());
+        let cb = self.cb();
+        cb.client_disconnected.set(std::ptr::null_mut());
+        // A `start_response` kept by the application may outlive `write`; it checks for
+        // this before handing `write` out.
+        cb.write.set(std::ptr::null_mut());
         self.start_response.release(gil);
         self.write.release(gil);
         self.read_body.release(gil);
@@ -95,14 +114,15 @@ impl Worker {
             body,
             encoder,
             started,
+            queued: _,
             reply,
         } = request;
         let peer = head.peer;
-        let token = self.cb.next_token.get();
-        self.cb.next_token.set(token + 1);
+        let token = self.cb().next_token.get();
+        self.cb().next_token.set(token + 1);
         let streaming = matches!(body, RequestBody::Stream);
         let exchange = reply.exchange.clone();
-        *self.cb.current.borrow_mut() = Some(Response::new(reply, encoder, streaming, token));
+        *self.cb().current.borrow_mut() = Some(Response::new(reply, encoder, streaming, token));
 
         let stream_input = || {
             let token = gil.int(token as i64)?;
@@ -119,7 +139,7 @@ impl Worker {
                     Err(err) => Outcome::Failed(err),
                     Ok(result) => {
                         let sink = ResultSink {
-                            cb: self.cb,
+                            cb: self.cb(),
                             interp: &self.interp,
                             releases: &self.releases,
                         };
@@ -150,10 +170,10 @@ impl Worker {
             )
         };
         let resp = match outcome {
-            Outcome::Done => self.cb.current.borrow_mut().take(),
+            Outcome::Done => self.cb().current.borrow_mut().take(),
             Outcome::Cancelled => {
                 log_debug!("{peer}: client gone during {}", request_line());
-                self.cb.current.borrow_mut().take()
+                self.cb().current.borrow_mut().take()
             }
             Outcome::Failed(err) if exchange.is_cancelled() => {
                 // Most likely the app tripping over the client going away (a
@@ -163,7 +183,7 @@ impl Worker {
                     request_line(),
                     err.summary()
                 );
-                self.cb.current.borrow_mut().take()
+                self.cb().current.borrow_mut().take()
             }
             Outcome::Failed(err) => {
                 self.report(
@@ -171,7 +191,7 @@ impl Worker {
                     err,
                     &format!("exception in the application ({})", request_line()),
                 );
-                let mut resp = self.cb.current.borrow_mut().take();
+                let mut resp = self.cb().current.borrow_mut().take();
                 if let Some(resp) = &mut resp {
                     if resp.ended {
                         // The response went out whole (the failure came from close()):
@@ -181,7 +201,7 @@ impl Worker {
                         // for a whole one, so the connection closes.
                         resp.reply.send(ReplyMsg::Abort);
                     } else {
-                        let out = resp.encoder.error(500, &mut self.cb.date.borrow_mut());
+                        let out = resp.encoder.error(500, &mut self.cb().date.borrow_mut());
                         resp.reply.send(ReplyMsg::Data {
                             bytes: out.bytes,
                             end: true,
@@ -210,5 +230,20 @@ impl Worker {
 
     pub(super) fn report<'py>(&self, gil: Gil<'py>, err: PyErr<'py>, context: &str) {
         super::interp::report(gil, Some(&self.interp.report_exception), err, context);
+    }
+}
+
+/// The capsule's destructor: frees the `Callbacks` it owns. CPython calls it when the
+/// capsule is deallocated, with the GIL of its interpreter held.
+unsafe extern "C" fn free_callbacks(capsule: *mut ffi::PyObject) {
+    // SAFETY: `capsule` is one of ours (made in `Worker::new` with this destructor), whose
+    // pointer came from `Box::into_raw`; it is freed once, here.
+    unsafe {
+        let ptr = ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr());
+        if !ptr.is_null() {
+            drop(Box::from_raw(ptr.cast::<Callbacks>()));
+        } else {
+            ffi::PyErr_Clear();
+        }
     }
 }

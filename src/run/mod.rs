@@ -91,11 +91,10 @@ pub fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>) -> anyhow::Res
         };
         for addr in &listeners.bound {
             log_info!(
-                "listening on http://{} ({}, {} I/O threads, {} Python threads, {})",
+                "listening on http://{} ({}, {} I/O threads, {})",
                 display_addr(*addr),
                 driver.name(),
                 config.io_threads,
-                config.py_threads,
                 mode
             );
         }

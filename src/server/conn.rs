@@ -257,6 +257,7 @@ impl Conn {
             body,
             encoder,
             started,
+            queued: started,
             reply: ReplyTo {
                 mailbox: self.ctx.mailbox.clone(),
                 conn: self.token,

@@ -9,11 +9,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use crossbeam_channel::Sender;
-
 use super::event::LocalEvent;
 use super::Shared;
-use crate::handoff::{ConnToken, IoMailbox, Reply, ReplyMsg, Request};
+use crate::handoff::{ConnToken, IoMailbox, Reply, ReplyMsg, RequestSender};
 use crate::http::date::DateCache;
 use crate::http::response;
 
@@ -60,7 +58,7 @@ pub(super) struct IoCtx {
     pub(super) shared: Arc<Shared>,
     /// This thread's sender of the request queue; taken out (dropped) when the thread
     /// stops, whatever tasks the runtime may still keep, so the Python threads can end.
-    pub(super) requests: RefCell<Option<Sender<Request>>>,
+    pub(super) requests: RefCell<Option<RequestSender>>,
     pub(super) mailbox: Arc<IoMailbox>,
     pub(super) slots: RefCell<Vec<Slot>>,
     pub(super) free_slots: RefCell<Vec<u32>>,

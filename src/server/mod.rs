@@ -16,10 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use crossbeam_channel::Sender;
 
 use crate::config::{Config, DriverChoice};
-use crate::handoff::{IoMailbox, Request};
+use crate::handoff::{IoMailbox, RequestSender};
 use crate::log_debug;
 
 /// The I/O driver actually running.
@@ -75,7 +74,7 @@ impl IoThreads {
         driver: Driver,
         listeners: Vec<Vec<std::net::TcpListener>>,
         mailboxes: Vec<Arc<IoMailbox>>,
-        requests: Sender<Request>,
+        requests: RequestSender,
     ) -> anyhow::Result<IoThreads> {
         let shared = Arc::new(Shared {
             config,
@@ -161,7 +160,7 @@ fn io_thread(
     driver: Driver,
     shared: Arc<Shared>,
     mailbox: Arc<IoMailbox>,
-    requests: Sender<Request>,
+    requests: RequestSender,
     listeners: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     yield_to_python_on_wakeup();

@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use monoio::net::TcpListener;
 
 use super::conn::Conn;
 use super::ctx::{IoCtx, Stats};
 use super::event::{race, Either, LocalEvent};
 use super::Shared;
-use crate::handoff::{IoMailbox, Request};
+use crate::handoff::{IoMailbox, RequestSender};
 use crate::http::date::DateCache;
 use crate::{log_debug, log_warn};
 
@@ -44,7 +43,7 @@ pub(super) async fn io_main(
     idx: usize,
     shared: Arc<Shared>,
     mailbox: Arc<IoMailbox>,
-    requests: Sender<Request>,
+    requests: RequestSender,
     listeners: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     let ctx = Rc::new(IoCtx {
