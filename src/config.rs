@@ -69,6 +69,11 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_threads: Option<usize>,
 
+    /// Seconds a Python thread beyond its interpreter's first waits for a request before it
+    /// leaves (the pool grows again on demand).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    thread_idle_timeout: f64,
+
     /// Own-GIL sub-interpreters the Python threads are spread over. Interpreters buy
     /// parallel Python, one core each; each imports the application [default: one per core]
     #[arg(long, value_name = "N")]
@@ -206,6 +211,8 @@ pub struct Config {
     pub threads: Threads,
     /// Sub-interpreters, when they are used (`--sub-interpreters`).
     pub sub_interpreters: usize,
+    /// How long a thread beyond its interpreter's minimum may idle before it leaves.
+    pub thread_idle_timeout: Duration,
     pub interpreters: InterpreterChoice,
     pub chdir: Option<PathBuf>,
     pub pythonpath: Vec<PathBuf>,
@@ -339,6 +346,8 @@ impl Config {
             io_threads: positive("io-threads", args.io_threads)?,
             threads,
             sub_interpreters,
+            thread_idle_timeout: seconds("thread-idle-timeout", args.thread_idle_timeout)?
+                .max(Duration::from_millis(10)),
             interpreters: args.interpreters,
             chdir: args.chdir,
             pythonpath: args.pythonpath,

@@ -21,9 +21,11 @@ pub struct Capacity {
     idle: AtomicUsize,
     /// Set by the I/O side when it asked the grower to look; cleared by the grower.
     asked: AtomicBool,
-    /// How long (µs) the first request of the latest batch a Python thread took had waited
-    /// in the queue.
+    /// How long (µs) the request a Python thread took last had waited in the queue.
     recent_wait_us: AtomicU64,
+    /// When (µs after `epoch`) a Python thread last took a request.
+    last_take_us: AtomicU64,
+    epoch: OnceLock<Instant>,
     /// The grower, when the pool may grow at all.
     grower: OnceLock<std::thread::Thread>,
 }
@@ -35,25 +37,45 @@ impl Capacity {
         self.idle.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// A Python thread stopped waiting (it has a request, or it is leaving).
+    /// A Python thread stopped waiting (it has a request, or it is leaving). When it was
+    /// the last idle one and `more_queued` says requests wait behind it, it asks the grower:
+    /// requests queued while it was still idle did not ask (the I/O side asks only when it
+    /// queues a request with no thread idle).
     #[inline]
-    pub fn thread_busy(&self) {
-        self.idle.fetch_sub(1, Ordering::AcqRel);
+    pub fn thread_busy(&self, more_queued: impl FnOnce() -> bool) {
+        if self.idle.fetch_sub(1, Ordering::AcqRel) == 1 && more_queued() {
+            self.ask_grower();
+        }
     }
 
-    /// A Python thread took a request that waited `waited` in the queue (the first of its
-    /// batch: the one that waited longest).
+    /// A Python thread took a request that was queued at `queued` (two stores, no
+    /// read-modify-write: the cost of one clock read per request).
     #[inline]
-    pub fn record_wait(&self, waited: Duration) {
-        self.recent_wait_us.store(
-            waited.as_micros().min(u64::MAX as u128) as u64,
+    pub fn record_take(&self, queued: Instant) {
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(queued);
+        self.recent_wait_us.store(micros(waited), Ordering::Relaxed);
+        self.last_take_us.store(
+            micros(now.saturating_duration_since(self.epoch())),
             Ordering::Relaxed,
         );
     }
 
-    /// How long requests waited in the queue lately.
+    /// How long the request taken last had waited in the queue.
     pub fn recent_wait(&self) -> Duration {
         Duration::from_micros(self.recent_wait_us.load(Ordering::Relaxed))
+    }
+
+    /// How long ago a Python thread last took a request: while every thread is held by a
+    /// long request, requests wait without anyone taking them, and the wait of the last
+    /// one taken says nothing about them.
+    pub fn since_last_take(&self) -> Duration {
+        let last = Duration::from_micros(self.last_take_us.load(Ordering::Relaxed));
+        self.epoch().elapsed().saturating_sub(last)
+    }
+
+    fn epoch(&self) -> Instant {
+        *self.epoch.get_or_init(Instant::now)
     }
 
     /// Threads waiting for a request right now.
@@ -71,10 +93,16 @@ impl Capacity {
     #[inline]
     fn request_queued(&self) {
         if self.idle.load(Ordering::Acquire) == 0 {
-            if let Some(grower) = self.grower.get() {
-                if !self.asked.swap(true, Ordering::AcqRel) {
-                    grower.unpark();
-                }
+            self.ask_grower();
+        }
+    }
+
+    /// Wakes the grower, unless it was asked already and has not looked yet.
+    #[inline]
+    fn ask_grower(&self) {
+        if let Some(grower) = self.grower.get() {
+            if !self.asked.swap(true, Ordering::AcqRel) {
+                grower.unpark();
             }
         }
     }
@@ -116,4 +144,8 @@ impl RequestSender {
 pub fn request_queue(capacity: usize, free: Arc<Capacity>) -> (RequestSender, Receiver<Request>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     (RequestSender { tx, capacity: free }, rx)
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
 }

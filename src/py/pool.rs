@@ -9,7 +9,7 @@
 //! thread is idle, and the interpreter's GIL is free (no thread of it waits to re-take it):
 //! an application that waits on a database gets the threads its waiting needs; a CPU-bound
 //! one stops at about two per interpreter, where its GIL is busy. Idle threads beyond the
-//! first leave after [`IDLE_LEAVE`](super::thread::IDLE_LEAVE).
+//! first leave after `--thread-idle-timeout` (30 s).
 //!
 //! The pool runs inside an already initialised CPython: [`Pool::start`] is called on the
 //! main thread of the main interpreter, with its GIL held, and returns with it held; the
@@ -49,6 +49,7 @@ struct Shared {
     requests: Receiver<Request>,
     capacity: Arc<Capacity>,
     access_log: bool,
+    idle_leave: Duration,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stopping: AtomicBool,
 }
@@ -60,6 +61,7 @@ impl Shared {
             capacity: self.capacity.clone(),
             host: host.clone(),
             access_log: self.access_log,
+            idle_leave: self.idle_leave,
         }
     }
 
@@ -124,6 +126,7 @@ impl Pool {
             requests: receiver,
             capacity,
             access_log: config.access_log,
+            idle_leave: config.thread_idle_timeout,
             threads: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
         });
@@ -459,8 +462,8 @@ fn spawn_member(
 }
 
 /// The grower: parked until the I/O side reports a request queued with no thread idle.
-/// Then, while requests wait in the queue, have waited at least [`GROW_AFTER_WAIT`], and no
-/// thread is idle, it adds threads one at a time, each to the interpreter with the fewest
+/// Then, while requests wait in the queue, wait long ([`GROW_AFTER_WAIT`]), and no thread
+/// is idle, it adds threads one at a time, each to the interpreter with the fewest
 /// threads among those that can use one ([`Host::can_use_another_thread`]: open, under its
 /// bound, its GIL not the bottleneck). When none can, it looks again after a pause that
 /// doubles up to [`GROW_BACKOFF_MAX`], so a pool at its bound or a CPU-bound one costs a
@@ -499,7 +502,11 @@ fn grow(shared: &Arc<Shared>, hosts: &[Arc<Host>]) {
         }
         let mut grew = false;
         let mut blocked = false;
-        while demand() && shared.capacity.recent_wait() >= GROW_AFTER_WAIT {
+        let waiting = || {
+            shared.capacity.recent_wait() >= GROW_AFTER_WAIT
+                || shared.capacity.since_last_take() >= GROW_AFTER_WAIT
+        };
+        while demand() && waiting() {
             if shared.stopping.load(Ordering::Acquire) {
                 return;
             }
@@ -550,9 +557,11 @@ fn grow(shared: &Arc<Shared>, hosts: &[Arc<Host>]) {
             } else {
                 (pause * 2).clamp(GROW_BACKOFF_MIN, GROW_BACKOFF_MAX)
             }
-        } else if demand() {
-            // Every thread busy, but requests do not wait long: a fast application under
-            // load. Look again later rather than at every request.
+        } else if !shared.requests.is_empty() {
+            // Requests queued, but they do not wait long, or a thread is about to take one
+            // (idle for an instant between two): look again soon, rather than at every
+            // request, and without waiting for a request that may never come (requests
+            // already queued do not ask again).
             GROW_RECHECK
         } else {
             Duration::ZERO
@@ -560,12 +569,12 @@ fn grow(shared: &Arc<Shared>, hosts: &[Arc<Host>]) {
     }
 }
 
-/// Requests must have waited this long in the queue before a thread is added: a fast
-/// application's batches come and go in microseconds with every thread busy, and more
-/// threads would only share its GIL; an application that waits leaves requests queued for
-/// its whole wait.
+/// Requests must have waited this long in the queue (the last one taken did, or none was
+/// taken for this long) before a thread is added: a fast application's batches come and go
+/// in microseconds with every thread busy, and more threads would only share its GIL; an
+/// application that waits leaves requests queued for its whole wait.
 const GROW_AFTER_WAIT: Duration = Duration::from_millis(2);
 const GROW_BACKOFF_MIN: Duration = Duration::from_millis(1);
-/// How soon the grower looks again when every thread is busy but requests wait little.
+/// How soon the grower looks again while requests are queued but wait little.
 const GROW_RECHECK: Duration = Duration::from_millis(5);
 const GROW_BACKOFF_MAX: Duration = Duration::from_millis(50);

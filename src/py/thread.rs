@@ -6,7 +6,7 @@
 //!   threads of its interpreter to leave before it ends the interpreter;
 //! - a **member** joins an interpreter that exists (a sub-interpreter, or the main one) with
 //!   `PyThreadState_New`, serves, and leaves: when the queue closes, or when it has been idle
-//!   for [`IDLE_LEAVE`] and its host keeps enough threads without it.
+//!   for `--thread-idle-timeout` and its host keeps enough threads without it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,10 +23,6 @@ use crate::handoff::{Capacity, Request};
 
 /// How soon an idle Python thread releases the shared bodies the I/O threads are done with.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(10);
-
-/// A thread beyond its host's minimum that waited this long for a request leaves (the
-/// pool grows again on demand). Granian's blocking threads idle out after 30 s as well.
-pub(super) const IDLE_LEAVE: Duration = Duration::from_secs(30);
 
 /// The C stack of a Python thread: what `pthread_create` gives by default on Linux, which
 /// CPython's recursion limits assume (Rust's default of 2 MiB is not enough for a deep
@@ -56,6 +52,9 @@ pub(super) struct ThreadCtx {
     pub capacity: Arc<Capacity>,
     pub host: Arc<Host>,
     pub access_log: bool,
+    /// A member idle this long leaves, when its host keeps enough threads without it
+    /// (`--thread-idle-timeout`; Granian's blocking threads idle out after 30 s as well).
+    pub idle_leave: Duration,
 }
 
 /// The owner of a sub-interpreter: see the module documentation. The host counted it
@@ -229,7 +228,7 @@ fn serve(
         let wait = if worker.releases.has_outstanding() {
             Some(RELEASE_INTERVAL)
         } else if may_leave {
-            Some(IDLE_LEAVE.saturating_sub(idle_since.elapsed()))
+            Some(ctx.idle_leave.saturating_sub(idle_since.elapsed()))
         } else {
             None
         };
@@ -242,7 +241,7 @@ fn serve(
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
-            ctx.capacity.thread_busy();
+            ctx.capacity.thread_busy(|| !ctx.requests.is_empty());
             if got.is_ok() {
                 ctx.host.gil_wait_begins();
             }
@@ -251,12 +250,12 @@ fn serve(
         match got {
             Ok(first) => {
                 ctx.host.gil_wait_ends();
-                ctx.capacity.record_wait(first.queued.elapsed());
+                ctx.capacity.record_take(first.queued);
                 worker.handle(gil, first);
                 while let Ok(next) = ctx.requests.try_recv() {
                     // A batch can last as long as requests keep coming: every request says
                     // how long it waited (one clock read, ~20 ns).
-                    ctx.capacity.record_wait(next.queued.elapsed());
+                    ctx.capacity.record_take(next.queued);
                     worker.handle(gil, next);
                 }
                 worker.release_written(gil);
@@ -264,7 +263,12 @@ fn serve(
             }
             Err(RecvTimeoutError::Timeout) => {
                 worker.release_written(gil);
-                if may_leave && idle_since.elapsed() >= IDLE_LEAVE && ctx.host.may_leave() {
+                if may_leave && idle_since.elapsed() >= ctx.idle_leave && ctx.host.may_leave() {
+                    crate::log_debug!(
+                        "Python pool: a thread left after {:?} idle ({} in its interpreter)",
+                        ctx.idle_leave,
+                        ctx.host.threads()
+                    );
                     left = true;
                     break;
                 }
