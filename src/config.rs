@@ -60,7 +60,8 @@ struct Args {
     /// Python threads in this process, spread over its interpreters: exactly N, as
     /// gunicorn's --threads. Threads buy waiting: while one waits on a database the others
     /// of its interpreter run. Without it, each interpreter starts with one thread and grows
-    /// while requests wait and its GIL is free, up to --max-threads; idle ones leave after 30 s.
+    /// while requests wait and its GIL is free, up to --max-threads; idle ones leave after
+    /// --thread-idle-timeout.
     #[arg(long, visible_alias = "py-threads", value_name = "N")]
     threads: Option<usize>,
 
