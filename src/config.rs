@@ -50,8 +50,63 @@ struct Args {
     app: Option<String>,
 
     /// Address to listen on, HOST:PORT or [IPv6]:PORT; repeatable. Port 0 picks a free port.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
+    #[arg(
+        short = 'b',
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8000"
+    )]
     bind: Vec<String>,
+
+    /// Worker processes, each a whole Spindle (I/O threads, Python threads, its own
+    /// interpreters) under a supervisor that replaces one that dies, hangs or has served
+    /// --max-requests, and reloads on SIGHUP.
+    #[arg(
+        short = 'w',
+        long,
+        value_name = "N",
+        env = "WEB_CONCURRENCY",
+        default_value_t = 1
+    )]
+    workers: usize,
+
+    /// Run everything in this one process, without a supervisor: for containers whose
+    /// orchestrator restarts the process, and for benchmarks. SIGHUP does not reload then.
+    #[arg(long)]
+    single_process: bool,
+
+    /// Seconds a request may run in the application before it is reported with the Python
+    /// stack of where it is, and its client answered 504; a worker whose every Python thread
+    /// is stuck so is replaced. 0: never.
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+
+    /// A worker that served this many requests is replaced (the new one first); 0: never.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_requests: u64,
+
+    /// Up to this many more requests, drawn per worker, so workers do not all restart at once.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_requests_jitter: u64,
+
+    /// A worker whose resident memory grows past this many MiB is replaced (the new one
+    /// first); 0: never.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    max_worker_memory: u64,
+
+    /// Import the application in the supervisor before the workers start, so a broken
+    /// import fails once, early (each worker still imports it for its own interpreters).
+    #[arg(long)]
+    preload: bool,
+
+    /// Reload (as on SIGHUP) when a Python file under the working directory or --pythonpath
+    /// changes: for development.
+    #[arg(long)]
+    reload: bool,
+
+    /// Internal: this process is a worker of a supervisor (slot, generation, descriptors).
+    #[arg(long, value_name = "SPEC", hide = true)]
+    internal_worker: Option<String>,
 
     /// Number of I/O threads, each with its own runtime, listener and core [default: one per core]
     #[arg(long, value_name = "N")]
@@ -148,7 +203,8 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     write_timeout: f64,
 
-    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM before Spindle exits anyway.
+    /// Seconds in-flight requests get to finish after SIGTERM (and a worker being replaced)
+    /// before Spindle stops them anyway.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     graceful_timeout: f64,
 
@@ -163,6 +219,57 @@ struct Args {
     /// Print Spindle's version and the Python it embeds, then exit.
     #[arg(long)]
     version: bool,
+}
+
+/// What a supervisor tells a worker it spawns (the hidden `--internal-worker` flag):
+/// `SLOT:GENERATION:CONTROL_FD:LISTENERS`, where LISTENERS lists each I/O thread's
+/// descriptors, `,` between the addresses of a thread and `;` between threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    pub slot: u32,
+    pub generation: u64,
+    pub control_fd: i32,
+    pub listener_fds: Vec<Vec<i32>>,
+}
+
+impl WorkerSpec {
+    pub fn encode(&self) -> String {
+        let listeners: Vec<String> = self
+            .listener_fds
+            .iter()
+            .map(|fds| {
+                fds.iter()
+                    .map(|fd| fd.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        format!(
+            "{}:{}:{}:{}",
+            self.slot,
+            self.generation,
+            self.control_fd,
+            listeners.join(";")
+        )
+    }
+
+    fn decode(spec: &str) -> Option<WorkerSpec> {
+        let mut parts = spec.splitn(4, ':');
+        let slot = parts.next()?.parse().ok()?;
+        let generation = parts.next()?.parse().ok()?;
+        let control_fd = parts.next()?.parse().ok()?;
+        let listener_fds = parts
+            .next()?
+            .split(';')
+            .map(|thread| thread.split(',').map(|fd| fd.parse().ok()).collect())
+            .collect::<Option<Vec<Vec<i32>>>>()?;
+        Some(WorkerSpec {
+            slot,
+            generation,
+            control_fd,
+            listener_fds,
+        })
+    }
 }
 
 /// How many Python threads run the application, in all interpreters together.
@@ -212,6 +319,21 @@ pub struct Config {
     pub threads: Threads,
     /// Sub-interpreters, when they are used (`--sub-interpreters`).
     pub sub_interpreters: usize,
+    /// Worker processes (`--workers`), each a whole Spindle.
+    pub workers: usize,
+    /// No supervisor: this process serves.
+    pub single_process: bool,
+    /// `--timeout`: how long a request may run in the application; `None`: forever.
+    pub timeout: Option<Duration>,
+    /// `--max-requests` (0: never) and its jitter.
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: u64,
+    /// `--max-worker-memory`, in bytes.
+    pub max_worker_memory: Option<u64>,
+    pub preload: bool,
+    pub reload: bool,
+    /// Set when this process is a supervisor's worker.
+    pub worker: Option<WorkerSpec>,
     /// How long a thread beyond its interpreter's minimum may idle before it leaves.
     pub thread_idle_timeout: Duration,
     pub interpreters: InterpreterChoice,
@@ -341,12 +463,44 @@ impl Config {
                 max: DEFAULT_MAX_THREADS_PER_INTERPRETER * sub_interpreters,
             },
         };
+        let worker = match &args.internal_worker {
+            Some(spec) => Some(
+                WorkerSpec::decode(spec)
+                    .ok_or_else(|| format!("--internal-worker {spec}: not a worker spec"))?,
+            ),
+            None => None,
+        };
+        if args.workers == 0 {
+            return Err("--workers must be at least 1 (WEB_CONCURRENCY too)".into());
+        }
+        if args.single_process && args.workers > 1 {
+            return Err(format!(
+                "--single-process runs one process, and --workers asks for {}: drop one of them",
+                args.workers
+            ));
+        }
+        if args.single_process
+            && (args.max_requests > 0 || args.max_worker_memory > 0 || args.reload)
+        {
+            return Err("--max-requests, --max-worker-memory and --reload replace worker processes: they need the supervisor (drop --single-process)".into());
+        }
+        let timeout = seconds("timeout", args.timeout)?;
         Ok(Config {
             app: args.app,
             binds,
             io_threads: positive("io-threads", args.io_threads)?,
             threads,
             sub_interpreters,
+            workers: args.workers,
+            single_process: args.single_process,
+            timeout: (!timeout.is_zero()).then_some(timeout),
+            max_requests: (args.max_requests > 0).then_some(args.max_requests),
+            max_requests_jitter: args.max_requests_jitter,
+            max_worker_memory: (args.max_worker_memory > 0)
+                .then(|| args.max_worker_memory.saturating_mul(1 << 20)),
+            preload: args.preload,
+            reload: args.reload,
+            worker,
             thread_idle_timeout: seconds("thread-idle-timeout", args.thread_idle_timeout)?
                 .max(Duration::from_millis(10)),
             interpreters: args.interpreters,

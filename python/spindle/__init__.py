@@ -12,8 +12,11 @@ From Python::
     spindle.serve(app, bind="0.0.0.0:8000", threads=8)                 # an app object
     spindle.run(["--bind", "0.0.0.0:8000", "myproject.wsgi:application"])
 
-The server runs in the calling Python process, so the virtual environment it runs in is
-the one the application is imported from. `spindle --help` lists every setting.
+The command (and `run()`) starts a supervisor in the calling process, which runs the
+application in ``--workers`` worker processes: ``python -m spindle`` of this same Python,
+with this process's ``sys.path``, so the virtual environment it runs in is the one the
+application is imported from. ``--single-process``, and `serve()` given an application
+object, serve in the calling process itself. `spindle --help` lists every setting.
 
 Importing this package loads no native code: the extension ``spindle._native`` is loaded
 by `run()` and `serve()` only, in the main interpreter. An application running in one of
@@ -50,7 +53,7 @@ def __getattr__(name: str) -> str:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Runs Spindle with a command line, as the ``spindle`` command does, and returns its
-    exit code: 0 after a clean stop (SIGINT or SIGTERM), 1 when it could not start (the
+    exit code: 0 after a clean stop (SIGTERM, or SIGINT), 1 when it could not start (the
     reason is on stderr), 2 for a bad command line. ``argv`` excludes the program name;
     by default it is ``sys.argv[1:]``.
 

@@ -137,6 +137,12 @@ impl RequestSender {
         self.capacity.request_queued();
         Ok(())
     }
+
+    /// Whether a Python thread waits for a request right now.
+    #[inline]
+    pub fn has_idle_thread(&self) -> bool {
+        self.capacity.idle() > 0
+    }
 }
 
 /// The queue from all I/O threads to all Python threads, bounded: when it is full, I/O

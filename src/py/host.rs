@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use pyo3_ffi as ffi;
 
 use super::interp::Interp;
+use super::watchdog::ThreadWatch;
 
 /// An interpreter's address, to make thread states for it on other threads.
 #[derive(Clone, Copy)]
@@ -78,7 +79,8 @@ const LOAD_WINDOW: Duration = Duration::from_millis(10);
 /// A sample older than this is not about the present load.
 const LOAD_STALE: Duration = Duration::from_millis(200);
 
-/// A thread's CPU-time clock, registered with its host while the thread lives.
+/// A thread's CPU-time clock (and its [`ThreadWatch`]), registered with its host while the
+/// thread lives.
 pub(super) struct ThreadClock {
     id: u64,
     clock: libc::clockid_t,
@@ -93,6 +95,8 @@ struct Inner {
     ready: Option<Admission>,
     /// The CPU-time clocks of the live threads, and the CPU time of those that left.
     clocks: Vec<(u64, libc::clockid_t)>,
+    /// What the live threads are doing, for `--timeout`'s watchdog.
+    watches: Vec<(u64, Arc<ThreadWatch>)>,
     next_clock: u64,
     left_cpu: Duration,
 }
@@ -108,6 +112,7 @@ impl Host {
                 closing: false,
                 ready: None,
                 clocks: Vec::new(),
+                watches: Vec::new(),
                 next_clock: 0,
                 left_cpu: Duration::ZERO,
             }),
@@ -146,6 +151,24 @@ impl Host {
         let admission = inner.ready.clone()?;
         inner.threads += 1;
         Some(admission)
+    }
+
+    /// Admits a short visit by a thread that is not one of the host's (the watchdog reading
+    /// a stuck thread's stack), beyond the bound but not once closing; the visitor must call
+    /// [`Host::thread_left`] when it is done.
+    pub(super) fn admit_visitor(&self) -> Option<Admission> {
+        let mut inner = self.lock();
+        if inner.closing {
+            return None;
+        }
+        let admission = inner.ready.clone()?;
+        inner.threads += 1;
+        Some(admission)
+    }
+
+    /// The watches of the live threads.
+    pub(super) fn watches(&self) -> Vec<Arc<ThreadWatch>> {
+        self.lock().watches.iter().map(|(_, w)| w.clone()).collect()
     }
 
     /// An idle thread asks to leave: granted while the host keeps its minimum.
@@ -272,8 +295,9 @@ impl Host {
                 .sum::<Duration>()
     }
 
-    /// The calling thread registers its CPU-time clock (once it is one of the host's).
-    pub(super) fn register_thread_clock(&self) -> ThreadClock {
+    /// The calling thread registers its CPU-time clock and its watch (once it is one of
+    /// the host's).
+    pub(super) fn register_thread_clock(&self, watch: Arc<ThreadWatch>) -> ThreadClock {
         let mut clock: libc::clockid_t = 0;
         // SAFETY: pthread_self is the calling thread, alive for the call; `clock` is a valid
         // out pointer.
@@ -284,6 +308,7 @@ impl Host {
         if rc == 0 {
             inner.clocks.push((id, clock));
         }
+        inner.watches.push((id, watch));
         ThreadClock { id, clock }
     }
 
@@ -292,6 +317,7 @@ impl Host {
     pub(super) fn unregister_thread_clock(&self, clock: ThreadClock) {
         let mut inner = self.lock();
         inner.clocks.retain(|&(id, _)| id != clock.id);
+        inner.watches.retain(|(id, _)| *id != clock.id);
         inner.left_cpu += clock_time(clock.clock);
     }
 

@@ -421,6 +421,12 @@ pub(crate) fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> PyResult<
         let text = gil.str(&dir.to_string_lossy())?;
         insert.call(&[zero.borrow(), text.borrow()])?;
     }
+    read_sys_path(gil)
+}
+
+/// The attached interpreter's sys.path (entries that are not text are left out).
+pub(crate) fn read_sys_path<'py>(gil: Gil<'py>) -> PyResult<'py, Vec<String>> {
+    let path = gil.import(c"sys")?.getattr(c"path")?;
     let mut snapshot = Vec::new();
     let entries = path.iter()?;
     while let Some(entry) = entries.next()? {
@@ -431,9 +437,10 @@ pub(crate) fn prepare_sys_path<'py>(gil: Gil<'py>, config: &Config) -> PyResult<
     Ok(snapshot)
 }
 
-/// Gives a new sub-interpreter the main interpreter's sys.path: what the program that
-/// started Spindle put there (its own directory, `sys.path.insert` calls, .pth files)
-/// holds for the sub-interpreters too, so an app that imports in one imports in all.
+/// Gives a new sub-interpreter the main interpreter's sys.path (and a worker process its
+/// supervisor's): what the program that started Spindle put there (its own directory,
+/// `sys.path.insert` calls, .pth files) holds for them too, so an app that imports in one
+/// imports in all.
 pub(crate) fn set_sys_path<'py>(gil: Gil<'py>, paths: &[String]) -> PyResult<'py, ()> {
     let sys = gil.import(c"sys")?;
     let list = sys.getattr(c"path")?;

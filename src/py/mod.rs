@@ -21,6 +21,7 @@
 //! | `pool.rs` | the interpreters, the interpreter mode (sub, main, the fallback), the grower |
 //! | `host.rs` | one interpreter and its threads: admitting, leaving, closing |
 //! | `thread.rs` | one thread's life: owner of a sub-interpreter or member, the serve loop |
+//! | `watchdog.rs` | `--timeout`: requests stuck in Python, their stacks, a process all stuck |
 //! | `interp.rs` | one interpreter's state: bootstrap, the app, interned keys, base environ |
 //! | `environ.rs` | the environ of one request |
 //! | `worker.rs` | one request end to end: the app call, `close()`, failures, access log |
@@ -37,6 +38,7 @@ pub mod object;
 mod pool;
 mod response;
 mod thread;
+mod watchdog;
 mod worker;
 
 use std::ffi::CStr;
@@ -44,7 +46,18 @@ use std::ffi::CStr;
 use pyo3_ffi as ffi;
 
 pub use interp::{ImportFailure, Interp};
-pub use pool::Pool;
+pub use pool::{preload, Pool};
+
+/// The main interpreter's sys.path, for a supervisor to hand to its workers.
+pub fn sys_path(gil: object::Gil<'_>) -> anyhow::Result<Vec<String>> {
+    interp::read_sys_path(gil).map_err(|e| anyhow::anyhow!("cannot read sys.path: {}", e.summary()))
+}
+
+/// Replaces the main interpreter's sys.path (a worker takes its supervisor's).
+pub fn replace_sys_path(gil: object::Gil<'_>, paths: &[String]) -> anyhow::Result<()> {
+    interp::set_sys_path(gil, paths)
+        .map_err(|e| anyhow::anyhow!("cannot set sys.path: {}", e.summary()))
+}
 
 /// The running Python's version, e.g. "3.13.0".
 pub fn python_version() -> String {

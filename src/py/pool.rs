@@ -30,6 +30,7 @@ use super::host::{Host, InterpState};
 use super::interp::{prepare_sys_path, AppSource, Interp, ServerInfo};
 use super::object::{Gil, Obj};
 use super::thread::{StartError, SubInterp, ThreadCtx, STACK_SIZE};
+use super::watchdog::Watchdog;
 use crate::config::{Config, InterpreterChoice, Threads};
 use crate::handoff::{request_queue, Capacity, Request, RequestSender};
 use crate::{log_debug, log_info, log_warn};
@@ -39,6 +40,10 @@ pub struct Pool {
     hosts: Vec<Arc<Host>>,
     shared: Arc<Shared>,
     grower: Option<std::thread::JoinHandle<()>>,
+    watchdog: Option<Watchdog>,
+    /// Set by the watchdog while every Python thread the pool may have is stuck past
+    /// `--timeout`.
+    all_stuck: Arc<AtomicBool>,
     mode: String,
     /// The application runs on the main interpreter.
     on_main: bool,
@@ -134,6 +139,8 @@ impl Pool {
             hosts: Vec::new(),
             shared,
             grower: None,
+            watchdog: None,
+            all_stuck: Arc::new(AtomicBool::new(false)),
             mode: String::new(),
             on_main: false,
         };
@@ -172,6 +179,13 @@ impl Pool {
         }
         if matches!(config.threads, Threads::Grow { .. }) {
             pool.start_grower()?;
+        }
+        if let Some(limit) = config.timeout {
+            pool.watchdog = Some(Watchdog::start(
+                pool.hosts.clone(),
+                limit,
+                pool.all_stuck.clone(),
+            )?);
         }
         log_info!(
             "Python {} ({}), app {app_name}",
@@ -214,7 +228,7 @@ impl Pool {
             io_threads: config.io_threads,
             threads: threads_description(config.threads),
             multithread: max > 1,
-            multiprocess: n > 1,
+            multiprocess: n > 1 || config.workers > 1,
         });
         let spec = || SubInterp {
             config: config.clone(),
@@ -266,7 +280,7 @@ impl Pool {
             io_threads: config.io_threads,
             threads: threads_description(config.threads),
             multithread: max > 1,
-            multiprocess: false,
+            multiprocess: config.workers > 1,
         };
         let interp = Arc::new(Interp::new(gil, config, &info, source, true)?);
         let host = Host::new(min, max);
@@ -340,6 +354,12 @@ impl Pool {
         self.join();
     }
 
+    /// True while every Python thread the pool may have is stuck in a request longer than
+    /// `--timeout` (the watchdog's finding): only a new process brings capacity back.
+    pub fn all_stuck(&self) -> Arc<AtomicBool> {
+        self.all_stuck.clone()
+    }
+
     /// How the application runs, for the log and the demo page.
     pub fn mode_description(&self) -> &str {
         &self.mode
@@ -360,6 +380,9 @@ impl Pool {
     /// handlers) after its other threads left. Call with the GIL released.
     pub fn join(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.stop();
+        }
         if let Some(grower) = self.grower.take() {
             grower.thread().unpark();
             let _ = grower.join();
@@ -396,6 +419,34 @@ impl Pool {
             }
         }
     }
+}
+
+/// `--preload`: imports the application once in this process's main interpreter (the
+/// supervisor's), so a broken import fails once, before any worker starts, with its
+/// traceback. Workers are fresh processes (started, not forked: ARCHITECTURE.md §10), so
+/// they import it again; nothing is shared with them.
+pub fn preload(gil: Gil<'_>, config: &Config) -> anyhow::Result<()> {
+    if let Some(dir) = &config.chdir {
+        std::env::set_current_dir(dir).with_context(|| format!("--chdir {}", dir.display()))?;
+    }
+    prepare_sys_path(gil, config).map_err(|e| anyhow!("cannot set sys.path: {}", e.summary()))?;
+    let info = ServerInfo {
+        driver: "none",
+        mode: "preload".to_string(),
+        io_threads: config.io_threads,
+        threads: threads_description(config.threads),
+        multithread: true,
+        multiprocess: config.workers > 1,
+    };
+    let interp = Interp::new(
+        gil,
+        config,
+        &info,
+        AppSource::Import(config.app.as_deref()),
+        true,
+    )?;
+    interp.release(gil);
+    Ok(())
 }
 
 /// The Python threads, for the demo page.

@@ -17,6 +17,7 @@ use pyo3_ffi as ffi;
 use super::host::{Admission, Host, InterpState};
 use super::interp::{Interp, ServerInfo};
 use super::object::{Attached, Gil};
+use super::watchdog::ThreadWatch;
 use super::worker::Worker;
 use crate::config::Config;
 use crate::handoff::{Capacity, Request};
@@ -219,7 +220,9 @@ fn serve(
     if let Some(ready) = ready {
         let _ = ready.send(Ok(()));
     }
-    let clock = ctx.host.register_thread_clock();
+    // SAFETY: this thread's state is attached (the caller's `gil`).
+    let watch = ThreadWatch::new(unsafe { ffi::PyThreadState_Get() });
+    let clock = ctx.host.register_thread_clock(watch.clone());
     let mut idle_since = Instant::now();
     let mut left = false;
     // Take every queued request before sleeping again: under load one wake-up serves many.
@@ -251,12 +254,16 @@ fn serve(
             Ok(first) => {
                 ctx.host.gil_wait_ends();
                 ctx.capacity.record_take(first.queued);
+                watch.busy();
                 worker.handle(gil, first);
+                watch.idle();
                 while let Ok(next) = ctx.requests.try_recv() {
                     // A batch can last as long as requests keep coming: every request says
                     // how long it waited (one clock read, ~20 ns).
                     ctx.capacity.record_take(next.queued);
+                    watch.busy();
                     worker.handle(gil, next);
+                    watch.idle();
                 }
                 worker.release_written(gil);
                 idle_since = Instant::now();
@@ -281,7 +288,7 @@ fn serve(
     left
 }
 
-fn end_thread_state(tstate: *mut ffi::PyThreadState) {
+pub(super) fn end_thread_state(tstate: *mut ffi::PyThreadState) {
     // SAFETY: `tstate` is attached on this thread; Clear needs it attached, and
     // DeleteCurrent deletes it and releases the GIL.
     unsafe {

@@ -2,6 +2,7 @@
 //! and address (`SO_REUSEPORT`), with the checks that make a bad `--bind` one clear error.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -33,6 +34,55 @@ pub struct Listeners {
     pub per_thread: Vec<Vec<std::net::TcpListener>>,
     /// The bound addresses (port 0 resolved), in `--bind` order.
     pub bound: Vec<SocketAddr>,
+}
+
+impl Listeners {
+    /// The listeners a supervisor bound and left open in this process, as descriptors:
+    /// `fds[i]` are I/O thread i's, one per address.
+    pub fn inherited(fds: &[Vec<i32>]) -> anyhow::Result<Listeners> {
+        for &fd in fds.iter().flatten() {
+            close_on_exec(fd).map_err(|e| anyhow::anyhow!("inherited listener {fd}: {e}"))?;
+        }
+        let per_thread: Vec<Vec<std::net::TcpListener>> = fds
+            .iter()
+            .map(|thread| {
+                thread
+                    .iter()
+                    // SAFETY: the supervisor passed these descriptors to this process as its
+                    // listeners (`--internal-worker`); nothing else here owns them.
+                    .map(|&fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
+                    .collect()
+            })
+            .collect();
+        let bound = match per_thread.first() {
+            Some(first) => first
+                .iter()
+                .map(|l| l.local_addr())
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        Ok(Listeners { per_thread, bound })
+    }
+
+    /// Their descriptors, as [`Listeners::inherited`] takes them.
+    pub fn fds(&self) -> Vec<Vec<i32>> {
+        self.per_thread
+            .iter()
+            .map(|thread| thread.iter().map(|l| l.as_raw_fd()).collect())
+            .collect()
+    }
+}
+
+/// Marks an inherited descriptor close-on-exec again, so the processes the application
+/// starts do not inherit it (a child holding the supervisor's socket pair would hide this
+/// worker's death; one holding a listener would keep the port). Fails on a descriptor that
+/// is not open.
+pub fn close_on_exec(fd: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl on a plain integer descriptor touches no memory of ours.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Binds `io_threads` listeners per address. Port 0 is resolved by the first bind and the

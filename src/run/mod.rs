@@ -1,25 +1,37 @@
-//! The process: one Spindle server from its command line to its exit code. This is the unit
-//! a supervisor repeats per worker process; it sits above the parts it runs (`server/` for
-//! the I/O threads, `py/` for the Python threads) and is the only module that knows the
-//! order of start-up and shutdown:
+//! The process: Spindle from its command line to its exit code. This is the only module
+//! that knows the order of start-up and shutdown; it sits above the parts it runs
+//! (`server/` for the I/O threads, `py/` for the Python threads). A process is one of:
 //!
-//! 1. parse the command line into a [`Config`];
-//! 2. take SIGINT, SIGTERM and SIGHUP (before any thread exists, so every thread inherits
-//!    the mask; `signals.rs` says who owns them and why);
-//! 3. bind the listeners (a bad `--bind` fails before Python does any work);
-//! 4. start the Python threads, importing the application: an import error ends the run
+//! - a **supervisor** (the default: `supervise.rs`): binds the listeners once, never imports
+//!   the application (unless `--preload`), and runs `--workers` worker processes, replacing
+//!   one that dies, hangs or is recycled, and reloading them on SIGHUP;
+//! - a **worker**, which the supervisor spawns (`python -m spindle ... --internal-worker`):
+//!   it serves on the listeners it inherited and tells the supervisor when it is ready;
+//! - a **single process** (`--single-process`, or an application object given to
+//!   `spindle.serve()`): binds and serves itself.
+//!
+//! A worker or a single process ([`serve`]):
+//!
+//! 1. installs its signal handlers (`signals.rs` says who owns the signals and why);
+//! 2. binds its listeners, or takes the ones it inherited (a bad `--bind` fails before
+//!    Python does any work);
+//! 3. starts the Python threads, importing the application: an import error ends the run
 //!    here with its traceback and one `error:` line;
-//! 5. start the I/O threads; log `listening on ...` (tests and scripts wait for it);
-//! 6. wait for a signal with the GIL released; then stop accepting, let in-flight requests
-//!    finish (bounded by `--graceful-timeout`), join the I/O threads, then the Python
-//!    threads (each ends its own sub-interpreter), and return.
+//! 4. starts the I/O threads; a single process logs `listening on ...` (tests and scripts
+//!    wait for it), a worker tells its supervisor it is ready;
+//! 5. waits for a signal with the GIL released, looking every second at what it must
+//!    report (`--max-requests`); then stops accepting, lets every exchange finish (bounded
+//!    by `--graceful-timeout`), joins the I/O threads, then the Python threads (each ends
+//!    its own sub-interpreter), and returns.
 //!
 //! It runs in an initialised CPython, on the main thread of the main interpreter with its
 //! GIL held (the `spindle` command and `python -m spindle` reach it through
 //! `spindle._native.run`), and returns with the GIL held.
 
+mod control;
 mod listen;
 mod signals;
+mod supervise;
 
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,12 +40,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::config::{Command, Config};
+use crate::config::{Command, Config, WorkerSpec};
 use crate::handoff::IoMailbox;
 use crate::py::object::{Gil, Obj};
 use crate::py::Pool;
 use crate::server::{choose_driver, IoThreads};
 use crate::{log_error, log_info, log_warn};
+use control::{RecycleReason, SupervisorLink, WorkerMessage};
+use listen::Listeners;
 use signals::{OwnedSignals, Signal, SignalSet};
 
 pub use listen::display_addr;
@@ -43,32 +57,88 @@ pub use listen::display_addr;
 /// line), 2 for a bad command line. `app`: an application object given by
 /// `spindle.serve()` in place of an import string.
 pub fn run(gil: Gil<'_>, args: Vec<OsString>, app: Option<&Obj<'_>>) -> i32 {
-    match Config::parse(args) {
+    match Config::parse(args.clone()) {
         Command::Exit(code) => code,
         Command::Version => {
             println!("spindle {}", crate::VERSION);
             println!("Python {}", crate::py::python_version());
             0
         }
-        Command::Serve(config) => match serve(gil, *config, app) {
-            Ok(()) => 0,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                1
+        Command::Serve(config) => {
+            let result = match config.worker.clone() {
+                Some(spec) => match SupervisorLink::from_fd(spec.control_fd) {
+                    Ok(link) => serve(gil, *config, app, Role::Worker { spec, link }),
+                    Err(err) => Err(anyhow::anyhow!(
+                        "--internal-worker is for Spindle's supervisor only (descriptor {}: {err})",
+                        spec.control_fd
+                    )),
+                },
+                None if app.is_some() && config.workers > 1 => Err(anyhow::anyhow!(
+                    "an application object lives in this process: --workers needs an import string such as 'myproject.wsgi:application'"
+                )),
+                None if config.single_process || app.is_some() => {
+                    serve(gil, *config, app, Role::Single)
+                }
+                None => supervise::supervise(gil, *config, args),
+            };
+            match result {
+                Ok(()) => 0,
+                // The worker printed why (its traceback and `error:` line).
+                Err(err) if err.is::<supervise::WorkerFailed>() => 1,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    1
+                }
             }
-        },
+        }
     }
 }
 
-/// Serves until SIGINT or SIGTERM, then drains and returns.
-pub fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>) -> anyhow::Result<()> {
+/// What kind of serving process this is.
+enum Role {
+    /// No supervisor: it binds, serves and answers every signal itself.
+    Single,
+    /// A supervisor's worker: inherited listeners, and a link to report on.
+    Worker {
+        spec: WorkerSpec,
+        link: SupervisorLink,
+    },
+}
+
+/// How a serving process stops.
+enum Stop {
+    /// Finish every exchange in progress and the connections waiting to be accepted.
+    Graceful(Signal),
+    /// Now, without waiting for anything.
+    Now(Signal),
+}
+
+/// Serves until told to stop (see [`Role`]), then drains and returns.
+fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> anyhow::Result<()> {
     crate::log::set_level(config.log_level);
-    let signals = OwnedSignals::block().context("cannot block SIGINT/SIGTERM/SIGHUP")?;
+    let signals = OwnedSignals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
     let driver = choose_driver(config.driver)?;
-    let listeners = listen::bind_all(&config)?;
+    let listeners = match &role {
+        Role::Single => listen::bind_all(&config)?,
+        Role::Worker { spec, .. } => {
+            if let Some(paths) = std::env::var_os(supervise::SYS_PATH_VAR) {
+                // Not for the processes the application starts. Only this thread runs yet,
+                // so nothing reads the environment meanwhile.
+                std::env::remove_var(supervise::SYS_PATH_VAR);
+                let paths: Vec<String> = paths
+                    .to_string_lossy()
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                crate::py::replace_sys_path(gil, &paths)?;
+            }
+            Listeners::inherited(&spec.listener_fds)?
+        }
+    };
     let (mut pool, requests) = Pool::start(gil, &config, driver.name(), app)?;
     let mode = pool.mode_description().to_string();
+    let all_stuck = pool.all_stuck();
     let set = signals.set();
 
     let served = gil.allow_threads(move || -> anyhow::Result<Pool> {
@@ -80,6 +150,7 @@ pub fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>) -> anyhow::Res
             listeners.per_thread,
             mailboxes,
             requests,
+            signals::block_in_this_thread,
         );
         let io = match io {
             Ok(io) => io,
@@ -89,16 +160,40 @@ pub fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>) -> anyhow::Res
                 return Err(err);
             }
         };
-        for addr in &listeners.bound {
-            log_info!(
-                "listening on http://{} ({}, {} I/O threads, {})",
-                display_addr(*addr),
-                driver.name(),
-                config.io_threads,
-                mode
-            );
+        match &role {
+            Role::Single => {
+                for addr in &listeners.bound {
+                    log_info!(
+                        "listening on http://{} ({}, {} I/O threads, {})",
+                        display_addr(*addr),
+                        driver.name(),
+                        config.io_threads,
+                        mode
+                    );
+                }
+            }
+            Role::Worker { spec, link } => {
+                log_info!(
+                    "worker {} (pid {}) ready: {}, {} I/O threads, {}",
+                    spec.slot,
+                    std::process::id(),
+                    driver.name(),
+                    config.io_threads,
+                    mode
+                );
+                if let Err(err) = link.send(&WorkerMessage::Ready) {
+                    log_error!("cannot tell the supervisor this worker is ready: {err}");
+                }
+            }
         }
-        let signal = wait_for_stop(set);
+        let stop = wait_for_stop(set, &role, &config, &io, &all_stuck);
+        let signal = match stop {
+            Stop::Now(signal) => {
+                log_info!("{} received: stopping now", signal.name());
+                std::process::exit(0);
+            }
+            Stop::Graceful(signal) => signal,
+        };
         log_info!(
             "{} received: finishing in-flight requests, then stopping",
             signal.name()
@@ -118,18 +213,88 @@ pub fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>) -> anyhow::Res
     Ok(())
 }
 
-/// Waits for a signal that stops the server. SIGHUP asks for a reload, which a single
-/// process without a supervisor cannot do without dropping its listeners: it says so and
-/// keeps serving (the default action, dying, would lose every request in flight).
-fn wait_for_stop(set: SignalSet) -> Signal {
+/// How often a serving process looks at what it must report while it waits for signals.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Waits for a signal that stops the server, looking every [`TICK`] at what it reports.
+///
+/// A single process: SIGTERM and SIGINT stop it gracefully (a second SIGINT stops it at
+/// once, see [`DrainWatchdog`]), SIGQUIT at once. SIGHUP asks for a reload, which a single
+/// process cannot do without dropping its listeners: it says so and keeps serving (dying,
+/// the default action, lost 53 of 83 requests in flight when it was tried).
+///
+/// A worker follows its supervisor (gunicorn's signals): SIGTERM gracefully, SIGINT and
+/// SIGQUIT at once; the others are the supervisor's to act on.
+fn wait_for_stop(
+    set: SignalSet,
+    role: &Role,
+    config: &Config,
+    io: &IoThreads,
+    all_stuck: &AtomicBool,
+) -> Stop {
+    let max_requests = config.max_requests.map(|n| n + jitter(config.max_requests_jitter));
+    let mut recycle_asked = false;
     loop {
-        match set.wait() {
-            Signal::Hup => log_warn!(
-                "SIGHUP received: reloading needs the supervisor; this process keeps serving"
+        let Some(signal) = set.wait_timeout(TICK) else {
+            let Role::Worker { link, .. } = role else {
+                continue;
+            };
+            if recycle_asked {
+                continue;
+            }
+            let reason = if all_stuck.load(Ordering::Acquire) {
+                RecycleReason::Timeout
+            } else if max_requests.is_some_and(|limit| io.requests_served() >= limit) {
+                log_info!(
+                    "worker served {} requests (--max-requests): asking to be replaced",
+                    io.requests_served()
+                );
+                RecycleReason::MaxRequests
+            } else {
+                continue;
+            };
+            recycle_asked = true;
+            if let Err(err) = link.send(&WorkerMessage::Recycle(reason)) {
+                log_error!("cannot ask the supervisor to replace this worker: {err}");
+            }
+            continue;
+        };
+        match (role, signal) {
+            (_, Signal::Term) => return Stop::Graceful(signal),
+            (Role::Single, Signal::Int) => return Stop::Graceful(signal),
+            (Role::Worker { .. }, Signal::Int) | (_, Signal::Quit) => return Stop::Now(signal),
+            (Role::Single, Signal::Hup) => log_warn!(
+                "SIGHUP received: reloading needs the supervisor (this process runs with --single-process); it keeps serving"
             ),
-            stop => return stop,
+            (_, Signal::Usr1) => {
+                log_info!("SIGUSR1 received: no log file to reopen (the log goes to stderr)")
+            }
+            (Role::Single, Signal::Ttin | Signal::Ttou) => log_warn!(
+                "{} received: adding or removing workers needs the supervisor; ignored",
+                signal.name()
+            ),
+            (Role::Worker { .. }, Signal::Hup | Signal::Ttin | Signal::Ttou) => {}
         }
     }
+}
+
+/// A random share of `--max-requests-jitter`, drawn once per worker so workers that started
+/// together do not all restart together.
+fn jitter(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let seed = u64::from(std::process::id())
+        ^ Instant::now().elapsed().as_nanos() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    // splitmix64: one step is enough to spread a seed this small.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % (max + 1)
 }
 
 /// Bounds the drain: an application stuck in a request must not keep the server alive for

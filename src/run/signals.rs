@@ -1,143 +1,233 @@
-//! The process's signals. Spindle owns SIGINT, SIGTERM and SIGHUP while it serves: they are
-//! blocked in the calling thread before any other thread starts (every thread inherits the
-//! mask, so none of them, and no Python code, ever sees these signals) and taken with
-//! `sigwait` by the thread that runs the server, the Python main thread when started from
-//! the `spindle` command. Python's own handlers (`KeyboardInterrupt` for SIGINT) do not run
-//! meanwhile: CPython runs signal handlers only on the main thread, between bytecodes, and
-//! that thread is waiting here with its GIL released. When the server returns, the mask the
-//! caller had is put back.
+//! The process's signals, while Spindle serves. A handler (`sigaction`) writes each signal's
+//! number to a pipe, and the thread that runs the server reads it: the classic self-pipe,
+//! chosen over blocking the signals in every thread (`sigwait`, `signalfd`) because a
+//! blocked mask is inherited: every process the application spawned from one of our
+//! threads would start with SIGTERM blocked, deaf to its own supervisor.
+//!
+//! Only the I/O threads block these signals (a signal landing there would interrupt
+//! `epoll_wait` or `io_uring_enter` for nothing); any other thread may run the handler,
+//! which only writes one byte. CPython runs Python-level handlers only on the main thread
+//! of the main interpreter, between bytecodes: while Spindle serves, that thread waits here
+//! with its GIL released, so Python's own handlers (KeyboardInterrupt) do not run; the
+//! handlers the caller had are put back when the server returns.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A signal Spindle acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// Ctrl-C: stop gracefully; a second one stops at once.
+    /// Ctrl-C: stop; gracefully in a single process the first time, at once the second.
     Int,
     /// Stop gracefully (what service managers and orchestrators send).
     Term,
-    /// Reload (what deploy tools send).
+    /// Stop at once.
+    Quit,
+    /// Reload: new workers with the current code, then the old ones drain.
     Hup,
+    /// One worker more.
+    Ttin,
+    /// One worker less.
+    Ttou,
+    /// Reopen log files.
+    Usr1,
 }
 
 impl Signal {
-    fn from_raw(sig: libc::c_int) -> Option<Signal> {
-        match sig {
-            libc::SIGINT => Some(Signal::Int),
-            libc::SIGTERM => Some(Signal::Term),
-            libc::SIGHUP => Some(Signal::Hup),
-            _ => None,
+    const ALL: [Signal; 7] = [
+        Signal::Int,
+        Signal::Term,
+        Signal::Quit,
+        Signal::Hup,
+        Signal::Ttin,
+        Signal::Ttou,
+        Signal::Usr1,
+    ];
+
+    fn raw(self) -> libc::c_int {
+        match self {
+            Signal::Int => libc::SIGINT,
+            Signal::Term => libc::SIGTERM,
+            Signal::Quit => libc::SIGQUIT,
+            Signal::Hup => libc::SIGHUP,
+            Signal::Ttin => libc::SIGTTIN,
+            Signal::Ttou => libc::SIGTTOU,
+            Signal::Usr1 => libc::SIGUSR1,
         }
+    }
+
+    fn from_raw(sig: libc::c_int) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.raw() == sig)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Signal::Int => "SIGINT",
             Signal::Term => "SIGTERM",
+            Signal::Quit => "SIGQUIT",
             Signal::Hup => "SIGHUP",
+            Signal::Ttin => "SIGTTIN",
+            Signal::Ttou => "SIGTTOU",
+            Signal::Usr1 => "SIGUSR1",
+        }
+    }
+
+    /// The number `kill(2)` takes.
+    pub fn number(self) -> i32 {
+        self.raw()
+    }
+}
+
+/// The write end of the pipe, for the handler (a signal handler can reach only statics).
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Async-signal-safe: an atomic load, write(2), and errno saved around it.
+    let fd = PIPE_WRITE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: errno is thread-local; reading and restoring it is what a handler must do
+        // so the interrupted code sees its own errno.
+        let saved = unsafe { *libc::__errno_location() };
+        let byte = sig as u8;
+        // SAFETY: writing one byte from a live local to a pipe we own; a full pipe (a storm
+        // of signals) drops the byte, which is harmless.
+        unsafe {
+            libc::write(fd, std::ptr::from_ref(&byte).cast(), 1);
+            *libc::__errno_location() = saved;
         }
     }
 }
 
-/// The signals blocked by [`OwnedSignals::block`], and the mask to put back.
+/// The handlers installed for [`Signal::ALL`], the pipe they write to, and the handlers
+/// to put back. One at a time per process.
 pub struct OwnedSignals {
-    set: libc::sigset_t,
-    previous: libc::sigset_t,
-    /// The mask is per thread: the value must be dropped on the thread that blocked.
-    _not_send: std::marker::PhantomData<*const ()>,
+    read: OwnedFd,
+    /// Kept open for the handler (`PIPE_WRITE`) until the handlers are put back.
+    _write: OwnedFd,
+    previous: Vec<(libc::c_int, libc::sigaction)>,
 }
 
-/// A copy of the set, for threads that wait too (the drain watchdog).
+/// A handle to wait for signals from any thread.
 #[derive(Clone, Copy)]
 pub struct SignalSet {
-    set: libc::sigset_t,
+    read: libc::c_int,
 }
 
-// SAFETY: a sigset_t is plain data (a bit array) with no pointers; waiting on a copy of it
-// from another thread is what sigwait is for.
-unsafe impl Send for SignalSet {}
-
 impl OwnedSignals {
-    /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and so in every thread it
-    /// starts from now on).
-    pub fn block() -> io::Result<OwnedSignals> {
-        // SAFETY: sigset_t is plain data; sigemptyset initialises `set` before any other
-        // use, and pthread_sigmask fills `previous`.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` and `previous` are valid, exclusively borrowed sigset_t; the calls
-        // only write them and the calling thread's signal mask.
-        let rc = unsafe {
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGHUP);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous)
-        };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
+    /// Installs Spindle's handlers for SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU and
+    /// SIGUSR1.
+    pub fn install() -> io::Result<OwnedSignals> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid out array of two ints.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
         }
-        Ok(OwnedSignals {
-            set,
-            previous,
-            _not_send: std::marker::PhantomData,
-        })
+        // SAFETY: pipe2 just made these descriptors, and nothing else owns them.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        if PIPE_WRITE
+            .compare_exchange(-1, write.as_raw_fd(), Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(io::Error::other(
+                "Spindle's signal handlers are installed already",
+            ));
+        }
+        let mut owned = OwnedSignals {
+            read,
+            _write: write,
+            previous: Vec::new(),
+        };
+        for signal in Signal::ALL {
+            // SAFETY: sigaction is plain data, filled before use; the handler only does
+            // async-signal-safe work (see `on_signal`).
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as *const () as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut previous: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal.raw(), &action, &mut previous) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                owned.previous.push((signal.raw(), previous));
+            }
+        }
+        Ok(owned)
     }
 
     pub fn set(&self) -> SignalSet {
-        SignalSet { set: self.set }
+        SignalSet {
+            read: self.read.as_raw_fd(),
+        }
     }
 }
 
 impl Drop for OwnedSignals {
-    /// Takes whatever of our signals is still pending (a second SIGTERM that came during the
-    /// drain was for us, not for the program we return to), then puts the caller's mask back.
+    /// Puts the caller's handlers back; a signal that came after the server stopped and was
+    /// not read is dropped with the pipe (it was for the server that is gone).
     fn drop(&mut self) {
-        let set = self.set();
-        while set.wait_timeout(Duration::ZERO).is_some() {}
-        // SAFETY: `previous` was filled by pthread_sigmask in `block`, on this thread (the
-        // value is not Send, so it is dropped on the thread that made it).
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, std::ptr::null_mut());
+        for (sig, previous) in &self.previous {
+            // SAFETY: `previous` was filled by sigaction for this signal in `install`.
+            unsafe {
+                libc::sigaction(*sig, previous, std::ptr::null_mut());
+            }
         }
+        PIPE_WRITE.store(-1, Ordering::Release);
     }
 }
 
 impl SignalSet {
-    /// Waits for one of the signals.
-    pub fn wait(&self) -> Signal {
-        loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `self.set` was initialised in `block`; `sig` is a valid out pointer.
-            let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
-            if rc == 0 {
-                if let Some(signal) = Signal::from_raw(sig) {
-                    return signal;
-                }
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for one of the signals; `None` when the time ran out.
+    /// Waits up to `timeout` for a signal; `None` when the time ran out.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Signal> {
         let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: `self.set` was initialised in `block`; `ts` is a valid timespec; the
-            // siginfo pointer may be NULL.
-            let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
-            if let Some(signal) = Signal::from_raw(sig) {
+            if let Some(signal) = self.take() {
                 return Some(signal);
             }
-            if left.is_zero() || Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return None;
             }
+            let mut pfd = libc::pollfd {
+                fd: self.read,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd for the call.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
         }
+    }
+
+    /// A signal already delivered, if any.
+    fn take(&self) -> Option<Signal> {
+        loop {
+            let mut byte = 0u8;
+            // SAFETY: reading one byte into a live local from our non-blocking pipe.
+            let n = unsafe { libc::read(self.read, std::ptr::from_mut(&mut byte).cast(), 1) };
+            if n != 1 {
+                return None;
+            }
+            if let Some(signal) = Signal::from_raw(byte.into()) {
+                return Some(signal);
+            }
+        }
+    }
+}
+
+/// Blocks Spindle's signals in the calling thread (an I/O thread: see the module
+/// documentation).
+pub fn block_in_this_thread() {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the call only
+    // changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in Signal::ALL {
+            libc::sigaddset(&mut set, signal.raw());
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,7 +159,8 @@ impl Conn {
     }
 
     /// Reads until a whole head is buffered. `Ok(None)`: the connection should close quietly
-    /// (client closed, keep-alive idle timeout, server stopping).
+    /// (client closed, keep-alive idle timeout, server stopping and no request came within
+    /// `STOP_GRACE`).
     async fn read_head(&mut self) -> Result<Option<ParsedHead>, HttpError> {
         let config = &self.ctx.shared.config;
         let limits = config.limits;
@@ -174,9 +176,6 @@ impl Conn {
                 if let Some(head) = parse_head(&self.buf, &limits)? {
                     return Ok(Some(head));
                 }
-            }
-            if waiting_first_byte && self.ctx.stop.is_set() {
-                return Ok(None);
             }
             match self
                 .read_more(deadline, READ_BUFFER, waiting_first_byte)
@@ -383,7 +382,20 @@ impl Conn {
                                 if self.flush(out, batch, to_release).await.is_err() {
                                     return ConnectionEnd::Close;
                                 }
-                                self.inbox.recv().await
+                                match self.ctx.shared.config.timeout {
+                                    None => self.inbox.recv().await,
+                                    Some(limit) => {
+                                        let next = self.inbox.recv();
+                                        match monoio::time::timeout(limit, next).await {
+                                            Ok(next) => next,
+                                            Err(_elapsed) => {
+                                                return self
+                                                    .application_timed_out(limit, response_started)
+                                                    .await;
+                                            }
+                                        }
+                                    }
+                                }
                             }
                         };
                         let offset = seq.wrapping_sub(first_seq) as usize;
@@ -527,6 +539,33 @@ impl Conn {
         ConnectionEnd::KeepAlive
     }
 
+    /// `--timeout`: the application gave this connection nothing for `limit` (no response
+    /// yet, or no next piece of it). The client is answered 504 when nothing of the response
+    /// was sent, or the connection is closed in the middle of it (the response is visibly
+    /// cut short); dropping the batch cancels the exchange, so the Python thread drops what
+    /// it still produces and calls `close()` when it comes back (ARCHITECTURE.md §10). The
+    /// Python side logs the stuck thread's stack.
+    async fn application_timed_out(
+        &mut self,
+        limit: Duration,
+        response_started: bool,
+    ) -> ConnectionEnd {
+        log_warn!(
+            "{}: the application sent nothing for --timeout {} s: {}",
+            self.peer,
+            limit.as_secs_f64(),
+            if response_started {
+                "closing the connection in the middle of its response"
+            } else {
+                "answering 504"
+            }
+        );
+        if !response_started {
+            self.fail(504).await;
+        }
+        ConnectionEnd::Close
+    }
+
     /// Writes the coalesced responses in `out`, then gives their counted bytes back to the
     /// exchanges' windows.
     async fn flush(
@@ -572,6 +611,7 @@ impl Conn {
                     let mut stats = self.ctx.stats.get();
                     stats.requests += 1;
                     self.ctx.stats.set(stats);
+                    self.ctx.shared.served[self.ctx.index].store(stats.requests, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(TrySendError::Full(back)) => {

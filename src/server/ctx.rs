@@ -55,6 +55,8 @@ pub(super) struct Slot {
 
 /// This I/O thread's state, shared by its tasks.
 pub(super) struct IoCtx {
+    /// This I/O thread's number.
+    pub(super) index: usize,
     pub(super) shared: Arc<Shared>,
     /// This thread's sender of the request queue; taken out (dropped) when the thread
     /// stops, whatever tasks the runtime may still keep, so the Python threads can end.
@@ -137,6 +139,14 @@ impl IoCtx {
                 .shared
                 .stopping
                 .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a Python thread waits for a request right now (false once stopped).
+    pub(super) fn python_has_idle_thread(&self) -> bool {
+        self.requests
+            .borrow()
+            .as_ref()
+            .is_some_and(|requests| requests.has_idle_thread())
     }
 
     pub(super) fn error_response(&self, status: u16) -> Vec<u8> {

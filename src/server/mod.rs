@@ -12,7 +12,7 @@ mod sendfile;
 mod socket;
 mod thread;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -57,6 +57,8 @@ pub fn choose_driver(choice: DriverChoice) -> anyhow::Result<Driver> {
 pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub stopping: AtomicBool,
+    /// Requests handed to Python, one counter per I/O thread (each writes only its own).
+    pub served: Vec<AtomicU64>,
 }
 
 /// The running I/O threads.
@@ -69,16 +71,19 @@ pub struct IoThreads {
 impl IoThreads {
     /// Starts one I/O thread per entry of `listeners` (each pinned to a core, in order),
     /// handing requests to `requests` and taking replies through `mailboxes` (one each).
+    /// Each thread first calls `thread_init` (the process's owner blocks its signals there).
     pub fn start(
         config: Arc<Config>,
         driver: Driver,
         listeners: Vec<Vec<std::net::TcpListener>>,
         mailboxes: Vec<Arc<IoMailbox>>,
         requests: RequestSender,
+        thread_init: fn(),
     ) -> anyhow::Result<IoThreads> {
         let shared = Arc::new(Shared {
             config,
             stopping: AtomicBool::new(false),
+            served: (0..listeners.len()).map(|_| AtomicU64::new(0)).collect(),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut handles = Vec::new();
@@ -90,6 +95,7 @@ impl IoThreads {
             let handle = std::thread::Builder::new()
                 .name(format!("spindle-io-{idx}"))
                 .spawn(move || {
+                    thread_init();
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
@@ -103,6 +109,15 @@ impl IoThreads {
             mailboxes,
             handles,
         })
+    }
+
+    /// Requests handed to Python so far, by every I/O thread.
+    pub fn requests_served(&self) -> u64 {
+        self.shared
+            .served
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Stops accepting; connections finish the exchange they are in (idle ones close), and

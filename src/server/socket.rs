@@ -18,6 +18,10 @@ use crate::log_debug;
 /// the response before the client reads it.
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
+/// When the server stops, how long an idle keep-alive connection still waits for a request
+/// that may be on its way (sent before the stop, not read yet): it is served, with
+/// `Connection: close`, instead of being lost with the connection (ARCHITECTURE.md §10).
+pub(super) const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Conn {
     /// Writes all of `buf`, giving up when one write makes no progress for
@@ -130,9 +134,13 @@ impl Conn {
             self.stream.read(SliceMut::new(buf, start, end)),
         );
         let result = if interruptible {
-            match race(read, self.ctx.stop.wait()).await {
+            let mut read = std::pin::pin!(read);
+            match race(read.as_mut(), self.ctx.stop.wait()).await {
                 Either::Left(result) => result,
-                Either::Right(()) => return ReadOutcome::Stopped,
+                Either::Right(()) => match monoio::time::timeout(STOP_GRACE, read).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => return ReadOutcome::Stopped,
+                },
             }
         } else {
             read.await

@@ -47,6 +47,7 @@ pub(super) async fn io_main(
     listeners: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     let ctx = Rc::new(IoCtx {
+        index: idx,
         shared,
         requests: RefCell::new(Some(requests)),
         mailbox,
@@ -111,28 +112,17 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: TcpListener) {
     // is bound to a wildcard address: then ask (one getsockname) per connection.
     let listener_addr = listener.local_addr().ok();
     let fixed_local = listener_addr.filter(|addr| !addr.ip().is_unspecified());
+    let shares_listeners = ctx.shared.config.workers > 1;
     loop {
+        if shares_listeners {
+            leave_connections_to_idle_workers(&ctx).await;
+        }
         let accepted = match race(listener.accept(), ctx.stop.wait()).await {
             Either::Left(accepted) => accepted,
-            Either::Right(()) => return,
+            Either::Right(()) => break,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let local = match fixed_local {
-                    Some(addr) => addr,
-                    None => stream.local_addr().ok().or(listener_addr).unwrap_or(peer),
-                };
-                ctx.live_conns.set(ctx.live_conns.get() + 1);
-                let guard = LiveGuard(ctx.clone());
-                monoio::spawn(async move {
-                    let ctx = guard.0.clone();
-                    let (token, inbox) = ctx.register();
-                    let mut conn = Conn::new(ctx.clone(), stream, token, inbox, peer, local);
-                    conn.serve().await;
-                    ctx.unregister(token);
-                    drop(guard);
-                });
-            }
+            Ok((stream, peer)) => serve_connection(&ctx, stream, peer, fixed_local, listener_addr),
             Err(err) => {
                 // EMFILE and friends: log, back off briefly, keep accepting.
                 log_warn!("accept failed: {err}");
@@ -140,4 +130,54 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: TcpListener) {
             }
         }
     }
+    // Stopping: the connections already waiting in the accept queue were sent before the
+    // stop; serve them too (gunicorn#3397), then stop accepting (ARCHITECTURE.md §10).
+    while let Ok(Ok((stream, peer))) = monoio::time::timeout(BACKLOG_POLL, listener.accept()).await
+    {
+        serve_connection(&ctx, stream, peer, fixed_local, listener_addr);
+    }
+}
+
+/// How long a stopping accept loop waits for one more connection from the accept queue: a
+/// queued connection is accepted at once, so this only bounds the last, empty, wait.
+const BACKLOG_POLL: Duration = Duration::from_millis(1);
+
+/// How long a worker whose Python threads are all busy holds off accepting, leaving new
+/// connections to workers with a free thread; after it, it accepts anyway (every worker may
+/// be busy, and it can grow). How often it looks meanwhile:
+const BUSY_HOLD_OFF: Duration = Duration::from_millis(20);
+const BUSY_LOOK_EVERY: Duration = Duration::from_millis(1);
+
+/// With several workers on the same listening sockets, the kernel hands a connection to
+/// whichever worker is waiting in `accept`, and a worker's I/O thread waits there however
+/// busy its Python threads are. So while none of this worker's Python threads is free, it
+/// waits before accepting, up to [`BUSY_HOLD_OFF`] (ARCHITECTURE.md §10).
+async fn leave_connections_to_idle_workers(ctx: &IoCtx) {
+    let since = std::time::Instant::now();
+    while !ctx.python_has_idle_thread() && since.elapsed() < BUSY_HOLD_OFF && !ctx.stop.is_set() {
+        monoio::time::sleep(BUSY_LOOK_EVERY).await;
+    }
+}
+
+fn serve_connection(
+    ctx: &Rc<IoCtx>,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    fixed_local: Option<std::net::SocketAddr>,
+    listener_addr: Option<std::net::SocketAddr>,
+) {
+    let local = match fixed_local {
+        Some(addr) => addr,
+        None => stream.local_addr().ok().or(listener_addr).unwrap_or(peer),
+    };
+    ctx.live_conns.set(ctx.live_conns.get() + 1);
+    let guard = LiveGuard(ctx.clone());
+    monoio::spawn(async move {
+        let ctx = guard.0.clone();
+        let (token, inbox) = ctx.register();
+        let mut conn = Conn::new(ctx.clone(), stream, token, inbox, peer, local);
+        conn.serve().await;
+        ctx.unregister(token);
+        drop(guard);
+    });
 }

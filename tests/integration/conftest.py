@@ -167,9 +167,27 @@ class Spindle:
     def pid(self) -> int:
         return self.proc.pid
 
+    def worker_pids(self) -> list[int]:
+        """The processes the started one spawned: its workers when it supervises."""
+        children: list[int] = []
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{task}/children") as f:
+                children += [int(p) for p in f.read().split()]
+        return children
+
+    @property
+    def serving_pid(self) -> int:
+        """The process that runs the application: the one worker of a supervisor started
+        with one (the default), or the started process itself with --single-process."""
+        workers = self.worker_pids()
+        if not workers:
+            return self.pid
+        assert len(workers) == 1, f"serving_pid needs one worker, and there are {workers}"
+        return workers[0]
+
     def proc_status(self, field: str) -> int:
-        """A /proc/<pid>/status field in KiB (VmRSS, VmHWM)."""
-        with open(f"/proc/{self.pid}/status") as f:
+        """A /proc/<pid>/status field in KiB (VmRSS, VmHWM) of the serving process."""
+        with open(f"/proc/{self.serving_pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])

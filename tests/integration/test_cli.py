@@ -15,7 +15,9 @@ from rawhttp import request
 
 PY_MAJOR_MINOR = "%d.%d" % sys.version_info[:2]
 
-ALL_FLAGS = ["--bind", "--io-threads", "--py-threads", "--chdir", "--pythonpath", "--log-level",
+ALL_FLAGS = ["--bind", "--io-threads", "--threads", "--py-threads", "--max-threads", "--thread-idle-timeout",
+             "--sub-interpreters", "--interpreters", "--workers", "--single-process", "--timeout",
+             "--max-requests", "--max-requests-jitter", "--max-worker-memory", "--preload", "--reload", "--chdir", "--pythonpath", "--log-level",
              "--access-log", "--keep-alive", "--backlog", "--driver", "--limit-request-line",
              "--limit-request-fields", "--limit-request-field-size", "--limit-request-head",
              "--limit-request-body", "--header-timeout", "--root-path", "--version", "--help"]
@@ -206,9 +208,13 @@ def test_driver_epoll_and_backlog(spindle):
     srv.assert_serving()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_lets_in_flight_request_finish(spindle, sig):
-    srv = spindle("wsgi_app:app")
+# Supervised (the default), SIGTERM is the graceful stop and SIGINT the fast one, as in
+# gunicorn; a single process, run from a terminal, takes Ctrl-C gracefully too.
+@pytest.mark.parametrize("sig, extra", [(signal.SIGTERM, []), (signal.SIGTERM, ["--single-process"]),
+                                        (signal.SIGINT, ["--single-process"])],
+                         ids=["SIGTERM", "SIGTERM-single", "SIGINT-single"])
+def test_signal_lets_in_flight_request_finish(spindle, sig, extra):
+    srv = spindle("wsgi_app:app", *extra)
     mark = srv.log_mark()
     with srv.connect(timeout=10) as conn:
         conn.send(request("GET", "/sleep?s=1&marker=inflight-42", srv.host_header))

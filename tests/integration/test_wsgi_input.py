@@ -117,7 +117,7 @@ def test_100_mib_upload_streams_in_bounded_memory(server):
     digest = hashlib.sha256()
     # Warm up the path first so one-time allocations are not counted.
     server.get("/hello")
-    reset = _reset_peak_rss(server.pid)
+    reset = _reset_peak_rss(server.serving_pid)
     baseline_kib = server.proc_status("VmRSS") if reset else server.proc_status("VmHWM")
     with server.connect(timeout=30) as conn:
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
