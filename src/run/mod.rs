@@ -232,7 +232,9 @@ fn wait_for_stop(
     io: &IoThreads,
     all_stuck: &AtomicBool,
 ) -> Stop {
-    let max_requests = config.max_requests.map(|n| n + jitter(config.max_requests_jitter));
+    let max_requests = config
+        .max_requests
+        .map(|n| n + jitter(config.max_requests_jitter));
     let mut recycle_asked = false;
     loop {
         let Some(signal) = set.wait_timeout(TICK) else {

@@ -8,8 +8,8 @@ mod conn;
 mod ctx;
 mod event;
 mod gather;
-mod sendfile;
 mod socket;
+mod sys;
 mod thread;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +56,7 @@ pub fn choose_driver(choice: DriverChoice) -> anyhow::Result<Driver> {
 /// What every I/O thread shares with the rest of the process.
 pub(crate) struct Shared {
     pub config: Arc<Config>,
+    pub driver: Driver,
     pub stopping: AtomicBool,
     /// Requests handed to Python, one counter per I/O thread (each writes only its own).
     pub served: Vec<AtomicU64>,
@@ -82,6 +83,7 @@ impl IoThreads {
     ) -> anyhow::Result<IoThreads> {
         let shared = Arc::new(Shared {
             config,
+            driver,
             stopping: AtomicBool::new(false),
             served: (0..listeners.len()).map(|_| AtomicU64::new(0)).collect(),
         });

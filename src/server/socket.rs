@@ -10,7 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use super::conn::{Conn, ReadOutcome};
 use super::event::{race, Either};
 use super::gather::Gather;
-use super::sendfile;
+use super::sys;
 use crate::log_debug;
 
 /// Lingering close: after an error response, how long and how much we keep reading (and
@@ -100,7 +100,7 @@ impl Conn {
 
     /// Half-closes and discards what the client still sends, bounded in time and bytes.
     pub(super) async fn linger(&mut self) {
-        sendfile::shutdown_write(&self.stream);
+        sys::shutdown_write(&self.stream);
         let deadline = Instant::now() + LINGER_TIME;
         let mut drained = 0;
         self.buf.clear();
@@ -172,11 +172,11 @@ impl Conn {
         len: u64,
     ) -> std::io::Result<()> {
         let end = offset + len;
-        let flags = sendfile::set_nonblocking(&self.stream, true)?;
+        let flags = sys::set_nonblocking(&self.stream, true)?;
         let mut result = Ok(());
         while offset < end {
             let remaining = end - offset;
-            match sendfile::send(&self.stream, file, &mut offset, remaining) {
+            match sys::send(&self.stream, file, &mut offset, remaining) {
                 Ok(0) => {
                     result = Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -210,7 +210,7 @@ impl Conn {
             }
         }
         use std::os::fd::AsRawFd;
-        sendfile::restore_flags(self.stream.as_raw_fd(), flags)?;
+        sys::restore_flags(self.stream.as_raw_fd(), flags)?;
         result
     }
 }

@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -18,10 +19,10 @@ use monoio::net::TcpListener;
 use super::conn::Conn;
 use super::ctx::{IoCtx, Stats};
 use super::event::{race, Either, LocalEvent};
-use super::Shared;
+use super::{sys, Driver, Shared};
 use crate::handoff::{IoMailbox, RequestSender};
 use crate::http::date::DateCache;
-use crate::{log_debug, log_warn};
+use crate::{log_debug, log_error, log_warn};
 
 /// Counts a connection as live for as long as it exists; the last one out wakes `io_main`
 /// when the server is stopping.
@@ -78,8 +79,17 @@ pub(super) async fn io_main(
     });
 
     for listener in listeners {
-        let listener = TcpListener::from_std(listener)?;
-        monoio::spawn(accept_loop(ctx.clone(), listener));
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            if let Err(err) = accept_loop(ctx.clone(), listener).await {
+                // Only the set-up of a listener or of an accepted socket fails here, which
+                // no retry would mend: this I/O thread stops accepting on it and says so.
+                log_error!(
+                    "I/O thread {}: a listener stopped accepting: {err:#}",
+                    ctx.index
+                );
+            }
+        });
     }
 
     ctx.stop.wait().await;
@@ -107,61 +117,106 @@ pub(super) async fn io_main(
     Ok(())
 }
 
-async fn accept_loop(ctx: Rc<IoCtx>, listener: TcpListener) {
+async fn accept_loop(ctx: Rc<IoCtx>, listener: std::net::TcpListener) -> anyhow::Result<()> {
     // The local address of an accepted connection is the listener's, unless the listener
     // is bound to a wildcard address: then ask (one getsockname) per connection.
     let listener_addr = listener.local_addr().ok();
     let fixed_local = listener_addr.filter(|addr| !addr.ip().is_unspecified());
     let shares_listeners = ctx.shared.config.workers > 1;
+    // Readiness, then `accept(2)` on the (non-blocking) socket, rather than monoio's accept
+    // op: a readiness wait can be dropped at any moment without losing anything, while an
+    // io_uring accept that completes as it is cancelled (the stop, a time-out) takes a
+    // connection out of the queue and drops it unanswered (ARCHITECTURE.md §10).
+    listener.set_nonblocking(true)?;
+    let ready = TcpListener::from_std(listener.try_clone()?)?;
     loop {
-        if shares_listeners {
-            leave_connections_to_idle_workers(&ctx).await;
-        }
-        let accepted = match race(listener.accept(), ctx.stop.wait()).await {
-            Either::Left(accepted) => accepted,
-            Either::Right(()) => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => serve_connection(&ctx, stream, peer, fixed_local, listener_addr),
-            Err(err) => {
-                // EMFILE and friends: log, back off briefly, keep accepting.
-                log_warn!("accept failed: {err}");
+        match race(ready.readable(false), ctx.stop.wait()).await {
+            Either::Left(Ok(())) => {}
+            Either::Left(Err(err)) => {
+                log_warn!("waiting on a listener failed: {err}");
                 monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Either::Right(()) => break,
+        }
+        if shares_listeners && !leave_connections_to_idle_workers(&ctx, &listener).await {
+            continue;
+        }
+        // Take what is queued, but only one connection at a time while every Python thread
+        // is busy and other workers share the queue.
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    serve_connection(&ctx, stream, peer, fixed_local, listener_addr);
+                    if shares_listeners && !ctx.python_has_idle_thread() {
+                        break;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if is_transient(&err) => {}
+                Err(err) => {
+                    // EMFILE and friends: log, back off briefly, keep accepting.
+                    log_warn!("accept failed: {err}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    break;
+                }
             }
         }
     }
     // Stopping: the connections already waiting in the accept queue were sent before the
     // stop; serve them too (gunicorn#3397), then stop accepting (ARCHITECTURE.md §10).
-    while let Ok(Ok((stream, peer))) = monoio::time::timeout(BACKLOG_POLL, listener.accept()).await
-    {
-        serve_connection(&ctx, stream, peer, fixed_local, listener_addr);
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => serve_connection(&ctx, stream, peer, fixed_local, listener_addr),
+            Err(err) if is_transient(&err) => {}
+            Err(_) => break,
+        }
     }
+    Ok(())
 }
 
-/// How long a stopping accept loop waits for one more connection from the accept queue: a
-/// queued connection is accepted at once, so this only bounds the last, empty, wait.
-const BACKLOG_POLL: Duration = Duration::from_millis(1);
+/// Accept errors that concern one connection (it was reset while queued) or none (a
+/// signal), not the listener.
+fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+    ) || err.raw_os_error() == Some(libc::EPROTO)
+}
 
-/// How long a worker whose Python threads are all busy holds off accepting, leaving new
-/// connections to workers with a free thread; after it, it accepts anyway (every worker may
-/// be busy, and it can grow). How often it looks meanwhile:
+/// How long a connection must have waited in the queue before a worker whose Python
+/// threads are all busy takes it (every worker may be busy, and this one can grow); how
+/// often it looks meanwhile:
 const BUSY_HOLD_OFF: Duration = Duration::from_millis(20);
 const BUSY_LOOK_EVERY: Duration = Duration::from_millis(1);
 
-/// With several workers on the same listening sockets, the kernel hands a connection to
-/// whichever worker is waiting in `accept`, and a worker's I/O thread waits there however
-/// busy its Python threads are. So while none of this worker's Python threads is free, it
-/// waits before accepting, up to [`BUSY_HOLD_OFF`] (ARCHITECTURE.md §10).
-async fn leave_connections_to_idle_workers(ctx: &IoCtx) {
+/// With several workers on the same listening sockets, a new connection wakes every worker
+/// waiting on them, and the first to call `accept` takes it, however busy its Python threads
+/// are. So a worker none of whose Python threads is free lets the others go first: it takes
+/// a connection only once the queue has held one at every look for [`BUSY_HOLD_OFF`], which
+/// a worker with a free thread never lets happen. Returns whether to accept now (false: the
+/// queue emptied, someone else took it). ARCHITECTURE.md §10.
+async fn leave_connections_to_idle_workers(ctx: &IoCtx, listener: &std::net::TcpListener) -> bool {
     let since = std::time::Instant::now();
-    while !ctx.python_has_idle_thread() && since.elapsed() < BUSY_HOLD_OFF && !ctx.stop.is_set() {
+    loop {
+        if ctx.python_has_idle_thread() || ctx.stop.is_set() {
+            return true;
+        }
+        if !sys::has_queued_connection(listener) {
+            return false;
+        }
+        if since.elapsed() >= BUSY_HOLD_OFF {
+            return true;
+        }
         monoio::time::sleep(BUSY_LOOK_EVERY).await;
     }
 }
 
+/// Starts serving an accepted connection; one that cannot be set up (no memory for its
+/// registration) is closed with a warning.
 fn serve_connection(
     ctx: &Rc<IoCtx>,
-    stream: monoio::net::TcpStream,
+    stream: std::net::TcpStream,
     peer: std::net::SocketAddr,
     fixed_local: Option<std::net::SocketAddr>,
     listener_addr: Option<std::net::SocketAddr>,
@@ -169,6 +224,18 @@ fn serve_connection(
     let local = match fixed_local {
         Some(addr) => addr,
         None => stream.local_addr().ok().or(listener_addr).unwrap_or(peer),
+    };
+    // epoll needs non-blocking sockets; io_uring wants blocking ones (it waits for them
+    // itself, where a non-blocking socket would hand EAGAIN back to us).
+    let stream = match stream
+        .set_nonblocking(ctx.shared.driver == Driver::Epoll)
+        .and_then(|()| monoio::net::TcpStream::from_std(stream))
+    {
+        Ok(stream) => stream,
+        Err(err) => {
+            log_warn!("cannot serve a connection from {peer}: {err}");
+            return;
+        }
     };
     ctx.live_conns.set(ctx.live_conns.get() + 1);
     let guard = LiveGuard(ctx.clone());

@@ -171,8 +171,11 @@ class Spindle:
         """The processes the started one spawned: its workers when it supervises."""
         children: list[int] = []
         for task in os.listdir(f"/proc/{self.pid}/task"):
-            with open(f"/proc/{self.pid}/task/{task}/children") as f:
-                children += [int(p) for p in f.read().split()]
+            try:
+                with open(f"/proc/{self.pid}/task/{task}/children") as f:
+                    children += [int(p) for p in f.read().split()]
+            except FileNotFoundError:
+                pass  # a thread that ended since the listing
         return children
 
     @property

@@ -1,6 +1,7 @@
-//! `sendfile(2)` from a regular file to a non-blocking socket: the bytes of
-//! `wsgi.file_wrapper` responses go from the page cache to the socket without passing
-//! through user space or Python.
+//! The few raw system calls the I/O threads make, behind safe functions: `sendfile(2)`
+//! from a regular file to a non-blocking socket (the bytes of `wsgi.file_wrapper`
+//! responses go from the page cache to the socket without passing through user space or
+//! Python), the socket flags it needs, a half-close, and a look at a listener's queue.
 
 use std::fs::File;
 use std::io;
@@ -56,4 +57,18 @@ pub fn shutdown_write(fd: &impl AsRawFd) {
     unsafe {
         libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR);
     }
+}
+
+/// Whether a connection waits in `listener`'s accept queue right now (a `poll(2)` that
+/// does not wait). Errors count as "no".
+pub fn has_queued_connection(listener: &impl AsRawFd) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pollfd` is a valid, exclusively borrowed array of one entry for the call,
+    // and the descriptor stays open (borrowed); a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    ready == 1 && pollfd.revents & libc::POLLIN != 0
 }
