@@ -111,6 +111,11 @@ enum Stop {
     Graceful(Signal),
     /// Now, without waiting for anything.
     Now(Signal),
+    /// Gracefully: the supervisor that started this worker is gone, and an orphan would
+    /// keep serving the old code on the port for ever. Workers get SIGTERM when their
+    /// supervisor dies (`PR_SET_PDEATHSIG`); this catches one that died before the worker
+    /// had set that up.
+    Orphaned,
 }
 
 /// Serves until told to stop (see [`Role`]), then drains and returns.
@@ -187,17 +192,19 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
             }
         }
         let stop = wait_for_stop(set, &role, &config, &io, &all_stuck);
-        let signal = match stop {
+        match stop {
             Stop::Now(signal) => {
                 log_info!("{} received: stopping now", signal.name());
                 std::process::exit(0);
             }
-            Stop::Graceful(signal) => signal,
+            Stop::Graceful(signal) => log_info!(
+                "{} received: finishing in-flight requests, then stopping",
+                signal.name()
+            ),
+            Stop::Orphaned => log_warn!(
+                "the supervisor is gone: finishing in-flight requests, then stopping"
+            ),
         };
-        log_info!(
-            "{} received: finishing in-flight requests, then stopping",
-            signal.name()
-        );
         let watchdog = DrainWatchdog::start(set, config.graceful_timeout)?;
         io.stop();
         let io_result = io.join();
@@ -236,11 +243,15 @@ fn wait_for_stop(
         .max_requests
         .map(|n| n + jitter(config.max_requests_jitter));
     let mut recycle_asked = false;
+    let supervisor = std::os::unix::process::parent_id();
     loop {
         let Some(signal) = set.wait_timeout(TICK) else {
             let Role::Worker { link, .. } = role else {
                 continue;
             };
+            if std::os::unix::process::parent_id() != supervisor {
+                return Stop::Orphaned;
+            }
             if recycle_asked {
                 continue;
             }

@@ -210,6 +210,18 @@ def test_a_crash_loop_backs_off_and_the_supervisor_stays_up(spindle, tmp_path):
     assert resp.status == 200 and resp.body == b"ok"
 
 
+def test_workers_of_a_killed_supervisor_stop(spindle):
+    # An orphan would keep serving the old code on the port for ever (gunicorn's workers
+    # watch their parent the same way).
+    srv = start(spindle, "--workers", "2", "--threads", "1")
+    workers = srv.worker_pids()
+    assert len(workers) == 2
+    spindle.servers.remove(srv)
+    srv.kill()  # SIGKILL: no chance to tell the workers
+    wait_until("the orphaned workers to stop", lambda: not any(alive(p) for p in workers), timeout=10)
+    assert srv.log_since().count("stopped") == 2, srv.log_since()  # gracefully, both
+
+
 # -- requests that hang ---------------------------------------------------------------------
 
 def test_stuck_threads_are_reported_answered_and_their_worker_replaced(spindle):
