@@ -101,6 +101,12 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def self_cpu() -> float:
+    """CPU-seconds of this script so far (its client side of part 2)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def rotated(items: list, by: int) -> list:
     by %= len(items)
     return items[by:] + items[:by]
@@ -193,6 +199,7 @@ def measure_busy(name: str, command, args) -> dict:
         wait_ready(port, proc)
         settle(proc, port, 2)
         thread = threading.Thread(target=slow_request, daemon=True)
+        cpu0, busy0, self0 = sum(thread_cpu(proc.pid).values()), busy_cores(), self_cpu()
         started = time.monotonic()
         thread.start()
         time.sleep(0.5)
@@ -211,6 +218,8 @@ def measure_busy(name: str, command, args) -> dict:
                 continue
             fast.append(seconds)
             fast_end.append(time.monotonic())
+        burst = time.monotonic() - started
+        cpu1, busy1, self1 = sum(thread_cpu(proc.pid).values()), busy_cores(), self_cpu()
         thread.join(args.sleep + 25)
     finally:
         stop(proc)
@@ -224,11 +233,16 @@ def measure_busy(name: str, command, args) -> dict:
         # Fast requests answered while the slow one was still running: the ones the test is about.
         "during_sleep": sum(1 for t in fast_end if t < done_at),
         "burst_seconds": (fast_end[-1] - started - 0.5) if fast_end else None,
+        # From the slow request's start to the last fast answer: the server tree's CPU, and the
+        # rest of the machine's (all busy time but the server's and this script's).
+        "server_cores": (cpu1 - cpu0) / burst,
+        "other_cores": max(0.0, (busy1 - busy0 - (cpu1 - cpu0) - (self1 - self0)) / burst),
     }
     s = summarize(result["latencies_ms"])
     print(f"  {name:48s} p50 {s['p50']:7.2f} ms  p99 {s['p99']:8.2f} ms  max {s['max']:9.2f} ms  "
           f"> 1 s: {s['over_1s']}  failed {len(failures)}  during the sleep {result['during_sleep']}/{len(fast)}  "
-          f"slow request {slow.get('seconds') or 0:.2f} s ({slow.get('status') or slow.get('error')})",
+          f"slow request {slow.get('seconds') or 0:.2f} s ({slow.get('status') or slow.get('error')})  "
+          f"server {result['server_cores']:.2f} cores  other {result['other_cores']:.2f}",
           file=sys.stderr)
     return result
 
@@ -304,6 +318,7 @@ def main() -> None:
     dirty = len(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True,
                                text=True).stdout.splitlines())
     command = (f"perf/workers.py --duration {args.duration} --connections {args.connections} --rounds {args.rounds}"
+               f" --sleep {args.sleep} --fast {args.fast}"
                f"{' --skip-load' if args.skip_load else ''}{' --skip-busy' if args.skip_busy else ''}")
     lines = [
         "# Worker processes (perf/workers.py)",
@@ -356,11 +371,14 @@ def main() -> None:
             f"2 workers of 1 Python thread each, perf/apps/slow.py. One request to /sleep?s={args.sleep} on its "
             f"own connection, 0.5 s later {args.fast} fast requests one after the other, each on a new "
             "connection (Connection: close). Latencies pooled over the rounds. \"during the sleep\": fast "
-            "requests answered before the slow one was (all of them, unless one waited behind it).",
+            "requests answered before the slow one was (all of them, unless one waited behind it). "
+            "Cores: from the slow request's start to the last fast answer, CPU time per second of the server "
+            "tree and of everything else on the machine but this script (median of the rounds). "
+            "> 10 ms: fast requests slower than 10 ms.",
             "",
-            "| server | fast requests | p50 ms | p99 ms | max ms | > 1 s (each round) | failed | "
-            "during the sleep | slow request s |",
-            "|---|---:|---:|---:|---:|---|---:|---:|---|",
+            "| server | fast requests | p50 ms | p99 ms | max ms | > 10 ms | > 1 s (each round) | failed | "
+            "during the sleep | slow request s | server cores | other cores |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|",
         ]
         for name, rs in results["busy"].items():
             if not rs:
@@ -369,9 +387,12 @@ def main() -> None:
             each = " + ".join(str(summarize(r["latencies_ms"])["over_1s"]) for r in rs)
             slow = " / ".join(f"{r['slow_seconds']:.2f}" if r["slow_seconds"] is not None else f"{r['slow_error']}"
                               for r in rs)
-            lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | "
+            over_10ms = sum(1 for r in rs for x in r["latencies_ms"] if x > 10)
+            lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | {over_10ms} | "
                          f"{s['over_1s']} ({each}) | {sum(len(r['failures']) for r in rs)} | "
-                         f"{sum(r['during_sleep'] for r in rs)} | {slow} |")
+                         f"{sum(r['during_sleep'] for r in rs)} | {slow} | "
+                         f"{statistics.median(r['server_cores'] for r in rs):.2f} | "
+                         f"{statistics.median(r['other_cores'] for r in rs):.2f} |")
     lines += ["", f"Command: `{command}`", ""]
     (out_dir / "workers.md").write_text("\n".join(lines))
     (out_dir / "workers.json").write_text(json.dumps({"args": vars(args), "call_us": call_us, **results}, indent=1))

@@ -49,14 +49,34 @@ struct Args {
     /// demo page is served.
     app: Option<String>,
 
-    /// Address to listen on, HOST:PORT or [IPv6]:PORT; repeatable. Port 0 picks a free port.
+    /// Where to listen, repeatable: HOST:PORT or [IPv6]:PORT (port 0 picks a free one),
+    /// unix:PATH (a UNIX socket, made here), fd://N (a listening socket this process was
+    /// given as descriptor N). Under systemd socket activation (LISTEN_FDS) the sockets
+    /// systemd passed are used instead.
     #[arg(
         short = 'b',
         long,
-        value_name = "HOST:PORT",
+        value_name = "ADDRESS",
         default_value = "127.0.0.1:8000"
     )]
     bind: Vec<String>,
+
+    /// Permissions of the UNIX sockets --bind makes, in octal (660: the owner and its group,
+    /// say nginx's) [default: as the umask leaves them]
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    unix_socket_mode: Option<u32>,
+
+    /// Write the supervisor's (or the single process's) PID to this file, removed at exit.
+    #[arg(short = 'p', long = "pid", value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+
+    /// Run as this user (name or number) once the sockets are bound; needs root.
+    #[arg(short = 'u', long, value_name = "USER")]
+    user: Option<String>,
+
+    /// Run as this group (name or number) once the sockets are bound [default: the user's]
+    #[arg(short = 'g', long, value_name = "GROUP")]
+    group: Option<String>,
 
     /// Worker processes, each a whole Spindle (I/O threads, Python threads, its own
     /// interpreters) under a supervisor that replaces one that dies, hangs or has served
@@ -309,11 +329,62 @@ pub enum Command {
     Exit(i32),
 }
 
+/// One `--bind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// A listening socket this process inherited as this descriptor.
+    Fd(i32),
+}
+
+impl Bind {
+    fn parse(bind: &str) -> Result<Bind, String> {
+        if let Some(path) = bind.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(format!("--bind {bind}: no path after unix:"));
+            }
+            return Ok(Bind::Unix(PathBuf::from(path)));
+        }
+        if let Some(fd) = bind.strip_prefix("fd://") {
+            return match fd.parse::<i32>() {
+                Ok(fd) if fd >= 0 => Ok(Bind::Fd(fd)),
+                _ => Err(format!(
+                    "--bind {bind}: expected fd://N, N a descriptor number"
+                )),
+            };
+        }
+        let addrs: Vec<SocketAddr> = bind
+            .to_socket_addrs()
+            .map_err(|e| {
+                format!("--bind {bind}: {e} (expected HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N)")
+            })?
+            .collect();
+        addrs
+            .into_iter()
+            .next()
+            .map(Bind::Tcp)
+            .ok_or_else(|| format!("--bind {bind}: the name resolves to no address"))
+    }
+}
+
+fn parse_mode(mode: &str) -> Result<u32, String> {
+    match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("{mode}: expected an octal mode such as 660")),
+    }
+}
+
 /// The validated configuration: built once at start-up, then only read.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub app: Option<String>,
-    pub binds: Vec<SocketAddr>,
+    pub binds: Vec<Bind>,
+    pub unix_socket_mode: Option<u32>,
+    pub pid_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub io_threads: usize,
     /// How many Python threads, and whether the pool grows.
     pub threads: Threads,
@@ -401,18 +472,11 @@ impl Config {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let mut binds = Vec::new();
-        for bind in &args.bind {
-            let addrs: Vec<SocketAddr> = bind
-                .to_socket_addrs()
-                .map_err(|e| format!("--bind {bind}: {e} (expected HOST:PORT or [IPv6]:PORT)"))?
-                .collect();
-            let first = addrs
-                .into_iter()
-                .next()
-                .ok_or_else(|| format!("--bind {bind}: the name resolves to no address"))?;
-            binds.push(first);
-        }
+        let binds = args
+            .bind
+            .iter()
+            .map(|bind| Bind::parse(bind))
+            .collect::<Result<Vec<_>, _>>()?;
         let positive = |name: &str, value: Option<usize>| -> Result<usize, String> {
             match value {
                 Some(0) => Err(format!("--{name} must be at least 1")),
@@ -488,6 +552,10 @@ impl Config {
         Ok(Config {
             app: args.app,
             binds,
+            unix_socket_mode: args.unix_socket_mode,
+            pid_file: args.pid_file,
+            user: args.user,
+            group: args.group,
             io_threads: positive("io-threads", args.io_threads)?,
             threads,
             sub_interpreters,

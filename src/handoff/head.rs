@@ -27,8 +27,32 @@ pub struct RequestHead {
     /// variables such as `HTTPS` or `DOCUMENT_ROOT`); they are set verbatim after, and so
     /// over, what the fields above give. Empty for HTTP.
     pub vars: Vec<HeaderSpan>,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
+    pub peer: Endpoint,
+    pub local: Endpoint,
+}
+
+/// One end of a connection: an IP address and port, or a UNIX socket, whose peers have no
+/// address worth showing (a front end on the same machine: nginx passes the client's in
+/// headers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Ip(SocketAddr),
+    Unix,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Endpoint {
+        Endpoint::Ip(addr)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Ip(addr) => addr.fmt(f),
+            Endpoint::Unix => f.write_str("unix"),
+        }
+    }
 }
 
 impl RequestHead {
@@ -36,8 +60,8 @@ impl RequestHead {
     pub fn from_http1(
         bytes: Bytes,
         parsed: ParsedHead,
-        peer: SocketAddr,
-        local: SocketAddr,
+        peer: impl Into<Endpoint>,
+        local: impl Into<Endpoint>,
     ) -> RequestHead {
         RequestHead {
             bytes,
@@ -48,8 +72,8 @@ impl RequestHead {
             version: parsed.version,
             headers: parsed.headers,
             vars: Vec::new(),
-            peer,
-            local,
+            peer: peer.into(),
+            local: local.into(),
         }
     }
 

@@ -33,7 +33,7 @@ use crate::http::Persistence;
 
 pub use encoder::ResponseEncoder;
 pub use exchange::{Exchange, RESPONSE_WINDOW};
-pub use head::RequestHead;
+pub use head::{Endpoint, RequestHead};
 pub use mailbox::IoMailbox;
 pub use queue::{request_queue, Capacity, RequestSender};
 

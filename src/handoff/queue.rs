@@ -138,10 +138,13 @@ impl RequestSender {
         Ok(())
     }
 
-    /// Whether a Python thread waits for a request right now.
+    /// Whether every Python thread is held by a request, and none took one in the last
+    /// `for_at_least`: a thread that took a request a moment ago is most likely about to be
+    /// free again (a thread is idle again only once its response is out and `close()`d,
+    /// after the client may already have sent its next connection).
     #[inline]
-    pub fn has_idle_thread(&self) -> bool {
-        self.capacity.idle() > 0
+    pub fn all_threads_held(&self, for_at_least: Duration) -> bool {
+        self.capacity.idle() == 0 && self.capacity.since_last_take() >= for_at_least
     }
 }
 

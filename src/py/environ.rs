@@ -10,7 +10,7 @@ use crate::http::response;
 
 use super::interp::{push_http_key, Interp};
 use super::object::{Gil, Held, Obj, PyResult};
-use crate::handoff::{RequestBody, RequestHead};
+use crate::handoff::{Endpoint, RequestBody, RequestHead};
 use crate::http::Version;
 
 impl Interp {
@@ -75,16 +75,30 @@ impl Interp {
 
         // Addresses and ports, then any uncommon header's key, through one scratch buffer.
         let mut scratch = Vec::with_capacity(64);
-        for (name_key, port_key, addr) in [
-            (&keys.server_name, &keys.server_port, request.local),
-            (&keys.remote_addr, &keys.remote_port, request.peer),
+        for (name_key, port_key, end, is_server) in [
+            (&keys.server_name, &keys.server_port, request.local, true),
+            (&keys.remote_addr, &keys.remote_port, request.peer, false),
         ] {
-            scratch.clear();
-            push_ip(&mut scratch, addr.ip());
-            environ.dict_set(name_key.borrow(gil), &gil.str_latin1(&scratch)?)?;
-            scratch.clear();
-            response::push_decimal(&mut scratch, addr.port().into());
-            environ.dict_set(port_key.borrow(gil), &gil.str_latin1(&scratch)?)?;
+            let (name, port): (&[u8], &[u8]) = match end {
+                Endpoint::Ip(addr) => {
+                    scratch.clear();
+                    push_ip(&mut scratch, addr.ip());
+                    let name_end = scratch.len();
+                    response::push_decimal(&mut scratch, addr.port().into());
+                    let (name, port) = scratch.split_at(name_end);
+                    (name, port)
+                }
+                // A UNIX socket has no server name or port: PEP 3333 requires them, so they
+                // come from `Host` (as gunicorn does), else `localhost:80`.
+                Endpoint::Unix if is_server => split_host(host_field(request)),
+                // ...and its peers no address: REMOTE_ADDR is empty, REMOTE_PORT absent.
+                Endpoint::Unix => {
+                    environ.dict_set(name_key.borrow(gil), &gil.str_latin1(b"")?)?;
+                    continue;
+                }
+            };
+            environ.dict_set(name_key.borrow(gil), &gil.str_latin1(name)?)?;
+            environ.dict_set(port_key.borrow(gil), &gil.str_latin1(port)?)?;
         }
 
         for header in &request.headers {
@@ -142,6 +156,33 @@ impl Interp {
     }
 }
 
+/// The `Host` field's value, if the request has one.
+fn host_field(request: &RequestHead) -> Option<&[u8]> {
+    request
+        .headers
+        .iter()
+        .find(|h| h.name.get(&request.bytes).eq_ignore_ascii_case(b"host"))
+        .map(|h| h.value.get(&request.bytes))
+}
+
+/// `SERVER_NAME` and `SERVER_PORT` from a `Host` value (`name`, `name:port`, `[v6]:port`);
+/// `localhost` and `80` for what is missing.
+fn split_host(host: Option<&[u8]>) -> (&[u8], &[u8]) {
+    let host = host.unwrap_or(b"").trim_ascii();
+    let (name, port) = match host.iter().rposition(|&b| b == b':') {
+        // A colon inside brackets belongs to an IPv6 address, not to a port.
+        Some(i) if !host[i..].contains(&b']') => (&host[..i], &host[i + 1..]),
+        _ => (host, &b""[..]),
+    };
+    let name = if name.is_empty() {
+        &b"localhost"[..]
+    } else {
+        name
+    };
+    let port = if port.is_empty() { &b"80"[..] } else { port };
+    (name, port)
+}
+
 /// An address as `SERVER_NAME`/`REMOTE_ADDR` show it; IPv4 without `fmt`.
 fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
@@ -194,7 +235,23 @@ fn hex(b: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, split_host};
+
+    #[test]
+    fn server_name_and_port_from_host() {
+        type Case<'a> = (Option<&'a [u8]>, &'a [u8], &'a [u8]);
+        let cases: [Case; 6] = [
+            (Some(b"example.com"), b"example.com", b"80"),
+            (Some(b"example.com:8080"), b"example.com", b"8080"),
+            (Some(b"[::1]:8000"), b"[::1]", b"8000"),
+            (Some(b"[::1]"), b"[::1]", b"80"),
+            (Some(b""), b"localhost", b"80"),
+            (None, b"localhost", b"80"),
+        ];
+        for (host, name, port) in cases {
+            assert_eq!(split_host(host), (name, port), "{host:?}");
+        }
+    }
 
     #[test]
     fn percent_decoding() {

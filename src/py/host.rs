@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use pyo3_ffi as ffi;
 
 use super::interp::Interp;
-use super::watchdog::ThreadWatch;
+use super::watch::ThreadWatch;
 
 /// An interpreter's address, to make thread states for it on other threads.
 #[derive(Clone, Copy)]

@@ -38,6 +38,7 @@ pub mod object;
 mod pool;
 mod response;
 mod thread;
+mod watch;
 mod watchdog;
 mod worker;
 

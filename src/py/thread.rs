@@ -17,7 +17,7 @@ use pyo3_ffi as ffi;
 use super::host::{Admission, Host, InterpState};
 use super::interp::{Interp, ServerInfo};
 use super::object::{Attached, Gil};
-use super::watchdog::ThreadWatch;
+use super::watch::ThreadWatch;
 use super::worker::Worker;
 use crate::config::Config;
 use crate::handoff::{Capacity, Request};

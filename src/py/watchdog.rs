@@ -10,60 +10,17 @@
 //! (a thread waiting in `time.sleep` or on a socket has released the GIL), from a helper
 //! thread it waits for at most [`STACK_WAIT`], in case the stuck code holds the GIL in C.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use pyo3_ffi as ffi;
 
 use super::host::Host;
 use super::object::{Attached, Gil, Obj};
+use super::watch::{now_us, ThreadWatch};
 use crate::{log_error, log_warn};
-
-/// What one Python thread is doing, as the watchdog sees it.
-pub(super) struct ThreadWatch {
-    /// The thread's own thread state; used only by the watchdog, holding this thread's
-    /// interpreter's GIL, while `busy_since` shows this thread is still in the request
-    /// it read it for (see [`read_stack`]).
-    tstate: usize,
-    /// When the current request began, in µs after [`epoch`] plus one; 0: idle.
-    busy_since: AtomicU64,
-    /// The `busy_since` the watchdog reported already.
-    reported: AtomicU64,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_us() -> u64 {
-    epoch().elapsed().as_micros() as u64 + 1
-}
-
-impl ThreadWatch {
-    /// The watch of the calling thread, whose attached thread state is `tstate`.
-    pub(super) fn new(tstate: *mut ffi::PyThreadState) -> Arc<ThreadWatch> {
-        Arc::new(ThreadWatch {
-            tstate: tstate as usize,
-            busy_since: AtomicU64::new(0),
-            reported: AtomicU64::new(0),
-        })
-    }
-
-    /// The thread takes a request (its interpreter's GIL held).
-    #[inline]
-    pub(super) fn busy(&self) {
-        self.busy_since.store(now_us(), Ordering::Release);
-    }
-
-    /// The thread is done with its request (its interpreter's GIL held).
-    #[inline]
-    pub(super) fn idle(&self) {
-        self.busy_since.store(0, Ordering::Release);
-    }
-}
 
 /// How long the watchdog waits to read a stuck thread's stack before it logs without it.
 const STACK_WAIT: Duration = Duration::from_secs(1);

@@ -29,6 +29,7 @@
 //! `spindle._native.run`), and returns with the GIL held.
 
 mod control;
+mod deploy;
 mod listen;
 mod signals;
 mod supervise;
@@ -49,8 +50,6 @@ use crate::{log_error, log_info, log_warn};
 use control::{RecycleReason, SupervisorLink, WorkerMessage};
 use listen::Listeners;
 use signals::{OwnedSignals, Signal, SignalSet};
-
-pub use listen::display_addr;
 
 /// Runs Spindle with the command line `args` (`args[0]` is the program name) and returns
 /// the process's exit code: 0 after a clean stop, 1 for a setup failure (one `error:`
@@ -124,8 +123,13 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
     let signals = OwnedSignals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
     let driver = choose_driver(config.driver)?;
+    let mut deployment = None;
     let listeners = match &role {
-        Role::Single => listen::bind_all(&config)?,
+        Role::Single => {
+            let listeners = listen::bind_all(&config)?;
+            deployment = Some(deploy::settle(&config, &listeners)?);
+            listeners
+        }
         Role::Worker { spec, .. } => {
             if let Some(paths) = std::env::var_os(supervise::SYS_PATH_VAR) {
                 // Not for the processes the application starts. Only this thread runs yet,
@@ -169,12 +173,15 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
             Role::Single => {
                 for addr in &listeners.bound {
                     log_info!(
-                        "listening on http://{} ({}, {} I/O threads, {})",
-                        display_addr(*addr),
+                        "listening on {} ({}, {} I/O threads, {})",
+                        addr,
                         driver.name(),
                         config.io_threads,
                         mode
                     );
+                }
+                if let Some(deployment) = &deployment {
+                    deployment.notifier.ready();
                 }
             }
             Role::Worker { spec, link } => {
@@ -192,18 +199,22 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
             }
         }
         let stop = wait_for_stop(set, &role, &config, &io, &all_stuck);
+        if let Some(deployment) = &deployment {
+            deployment.notifier.stopping();
+        }
         match stop {
             Stop::Now(signal) => {
                 log_info!("{} received: stopping now", signal.name());
+                drop(deployment); // the --pid file goes with us
                 std::process::exit(0);
             }
             Stop::Graceful(signal) => log_info!(
                 "{} received: finishing in-flight requests, then stopping",
                 signal.name()
             ),
-            Stop::Orphaned => log_warn!(
-                "the supervisor is gone: finishing in-flight requests, then stopping"
-            ),
+            Stop::Orphaned => {
+                log_warn!("the supervisor is gone: finishing in-flight requests, then stopping")
+            }
         };
         let watchdog = DrainWatchdog::start(set, config.graceful_timeout)?;
         io.stop();

@@ -43,7 +43,8 @@ use anyhow::{anyhow, Context as _};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::control::WorkerMessage;
-use super::listen::{self, display_addr, Listeners};
+use super::deploy::{self, Notifier};
+use super::listen::{self, Listeners};
 use super::signals::{OwnedSignals, Signal, SignalSet};
 use crate::config::{Config, WorkerSpec};
 use crate::py::object::Gil;
@@ -83,6 +84,7 @@ pub fn supervise(gil: Gil<'_>, config: Config, args: Vec<OsString>) -> anyhow::R
     // A driver the kernel refuses fails here, once, not in every worker.
     crate::server::choose_driver(config.driver)?;
     let listeners = listen::bind_all(&config)?;
+    let deployment = deploy::settle(&config, &listeners)?;
     let python = sys_executable(gil)?;
     // Workers start where Spindle was started (`--preload` may `--chdir` this process, and
     // each worker applies `--chdir` itself).
@@ -105,6 +107,7 @@ pub fn supervise(gil: Gil<'_>, config: Config, args: Vec<OsString>) -> anyhow::R
             },
             listeners,
             set,
+            deployment.notifier,
         );
         supervisor.run()
     });
@@ -180,6 +183,7 @@ struct Supervisor {
     launch: Launch,
     listeners: Listeners,
     signals: SignalSet,
+    notifier: Notifier,
     events: Sender<Event>,
     inbox: Receiver<Event>,
     workers: Vec<Worker>,
@@ -201,6 +205,7 @@ impl Supervisor {
         launch: Launch,
         listeners: Listeners,
         signals: SignalSet,
+        notifier: Notifier,
     ) -> Supervisor {
         let (events, inbox) = crossbeam_channel::unbounded();
         let target = config.workers;
@@ -209,6 +214,7 @@ impl Supervisor {
             launch,
             listeners,
             signals,
+            notifier,
             events,
             inbox,
             workers: Vec::new(),
@@ -249,13 +255,14 @@ impl Supervisor {
         self.start_first_workers()?;
         for addr in &self.listeners.bound {
             log_info!(
-                "listening on http://{} ({} worker{}, supervisor pid {})",
-                display_addr(*addr),
+                "listening on {} ({} worker{}, supervisor pid {})",
+                addr,
                 self.target,
                 if self.target == 1 { "" } else { "s" },
                 std::process::id()
             );
         }
+        self.notifier.ready();
         loop {
             if self.stopping && self.workers.is_empty() {
                 log_info!("stopped");
@@ -339,12 +346,14 @@ impl Supervisor {
                 );
                 self.stopping = true;
                 self.respawn.clear();
+                self.notifier.stopping();
                 self.stop_all(Signal::Term);
             }
             Signal::Int | Signal::Quit => {
                 log_info!("{} received: stopping now", signal.name());
                 self.stopping = true;
                 self.respawn.clear();
+                self.notifier.stopping();
                 self.stop_all(Signal::Quit);
             }
             Signal::Term => {}
@@ -425,6 +434,7 @@ impl Supervisor {
                     for pid in old {
                         self.stop_worker(pid, Signal::Term);
                     }
+                    self.notifier.ready();
                 }
             }
         }
@@ -463,6 +473,7 @@ impl Supervisor {
             self.target
         );
         self.reload = Some(Reload { generation });
+        self.notifier.reloading();
         for slot in 1..=self.target as u32 {
             if let Err(err) = self.spawn_generation(slot, generation, None) {
                 log_error!("reload: cannot start a worker: {err:#}");
@@ -478,6 +489,7 @@ impl Supervisor {
             return;
         };
         log_error!("reload failed ({why}): the old workers keep serving the old code");
+        self.notifier.ready();
         let new: Vec<u32> = self
             .workers
             .iter()

@@ -6,7 +6,6 @@
 //! sendfile, lingering close) are in `socket.rs`; reading request bodies is in `body.rs`.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
-use monoio::net::TcpStream;
 
 use super::ctx::{ConnInbox, IoCtx};
+use super::stream::Stream;
 use crate::handoff::{
-    BodyChunk, BodyError, ConnToken, Exchange, ReplyMsg, ReplyTo, Request, RequestBody,
+    BodyChunk, BodyError, ConnToken, Endpoint, Exchange, ReplyMsg, ReplyTo, Request, RequestBody,
     RequestHead, ResponseEncoder,
 };
 use crate::http::response::{self};
@@ -50,13 +49,13 @@ pub(super) enum ReadOutcome {
 
 pub(super) struct Conn {
     pub(super) ctx: Rc<IoCtx>,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     /// Bytes read and not yet consumed: the next head, body bytes, pipelined requests.
     pub(super) buf: BytesMut,
     pub(super) token: ConnToken,
     pub(super) inbox: Rc<ConnInbox>,
-    pub(super) peer: SocketAddr,
-    pub(super) local: SocketAddr,
+    pub(super) peer: Endpoint,
+    pub(super) local: Endpoint,
     pub(super) served: u64,
     /// The requests of the current exchange (see [`Conn::exchange`]); empty between them.
     batch: Vec<InFlight>,
@@ -117,11 +116,11 @@ impl InFlight {
 impl Conn {
     pub(super) fn new(
         ctx: Rc<IoCtx>,
-        stream: TcpStream,
+        stream: Stream,
         token: ConnToken,
         inbox: Rc<ConnInbox>,
-        peer: SocketAddr,
-        local: SocketAddr,
+        peer: Endpoint,
+        local: Endpoint,
     ) -> Conn {
         Conn {
             ctx,

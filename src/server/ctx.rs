@@ -141,12 +141,13 @@ impl IoCtx {
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether a Python thread waits for a request right now (false once stopped).
-    pub(super) fn python_has_idle_thread(&self) -> bool {
+    /// Whether every Python thread is held by a request taken at least `for_at_least` ago
+    /// (false once stopped); see `RequestSender::all_threads_held`.
+    pub(super) fn python_threads_held(&self, for_at_least: std::time::Duration) -> bool {
         self.requests
             .borrow()
             .as_ref()
-            .is_some_and(|requests| requests.has_idle_thread())
+            .is_some_and(|requests| requests.all_threads_held(for_at_least))
     }
 
     pub(super) fn error_response(&self, status: u16) -> Vec<u8> {

@@ -9,6 +9,7 @@ mod ctx;
 mod event;
 mod gather;
 mod socket;
+mod stream;
 mod sys;
 mod thread;
 
@@ -20,6 +21,8 @@ use anyhow::{bail, Context as _};
 use crate::config::{Config, DriverChoice};
 use crate::handoff::{IoMailbox, RequestSender};
 use crate::log_debug;
+
+pub use stream::{ListenAddr, Listener};
 
 /// The I/O driver actually running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +79,7 @@ impl IoThreads {
     pub fn start(
         config: Arc<Config>,
         driver: Driver,
-        listeners: Vec<Vec<std::net::TcpListener>>,
+        listeners: Vec<Vec<Listener>>,
         mailboxes: Vec<Arc<IoMailbox>>,
         requests: RequestSender,
         thread_init: fn(),
@@ -178,7 +181,7 @@ fn io_thread(
     shared: Arc<Shared>,
     mailbox: Arc<IoMailbox>,
     requests: RequestSender,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listener>,
 ) -> anyhow::Result<()> {
     yield_to_python_on_wakeup();
     match driver {

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use monoio::buf::{IoBuf, SliceMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::conn::{Conn, ReadOutcome};
 use super::event::{race, Either};

@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use monoio::net::TcpListener;
-
 use super::conn::Conn;
 use super::ctx::{IoCtx, Stats};
 use super::event::{race, Either, LocalEvent};
+use super::stream::{Accepted, ListenAddr, Listener};
 use super::{sys, Driver, Shared};
-use crate::handoff::{IoMailbox, RequestSender};
+use crate::handoff::{Endpoint, IoMailbox, RequestSender};
 use crate::http::date::DateCache;
 use crate::{log_debug, log_error, log_warn};
 
@@ -45,7 +44,7 @@ pub(super) async fn io_main(
     shared: Arc<Shared>,
     mailbox: Arc<IoMailbox>,
     requests: RequestSender,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listener>,
 ) -> anyhow::Result<()> {
     let ctx = Rc::new(IoCtx {
         index: idx,
@@ -117,20 +116,34 @@ pub(super) async fn io_main(
     Ok(())
 }
 
-async fn accept_loop(ctx: Rc<IoCtx>, listener: std::net::TcpListener) -> anyhow::Result<()> {
-    // The local address of an accepted connection is the listener's, unless the listener
-    // is bound to a wildcard address: then ask (one getsockname) per connection.
-    let listener_addr = listener.local_addr().ok();
-    let fixed_local = listener_addr.filter(|addr| !addr.ip().is_unspecified());
+async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
+    // The local address of an accepted TCP connection is the listener's, unless the
+    // listener is bound to a wildcard address: then ask (one getsockname) per connection.
+    let fixed_local = match listener.local_addr()? {
+        ListenAddr::Tcp(addr) if !addr.ip().is_unspecified() => Some(addr),
+        _ => None,
+    };
     let shares_listeners = ctx.shared.config.workers > 1;
     // Readiness, then `accept(2)` on the (non-blocking) socket, rather than monoio's accept
     // op: a readiness wait can be dropped at any moment without losing anything, while an
     // io_uring accept that completes as it is cancelled (the stop, a time-out) takes a
     // connection out of the queue and drops it unanswered (ARCHITECTURE.md §10).
     listener.set_nonblocking(true)?;
-    let ready = TcpListener::from_std(listener.try_clone()?)?;
+    let mut ready = None;
     loop {
-        match race(ready.readable(false), ctx.stop.wait()).await {
+        let waiting = match &ready {
+            Some(ready) => ready,
+            None => match listener.readiness() {
+                Ok(fresh) => ready.insert(fresh),
+                Err(err) => {
+                    // A descriptor for the wait could not be made (EMFILE): try again soon.
+                    log_warn!("cannot wait on a listener: {err}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        match race(waiting.readable(), ctx.stop.wait()).await {
             Either::Left(Ok(())) => {}
             Either::Left(Err(err)) => {
                 log_warn!("waiting on a listener failed: {err}");
@@ -139,16 +152,23 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: std::net::TcpListener) -> anyhow:
             }
             Either::Right(()) => break,
         }
-        if shares_listeners && !leave_connections_to_idle_workers(&ctx, &listener).await {
-            continue;
+        if shares_listeners && ctx.python_threads_held(BUSY_FOR) {
+            // The looks at the queue must not be woken by arrivals, or each would find the
+            // connection that woke it, which an idle worker is about to take: stop watching
+            // the listener meanwhile (with epoll it stays registered, and every arrival
+            // wakes this thread; a look then due ran right then, every time).
+            ready = None;
+            if !leave_connections_to_idle_workers(&ctx, &listener).await {
+                continue;
+            }
         }
         // Take what is queued, but only one connection at a time while every Python thread
         // is busy and other workers share the queue.
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    serve_connection(&ctx, stream, peer, fixed_local, listener_addr);
-                    if shares_listeners && !ctx.python_has_idle_thread() {
+                    serve_connection(&ctx, stream, peer, fixed_local);
+                    if shares_listeners && ctx.python_threads_held(BUSY_FOR) {
                         break;
                     }
                 }
@@ -167,7 +187,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: std::net::TcpListener) -> anyhow:
     // stop; serve them too (gunicorn#3397), then stop accepting (ARCHITECTURE.md §10).
     loop {
         match listener.accept() {
-            Ok((stream, peer)) => serve_connection(&ctx, stream, peer, fixed_local, listener_addr),
+            Ok((stream, peer)) => serve_connection(&ctx, stream, peer, fixed_local),
             Err(err) if is_transient(&err) => {}
             Err(_) => break,
         }
@@ -184,22 +204,25 @@ fn is_transient(err: &io::Error) -> bool {
     ) || err.raw_os_error() == Some(libc::EPROTO)
 }
 
-/// How long a connection must have waited in the queue before a worker whose Python
-/// threads are all busy takes it (every worker may be busy, and this one can grow); how
-/// often it looks meanwhile:
+/// A worker counts as busy when every Python thread has been held by a request for at
+/// least this long: one that took a request a moment ago is about to be free again.
+const BUSY_FOR: Duration = Duration::from_millis(5);
+
+/// How long a connection must have waited in the queue before a busy worker takes it
+/// (every worker may be busy, and this one can grow); how often it looks meanwhile:
 const BUSY_HOLD_OFF: Duration = Duration::from_millis(20);
 const BUSY_LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// With several workers on the same listening sockets, a new connection wakes every worker
 /// waiting on them, and the first to call `accept` takes it, however busy its Python threads
-/// are. So a worker none of whose Python threads is free lets the others go first: it takes
-/// a connection only once the queue has held one at every look for [`BUSY_HOLD_OFF`], which
-/// a worker with a free thread never lets happen. Returns whether to accept now (false: the
-/// queue emptied, someone else took it). ARCHITECTURE.md §10.
-async fn leave_connections_to_idle_workers(ctx: &IoCtx, listener: &std::net::TcpListener) -> bool {
+/// are. So a busy worker (see [`BUSY_FOR`]) lets the others go first: it takes a connection
+/// only once the queue has held one at every look for [`BUSY_HOLD_OFF`], which a worker
+/// that is not busy never lets happen. Returns whether to accept now (false: the queue
+/// emptied, someone else took it). ARCHITECTURE.md §10.
+async fn leave_connections_to_idle_workers(ctx: &IoCtx, listener: &Listener) -> bool {
     let since = std::time::Instant::now();
     loop {
-        if ctx.python_has_idle_thread() || ctx.stop.is_set() {
+        if !ctx.python_threads_held(BUSY_FOR) || ctx.stop.is_set() {
             return true;
         }
         if !sys::has_queued_connection(listener) {
@@ -216,21 +239,12 @@ async fn leave_connections_to_idle_workers(ctx: &IoCtx, listener: &std::net::Tcp
 /// registration) is closed with a warning.
 fn serve_connection(
     ctx: &Rc<IoCtx>,
-    stream: std::net::TcpStream,
-    peer: std::net::SocketAddr,
+    stream: Accepted,
+    peer: Endpoint,
     fixed_local: Option<std::net::SocketAddr>,
-    listener_addr: Option<std::net::SocketAddr>,
 ) {
-    let local = match fixed_local {
-        Some(addr) => addr,
-        None => stream.local_addr().ok().or(listener_addr).unwrap_or(peer),
-    };
-    // epoll needs non-blocking sockets; io_uring wants blocking ones (it waits for them
-    // itself, where a non-blocking socket would hand EAGAIN back to us).
-    let stream = match stream
-        .set_nonblocking(ctx.shared.driver == Driver::Epoll)
-        .and_then(|()| monoio::net::TcpStream::from_std(stream))
-    {
+    let local = stream.local(fixed_local, peer);
+    let stream = match stream.into_stream(ctx.shared.driver == Driver::Epoll) {
         Ok(stream) => stream,
         Err(err) => {
             log_warn!("cannot serve a connection from {peer}: {err}");

@@ -67,8 +67,10 @@ class Spindle:
 
     _live: list["Spindle"] = []
 
-    def __init__(self, args: list[str], ready: list[str], command: list[str] | None = None):
-        """`command`: what to run instead of the spindle command (args follow it)."""
+    def __init__(self, args: list[str], ready: list[str], command: list[str] | None = None,
+                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()):
+        """`command`: what to run instead of the spindle command (args follow it);
+        `env`: added to its environment; `pass_fds`: descriptors it inherits."""
         if command is None:
             require_binary()
         self.args = [*(command or [str(SPINDLE_BIN)]), *args]
@@ -76,7 +78,8 @@ class Spindle:
         self._cond = threading.Condition()
         self._closed_output = False
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT)
+                                     stderr=subprocess.STDOUT, env={**child_env(), **(env or {})},
+                                     cwd=ROOT, pass_fds=pass_fds)
         self._drain = threading.Thread(target=self._drain_output, daemon=True)
         self._drain.start()
         Spindle._live.append(self)
@@ -85,12 +88,13 @@ class Spindle:
         try:
             for pattern in ready:
                 match = self.wait_for_log(pattern, deadline - time.monotonic(), what="readiness line")
-                self.ports.append(int(match.group(1)))
+                if match.re.groups and match.group(1).isdigit():
+                    self.ports.append(int(match.group(1)))
         except BaseException:
             self.kill()
             raise
         self.host = "127.0.0.1"
-        self.port = self.ports[0]
+        self.port = self.ports[0] if self.ports else None
 
     # -- output -----------------------------------------------------------
 
@@ -234,11 +238,12 @@ class SpindleFactory:
         self.servers: list[Spindle] = []
 
     def __call__(self, app_spec: str | None, *extra_args: str, ready: list[str] | None = None,
-                 base: bool = True, command: list[str] | None = None) -> Spindle:
+                 base: bool = True, command: list[str] | None = None,
+                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> Spindle:
         args = (base_args() if base else []) + list(extra_args)
         if app_spec is not None:
             args.append(app_spec)
-        server = Spindle(args, ready or [READY_V4], command)
+        server = Spindle(args, ready or [READY_V4], command, env, pass_fds)
         self.servers.append(server)
         return server
 

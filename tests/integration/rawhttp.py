@@ -93,12 +93,18 @@ class RawConnection:
     """One TCP connection with a receive buffer shared by every read, so that
     pipelined responses arriving in one segment are parsed one by one."""
 
-    def __init__(self, host: str, port: int, timeout: float = 5.0):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, host: str, port: int, timeout: float = 5.0, unix_path: str | None = None):
+        """TCP to host:port, or with `unix_path`, a UNIX socket (host and port unused)."""
+        if unix_path is not None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address = unix_path
+        else:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            address = (host, port)
         self.sock.settimeout(timeout)
-        self.sock.connect((host, port))
+        self.sock.connect(address)
         self.timeout = timeout
         self.buf = bytearray()
         self.eof = False

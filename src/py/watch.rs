@@ -1,0 +1,53 @@
+//! A Python thread's [`ThreadWatch`]: when its current request began, for `--timeout`'s
+//! watchdog (`watchdog.rs`). Its own module so that the hosts that own the watches and the
+//! watchdog that reads them do not depend on each other.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use pyo3_ffi as ffi;
+
+/// What one Python thread is doing, as the watchdog sees it.
+pub(super) struct ThreadWatch {
+    /// The thread's own thread state; used only by the watchdog, holding this thread's
+    /// interpreter's GIL, while `busy_since` shows this thread is still in the request
+    /// it read it for (see `watchdog::read_stack`).
+    pub(super) tstate: usize,
+    /// When the current request began, in µs after [`epoch`] plus one; 0: idle.
+    pub(super) busy_since: AtomicU64,
+    /// The `busy_since` the watchdog reported already.
+    pub(super) reported: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+pub(super) fn now_us() -> u64 {
+    epoch().elapsed().as_micros() as u64 + 1
+}
+
+impl ThreadWatch {
+    /// The watch of the calling thread, whose attached thread state is `tstate`.
+    pub(super) fn new(tstate: *mut ffi::PyThreadState) -> Arc<ThreadWatch> {
+        Arc::new(ThreadWatch {
+            tstate: tstate as usize,
+            busy_since: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+        })
+    }
+
+    /// The thread takes a request (its interpreter's GIL held).
+    #[inline]
+    pub(super) fn busy(&self) {
+        self.busy_since.store(now_us(), Ordering::Release);
+    }
+
+    /// The thread is done with its request (its interpreter's GIL held).
+    #[inline]
+    pub(super) fn idle(&self) {
+        self.busy_since.store(0, Ordering::Release);
+    }
+}
