@@ -119,8 +119,8 @@ struct Args {
     #[arg(long)]
     preload: bool,
 
-    /// Reload (as on SIGHUP) when a Python file under the working directory or --pythonpath
-    /// changes: for development.
+    /// For development: reload (as on SIGHUP) when a Python file under the working
+    /// directory (or --chdir) or a --pythonpath changes; a syntax error keeps the old code.
     #[arg(long)]
     reload: bool,
 

@@ -19,6 +19,11 @@ use super::Request;
 #[derive(Default)]
 pub struct Capacity {
     idle: AtomicUsize,
+    /// Threads not inside an application call: waiting for a request, or between two (a
+    /// thread whose response is out is about to take the next one). Counted only when
+    /// `counts_free` (other workers share the listeners: `server::thread` asks).
+    free: AtomicUsize,
+    counts_free: AtomicBool,
     /// Set by the I/O side when it asked the grower to look; cleared by the grower.
     asked: AtomicBool,
     /// How long (µs) the request a Python thread took last had waited in the queue.
@@ -31,6 +36,42 @@ pub struct Capacity {
 }
 
 impl Capacity {
+    /// A Python thread joins the pool (free), or leaves it.
+    pub fn thread_joins(&self) {
+        self.free.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn thread_leaves(&self) {
+        self.free.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts the threads inside application calls from now on (set before any thread
+    /// starts): two atomic operations per request, paid only where they are read.
+    pub fn count_free_threads(&self) {
+        self.counts_free.store(true, Ordering::Relaxed);
+    }
+
+    /// A Python thread calls the application for a request, and comes back from it.
+    #[inline]
+    pub fn app_enters(&self) {
+        if self.counts_free.load(Ordering::Relaxed) {
+            self.free.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    #[inline]
+    pub fn app_leaves(&self) {
+        if self.counts_free.load(Ordering::Relaxed) {
+            self.free.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether every Python thread is inside an application call.
+    #[inline]
+    pub fn all_in_app(&self) -> bool {
+        self.free.load(Ordering::Acquire) == 0
+    }
+
     /// A Python thread starts waiting for a request.
     #[inline]
     pub fn thread_idle(&self) {
@@ -138,13 +179,11 @@ impl RequestSender {
         Ok(())
     }
 
-    /// Whether every Python thread is held by a request, and none took one in the last
-    /// `for_at_least`: a thread that took a request a moment ago is most likely about to be
-    /// free again (a thread is idle again only once its response is out and `close()`d,
-    /// after the client may already have sent its next connection).
+    /// Whether every Python thread is inside an application call: a thread between two
+    /// requests (its response out, `close()` done, not yet waiting) counts as free.
     #[inline]
-    pub fn all_threads_held(&self, for_at_least: Duration) -> bool {
-        self.capacity.idle() == 0 && self.capacity.since_last_take() >= for_at_least
+    pub fn all_threads_held(&self) -> bool {
+        self.capacity.all_in_app()
     }
 }
 

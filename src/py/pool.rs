@@ -126,6 +126,10 @@ impl Pool {
         }
 
         let capacity = Arc::new(Capacity::default());
+        if config.workers > 1 {
+            // Busy workers hold back from the shared listeners (ARCHITECTURE.md §10).
+            capacity.count_free_threads();
+        }
         let (sender, receiver) = request_queue(config.queue_size, capacity.clone());
         let shared = Arc::new(Shared {
             requests: receiver,

@@ -223,6 +223,7 @@ fn serve(
     // SAFETY: this thread's state is attached (the caller's `gil`).
     let watch = ThreadWatch::new(unsafe { ffi::PyThreadState_Get() });
     let clock = ctx.host.register_thread_clock(watch.clone());
+    ctx.capacity.thread_joins();
     let mut idle_since = Instant::now();
     let mut left = false;
     // Take every queued request before sleeping again: under load one wake-up serves many.
@@ -255,14 +256,18 @@ fn serve(
                 ctx.host.gil_wait_ends();
                 ctx.capacity.record_take(first.queued);
                 watch.busy();
+                ctx.capacity.app_enters();
                 worker.handle(gil, first);
+                ctx.capacity.app_leaves();
                 watch.idle();
                 while let Ok(next) = ctx.requests.try_recv() {
                     // A batch can last as long as requests keep coming: every request says
                     // how long it waited (one clock read, ~20 ns).
                     ctx.capacity.record_take(next.queued);
                     watch.busy();
+                    ctx.capacity.app_enters();
                     worker.handle(gil, next);
+                    ctx.capacity.app_leaves();
                     watch.idle();
                 }
                 worker.release_written(gil);
@@ -284,6 +289,7 @@ fn serve(
         }
     }
     worker.release(gil);
+    ctx.capacity.thread_leaves();
     ctx.host.unregister_thread_clock(clock);
     left
 }

@@ -33,6 +33,7 @@ mod deploy;
 mod listen;
 mod signals;
 mod supervise;
+mod watch;
 
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};

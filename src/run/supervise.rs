@@ -146,6 +146,8 @@ pub const SYS_PATH_VAR: &str = "SPINDLE_WORKER_SYS_PATH";
 /// What the supervisor hears about.
 enum Event {
     Signal(Signal),
+    /// `--reload`: a Python file under the application's directories changed.
+    FileChanged(PathBuf),
     Message(u32, WorkerMessage),
     Exited(u32, std::io::Result<ExitStatus>),
 }
@@ -245,10 +247,48 @@ impl Supervisor {
                 })
                 .context("cannot start the signal thread")?
         };
+        let watcher = if self.config.reload {
+            let events = self.events.clone();
+            let watched = self.watched_roots();
+            log_info!(
+                "--reload: watching the Python files under {}",
+                watched
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let watcher = super::watch::start(watched, done.clone(), move |path| {
+                let _ = events.send(Event::FileChanged(path));
+            });
+            Some(watcher.context("cannot start the --reload watcher")?)
+        } else {
+            None
+        };
         let result = self.serve();
         done.store(true, std::sync::atomic::Ordering::Release);
         let _ = signal_thread.join();
+        if let Some(watcher) = watcher {
+            let _ = watcher.join();
+        }
         result
+    }
+
+    /// What `--reload` watches: where the application is imported from (the working
+    /// directory workers start in, or `--chdir`) and each `--pythonpath`.
+    fn watched_roots(&self) -> Vec<PathBuf> {
+        let base = match &self.config.chdir {
+            Some(dir) => self.launch.cwd.join(dir),
+            None => self.launch.cwd.clone(),
+        };
+        let mut roots = vec![base.clone()];
+        for dir in &self.config.pythonpath {
+            let dir = base.join(dir);
+            if !roots.iter().any(|root| dir.starts_with(root)) {
+                roots.push(dir);
+            }
+        }
+        roots
     }
 
     fn serve(&mut self) -> anyhow::Result<()> {
@@ -320,7 +360,7 @@ impl Supervisor {
                     self.reap_all(QUICK_STOP);
                     return Err(WorkerFailed.into());
                 }
-                Ok(Event::Signal(_)) => {}
+                Ok(Event::Signal(_) | Event::FileChanged(_)) => {}
                 Err(_) => return Err(anyhow!("the supervisor lost its own event channel")),
             }
         }
@@ -335,6 +375,10 @@ impl Supervisor {
                 self.replace(pid, reason.as_str())
             }
             Event::Exited(pid, status) => self.on_exit(pid, status),
+            Event::FileChanged(path) if !self.stopping => {
+                self.start_reload(&format!("--reload: {} changed", path.display()))
+            }
+            Event::FileChanged(_) => {}
         }
     }
 
@@ -357,7 +401,7 @@ impl Supervisor {
                 self.stop_all(Signal::Quit);
             }
             Signal::Term => {}
-            Signal::Hup if !self.stopping => self.start_reload(),
+            Signal::Hup if !self.stopping => self.start_reload("SIGHUP received"),
             Signal::Hup => {}
             Signal::Ttin if !self.stopping => {
                 self.target += 1;
@@ -462,14 +506,15 @@ impl Supervisor {
         }
     }
 
-    fn start_reload(&mut self) {
+    /// Starts a new generation of workers; `cause` says why, in the log.
+    fn start_reload(&mut self, cause: &str) {
         if self.reload.is_some() {
-            log_warn!("SIGHUP received while a reload is under way: ignored");
+            log_warn!("{cause} while a reload is under way: ignored");
             return;
         }
         let generation = self.generation + 1;
         log_info!(
-            "SIGHUP received: reloading ({} new worker(s) import the current code; the old ones keep serving until they are ready)",
+            "{cause}: reloading ({} new worker(s) import the current code; the old ones keep serving until they are ready)",
             self.target
         );
         self.reload = Some(Reload { generation });

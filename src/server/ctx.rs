@@ -141,13 +141,12 @@ impl IoCtx {
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether every Python thread is held by a request taken at least `for_at_least` ago
-    /// (false once stopped); see `RequestSender::all_threads_held`.
-    pub(super) fn python_threads_held(&self, for_at_least: std::time::Duration) -> bool {
+    /// Whether every Python thread is inside an application call (false once stopped).
+    pub(super) fn python_threads_held(&self) -> bool {
         self.requests
             .borrow()
             .as_ref()
-            .is_some_and(|requests| requests.all_threads_held(for_at_least))
+            .is_some_and(|requests| requests.all_threads_held())
     }
 
     pub(super) fn error_response(&self, status: u16) -> Vec<u8> {

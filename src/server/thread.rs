@@ -152,7 +152,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
             }
             Either::Right(()) => break,
         }
-        if shares_listeners && ctx.python_threads_held(BUSY_FOR) {
+        if shares_listeners && ctx.python_threads_held() {
             // The looks at the queue must not be woken by arrivals, or each would find the
             // connection that woke it, which an idle worker is about to take: stop watching
             // the listener meanwhile (with epoll it stays registered, and every arrival
@@ -168,7 +168,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     serve_connection(&ctx, stream, peer, fixed_local);
-                    if shares_listeners && ctx.python_threads_held(BUSY_FOR) {
+                    if shares_listeners && ctx.python_threads_held() {
                         break;
                     }
                 }
@@ -204,10 +204,6 @@ fn is_transient(err: &io::Error) -> bool {
     ) || err.raw_os_error() == Some(libc::EPROTO)
 }
 
-/// A worker counts as busy when every Python thread has been held by a request for at
-/// least this long: one that took a request a moment ago is about to be free again.
-const BUSY_FOR: Duration = Duration::from_millis(5);
-
 /// How long a connection must have waited in the queue before a busy worker takes it
 /// (every worker may be busy, and this one can grow); how often it looks meanwhile:
 const BUSY_HOLD_OFF: Duration = Duration::from_millis(20);
@@ -215,14 +211,15 @@ const BUSY_LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// With several workers on the same listening sockets, a new connection wakes every worker
 /// waiting on them, and the first to call `accept` takes it, however busy its Python threads
-/// are. So a busy worker (see [`BUSY_FOR`]) lets the others go first: it takes a connection
+/// are. So a busy worker, one whose Python threads are all inside application calls, lets the
+/// others go first: it takes a connection
 /// only once the queue has held one at every look for [`BUSY_HOLD_OFF`], which a worker
 /// that is not busy never lets happen. Returns whether to accept now (false: the queue
 /// emptied, someone else took it). ARCHITECTURE.md §10.
 async fn leave_connections_to_idle_workers(ctx: &IoCtx, listener: &Listener) -> bool {
     let since = std::time::Instant::now();
     loop {
-        if !ctx.python_threads_held(BUSY_FOR) || ctx.stop.is_set() {
+        if !ctx.python_threads_held() || ctx.stop.is_set() {
             return true;
         }
         if !sys::has_queued_connection(listener) {

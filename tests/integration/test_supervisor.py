@@ -292,6 +292,27 @@ def test_sighup_with_a_syntax_error_keeps_the_old_code_then_loads_the_fix(spindl
     wait_until("the new code to answer", lambda: (r := try_get(srv)) and r.body == b"the second version")
 
 
+def test_reload_flag_loads_a_changed_file_and_survives_a_syntax_error(spindle, tmp_path):
+    source = tmp_path / "reloadable.py"
+    source.write_text(APP_TEMPLATE.format(version="first"))
+    srv = start(spindle, "--workers", "1", "--threads", "1", "--reload", "--pythonpath", str(tmp_path),
+                app="reloadable:app")
+    srv.wait_for_log(r"--reload: watching the Python files under .*" + re.escape(str(tmp_path)))
+    assert get(srv).body == b"first"
+
+    mark = srv.log_mark()
+    source.write_text("def app(environ, start_response:\n    pass\n")
+    srv.wait_for_log(r"--reload: .*reloadable\.py changed: reloading", 10, since=mark)
+    srv.wait_for_log(r"reload failed .*the old workers keep serving the old code", 20, since=mark)
+    assert "SyntaxError" in srv.log_since(mark)
+    assert get(srv).body == b"first"
+
+    mark = srv.log_mark()
+    source.write_text(APP_TEMPLATE.format(version="fixed"))
+    srv.wait_for_log(r"reload: 1 new worker\(s\) ready", 20, since=mark)
+    wait_until("the new code to answer", lambda: (r := try_get(srv)) and r.body == b"fixed")
+
+
 # -- sharing the listeners ----------------------------------------------------------------------
 
 def test_a_busy_worker_is_not_handed_new_connections(spindle):
