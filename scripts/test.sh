@@ -10,7 +10,8 @@
 #      on 3.11, which has no own-GIL sub-interpreters, and with io_uring too);
 #   3. the distribution's own python3 (Debian's /usr/bin/python3), when it is another
 #      interpreter than those: a fresh venv, the wheel for its version, and the package,
-#      command-line and Flask tests.
+#      command-line, Flask and socket tests (its Python is readable by `nobody`, so the
+#      --user test runs there).
 # Knobs:
 #   SPINDLE_TEST_PYTHONS="python3.13 python3.11"   choose the interpreters (no system step)
 #   SPINDLE_TEST_DRIVERS="io_uring epoll"          choose the drivers (every Python)
@@ -26,6 +27,17 @@ else
     mapfile -t pythons < <(scripts/find-python.sh --all)
     [ ${#pythons[@]} -gt 0 ] || { echo "error: no CPython >= 3.11 found" >&2; exit 1; }
     system_python=/usr/bin/python3
+fi
+
+# The socket-activation test runs Spindle under systemd-socket-activate (Debian's systemd
+# package); install it when missing and this user can.
+if ! command -v systemd-socket-activate >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
+    else
+        echo "error: systemd-socket-activate is missing (apt-get install systemd)" >&2
+        exit 1
+    fi
 fi
 
 failed=()
@@ -104,7 +116,7 @@ if [ -n "$system_python" ] && [ -x "$system_python" ] && "$system_python" -m ven
         venv="build/test-venv-system-$ver"
         fresh_venv "$system_python" "$venv" "${wheels[$ver]}"
         suite "$venv" epoll main tests/integration/test_package.py tests/integration/test_cli.py \
-            tests/integration/test_flask.py
+            tests/integration/test_flask.py tests/integration/test_sockets.py
     fi
 fi
 
