@@ -124,7 +124,7 @@ bench() {
 
 # ---------------------------------------------------------------- run
 
-bench spindle taskset -c "$SERVER_CORE" "$SPINDLE_BIN" --bind 127.0.0.1:PORT --io-threads 1 --py-threads 1 \
+bench spindle taskset -c "$SERVER_CORE" "$SPINDLE_BIN" --bind 127.0.0.1:PORT --single-process --io-threads 1 --py-threads 1 \
     --pythonpath "$APP_DIR" "${SPINDLE_EXTRA[@]}" hello:app
 bench gunicorn taskset -c "$SERVER_CORE" "$VENV/bin/gunicorn" -k gthread --threads 4 -w 1 -b 127.0.0.1:PORT \
     --chdir "$APP_DIR" hello:app

@@ -111,7 +111,7 @@ server_def() {
     spindle-uring | spindle-epoll)
         local driver=io-uring
         [[ $name == spindle-epoll ]] && driver=epoll
-        SV_CMD=("${pin[@]}" "$SPINDLE_BIN" --bind "127.0.0.1:$port" --io-threads 1 --py-threads 1
+        SV_CMD=("${pin[@]}" "$SPINDLE_BIN" --bind "127.0.0.1:$port" --single-process --io-threads 1 --py-threads 1
             --driver "$driver" --pythonpath "$APP_DIR" "${SPINDLE_EXTRA[@]}" lab:app)
         ;;
     gunicorn-sync)
