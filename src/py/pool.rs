@@ -126,7 +126,7 @@ impl Pool {
         }
 
         let capacity = Arc::new(Capacity::default());
-        if config.workers > 1 {
+        if config.worker.is_some() {
             // Busy workers hold back from the shared listeners (ARCHITECTURE.md §10).
             capacity.count_free_threads();
         }

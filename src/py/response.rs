@@ -138,6 +138,7 @@ pub(super) fn emit<'py>(
     end: bool,
     known_total: Option<u64>,
 ) -> PyResult<'py, bool> {
+    super::watch::progress();
     let (msg, exchange) = {
         let Ok(mut current) = cb.current.try_borrow_mut() else {
             return Err(runtime_error(gil, "response written re-entrantly"));
@@ -189,7 +190,7 @@ pub(super) fn emit<'py>(
         ReplyMsg::Data { bytes, .. } => bytes.len(),
         _ => 0,
     };
-    if !gil.allow_threads(|| exchange.reserve(len)) {
+    if !super::watch::paused(|| gil.allow_threads(|| exchange.reserve(len))) {
         return Ok(false);
     }
     match cb

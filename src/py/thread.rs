@@ -222,6 +222,7 @@ fn serve(
     }
     // SAFETY: this thread's state is attached (the caller's `gil`).
     let watch = ThreadWatch::new(unsafe { ffi::PyThreadState_Get() });
+    ThreadWatch::set_current(&watch);
     let clock = ctx.host.register_thread_clock(watch.clone());
     ctx.capacity.thread_joins();
     let mut idle_since = Instant::now();

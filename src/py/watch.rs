@@ -2,6 +2,7 @@
 //! watchdog (`watchdog.rs`). Its own module so that the hosts that own the watches and the
 //! watchdog that reads them do not depend on each other.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -50,4 +51,46 @@ impl ThreadWatch {
     pub(super) fn idle(&self) {
         self.busy_since.store(0, Ordering::Release);
     }
+}
+
+thread_local! {
+    /// The calling Python thread's watch, for the response path to report progress on.
+    static CURRENT: RefCell<Option<Arc<ThreadWatch>>> = const { RefCell::new(None) };
+}
+
+impl ThreadWatch {
+    /// Makes `watch` the calling thread's (see [`progress`], [`paused`]).
+    pub(super) fn set_current(watch: &Arc<ThreadWatch>) {
+        CURRENT.with(|current| *current.borrow_mut() = Some(watch.clone()));
+    }
+}
+
+/// The application gave control back (it yielded a piece of its response): `--timeout`
+/// counts from now, not from the start of the request (ARCHITECTURE.md §10).
+#[inline]
+pub(super) fn progress() {
+    CURRENT.with(|current| {
+        if let Some(watch) = &*current.borrow() {
+            if watch.busy_since.load(Ordering::Relaxed) != 0 {
+                watch.busy();
+            }
+        }
+    });
+}
+
+/// Runs `wait` (for a slow client to make room in the response window) with the thread
+/// counted as not in the application: that time is the client's, not the app's.
+pub(super) fn paused<T>(wait: impl FnOnce() -> T) -> T {
+    let watch = CURRENT.with(|current| current.borrow().clone());
+    let was_busy = watch
+        .as_ref()
+        .is_some_and(|w| w.busy_since.load(Ordering::Relaxed) != 0);
+    if let (Some(watch), true) = (&watch, was_busy) {
+        watch.idle();
+    }
+    let result = wait();
+    if let (Some(watch), true) = (&watch, was_busy) {
+        watch.busy();
+    }
+    result
 }

@@ -127,13 +127,13 @@ fn report(
     };
     match stack {
         Ok(stack) => log_error!(
-            "a request has run {:.1} s in the application (interpreter {index}), longer than --timeout {} s; its client is answered 504. Where it is (most recent call last):\n{}",
+            "a request has been in the application {:.1} s without giving control back (interpreter {index}), longer than --timeout {} s; its client gets a 504 (or, mid-response, a closed connection). Where it is (most recent call last):\n{}",
             ran.as_secs_f64(),
             limit.as_secs_f64(),
             stack.trim_end()
         ),
         Err(why) => log_warn!(
-            "a request has run {:.1} s in the application (interpreter {index}), longer than --timeout {} s; its client is answered 504. Its Python stack: {why}",
+            "a request has been in the application {:.1} s without giving control back (interpreter {index}), longer than --timeout {} s; its client gets a 504 (or, mid-response, a closed connection). Its Python stack: {why}",
             ran.as_secs_f64(),
             limit.as_secs_f64()
         ),

@@ -118,7 +118,9 @@ impl Identity {
         }))
     }
 
-    /// Gives the UNIX socket files to the new owner, so it can remove them at exit.
+    /// Gives the UNIX socket files to the new owner. (Removing them at exit takes write
+    /// permission on their directory, which stays the administrator's to give; a file left
+    /// behind is replaced at the next start, see `listen::bind_unix`.)
     pub fn chown(&self, path: &Path) -> anyhow::Result<()> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
             .with_context(|| format!("cannot give {} to --user", path.display()))

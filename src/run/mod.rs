@@ -111,11 +111,9 @@ enum Stop {
     Graceful(Signal),
     /// Now, without waiting for anything.
     Now(Signal),
-    /// Gracefully: the supervisor that started this worker is gone, and an orphan would
-    /// keep serving the old code on the port for ever. Workers get SIGTERM when their
-    /// supervisor dies (`PR_SET_PDEATHSIG`); this catches one that died before the worker
-    /// had set that up.
-    Orphaned,
+    /// A worker being replaced: finish every exchange in progress, and leave the accept
+    /// queue to the workers that stay.
+    Retire,
 }
 
 /// Serves until told to stop (see [`Role`]), then drains and returns.
@@ -213,12 +211,12 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
                 "{} received: finishing in-flight requests, then stopping",
                 signal.name()
             ),
-            Stop::Orphaned => {
-                log_warn!("the supervisor is gone: finishing in-flight requests, then stopping")
-            }
+            Stop::Retire => log_info!(
+                "SIGUSR2 received: retiring (finishing in-flight requests; the connections waiting to be accepted are left to the other workers)"
+            ),
         };
         let watchdog = DrainWatchdog::start(set, config.graceful_timeout)?;
-        io.stop();
+        io.stop(!matches!(stop, Stop::Retire));
         let io_result = io.join();
         // The I/O threads dropped the queue's senders: the Python threads finish what is
         // queued, end their interpreters and exit.
@@ -255,15 +253,11 @@ fn wait_for_stop(
         .max_requests
         .map(|n| n + jitter(config.max_requests_jitter));
     let mut recycle_asked = false;
-    let supervisor = std::os::unix::process::parent_id();
     loop {
         let Some(signal) = set.wait_timeout(TICK) else {
             let Role::Worker { link, .. } = role else {
                 continue;
             };
-            if std::os::unix::process::parent_id() != supervisor {
-                return Stop::Orphaned;
-            }
             if recycle_asked {
                 continue;
             }
@@ -291,6 +285,10 @@ fn wait_for_stop(
             (Role::Single, Signal::Hup) => log_warn!(
                 "SIGHUP received: reloading needs the supervisor (this process runs with --single-process); it keeps serving"
             ),
+            (Role::Worker { .. }, Signal::Usr2) => return Stop::Retire,
+            (Role::Single, Signal::Usr2) => {
+                log_warn!("SIGUSR2 received: it retires a supervisor's worker; ignored")
+            }
             (_, Signal::Usr1) => {
                 log_info!("SIGUSR1 received: no log file to reopen (the log goes to stderr)")
             }
@@ -351,8 +349,15 @@ impl DrainWatchdog {
                         );
                         std::process::exit(1);
                     }
-                    if set.wait_timeout(left.min(Self::TICK)) == Some(Signal::Int) {
-                        log_error!("SIGINT received again: exiting without waiting for in-flight requests");
+                    // A second SIGINT (Ctrl-C again), or SIGQUIT (the supervisor's "now"),
+                    // ends the wait.
+                    if let Some(signal @ (Signal::Int | Signal::Quit)) =
+                        set.wait_timeout(left.min(Self::TICK))
+                    {
+                        log_error!(
+                            "{} received while finishing: exiting without waiting for in-flight requests",
+                            signal.name()
+                        );
                         std::process::exit(1);
                     }
                 }

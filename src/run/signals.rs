@@ -33,10 +33,13 @@ pub enum Signal {
     Ttou,
     /// Reopen log files.
     Usr1,
+    /// To a worker: retire. Finish what it has, like SIGTERM, but leave the accept queue
+    /// to the workers that stay (ARCHITECTURE.md §10).
+    Usr2,
 }
 
 impl Signal {
-    const ALL: [Signal; 7] = [
+    const ALL: [Signal; 8] = [
         Signal::Int,
         Signal::Term,
         Signal::Quit,
@@ -44,6 +47,7 @@ impl Signal {
         Signal::Ttin,
         Signal::Ttou,
         Signal::Usr1,
+        Signal::Usr2,
     ];
 
     fn raw(self) -> libc::c_int {
@@ -55,6 +59,7 @@ impl Signal {
             Signal::Ttin => libc::SIGTTIN,
             Signal::Ttou => libc::SIGTTOU,
             Signal::Usr1 => libc::SIGUSR1,
+            Signal::Usr2 => libc::SIGUSR2,
         }
     }
 
@@ -71,6 +76,7 @@ impl Signal {
             Signal::Ttin => "SIGTTIN",
             Signal::Ttou => "SIGTTOU",
             Signal::Usr1 => "SIGUSR1",
+            Signal::Usr2 => "SIGUSR2",
         }
     }
 
@@ -116,8 +122,8 @@ pub struct SignalSet {
 }
 
 impl OwnedSignals {
-    /// Installs Spindle's handlers for SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU and
-    /// SIGUSR1.
+    /// Installs Spindle's handlers for SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU,
+    /// SIGUSR1 and SIGUSR2.
     pub fn install() -> io::Result<OwnedSignals> {
         let mut fds = [0; 2];
         // SAFETY: `fds` is a valid out array of two ints.

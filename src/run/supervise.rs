@@ -13,8 +13,8 @@
 //!   a pause that doubles up to [`BACKOFF_MAX`], and the supervisor stays up;
 //! - replaces a worker that asks for it (`--max-requests`, every thread stuck past
 //!   `--timeout`) or grows past `--max-worker-memory`: the new one starts, and only once it
-//!   is ready is the old one told to finish (SIGTERM) and, after `--graceful-timeout`,
-//!   killed: nothing is dropped;
+//!   is ready is the old one told to retire (SIGUSR2: finish what it has, leave the
+//!   accept queue to the others) and, after `--graceful-timeout`, killed: nothing is dropped;
 //! - reloads on SIGHUP: a new generation of workers imports the current code; once all are
 //!   ready, the old generation drains. If the new code does not import, the old workers
 //!   keep serving and the log says why;
@@ -23,8 +23,8 @@
 //!   remove a worker; SIGUSR1 is passed on.
 //!
 //! All workers accept on the same sockets (`run/listen.rs`: one per I/O thread and address,
-//! shared by every worker): the kernel hands a new connection to a worker that is waiting
-//! in `accept`, and a worker whose requests already wait stops accepting (see
+//! shared by every worker): a new connection goes to a worker that calls `accept`, and a
+//! worker whose Python threads are all inside the application holds back (see
 //! `server::thread`), so a busy worker is not given new connections while another is idle.
 //! Per-worker `SO_REUSEPORT` sockets would hash connections to a worker whatever its load
 //! (PostHog/posthog#104208).
@@ -149,7 +149,10 @@ enum Event {
     /// `--reload`: a Python file under the application's directories changed.
     FileChanged(PathBuf),
     Message(u32, WorkerMessage),
-    Exited(u32, std::io::Result<ExitStatus>),
+    /// A worker ended; it stays a zombie (its pid ours) until the [`Reaper`] is dropped,
+    /// after the worker is out of the table: a signal sent meanwhile cannot reach a process
+    /// that took over the pid.
+    Exited(u32, std::io::Result<ExitStatus>, Reaper),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +161,7 @@ enum State {
     Starting,
     /// Serving.
     Ready,
-    /// Told to stop (SIGTERM or SIGQUIT); killed at `kill_at` if still alive.
+    /// Told to stop (SIGTERM, SIGUSR2 or SIGQUIT); killed at `kill_at` if still alive.
     Stopping,
 }
 
@@ -193,8 +196,11 @@ struct Supervisor {
     target: usize,
     generation: u64,
     reload: Option<Reload>,
-    /// Slots to start again, not before the instant given (a crashing worker's pause).
-    respawn: Vec<(u32, Instant)>,
+    /// A reload was asked for while one was under way.
+    reload_again: bool,
+    /// Slots to start again (slot, generation), not before the instant given (a crashing
+    /// worker's pause).
+    respawn: Vec<(u32, u64, Instant)>,
     /// Consecutive quick deaths per slot.
     crashes: HashMap<u32, u32>,
     stopping: bool,
@@ -223,6 +229,7 @@ impl Supervisor {
             target,
             generation: 0,
             reload: None,
+            reload_again: false,
             respawn: Vec::new(),
             crashes: HashMap::new(),
             stopping: false,
@@ -232,21 +239,6 @@ impl Supervisor {
 
     fn run(&mut self) -> anyhow::Result<()> {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let signal_thread = {
-            let set = self.signals;
-            let events = self.events.clone();
-            let done = done.clone();
-            std::thread::Builder::new()
-                .name("spindle-signals".into())
-                .spawn(move || {
-                    while !done.load(std::sync::atomic::Ordering::Acquire) {
-                        if let Some(signal) = set.wait_timeout(TICK) {
-                            let _ = events.send(Event::Signal(signal));
-                        }
-                    }
-                })
-                .context("cannot start the signal thread")?
-        };
         let watcher = if self.config.reload {
             let events = self.events.clone();
             let watched = self.watched_roots();
@@ -264,6 +256,27 @@ impl Supervisor {
             Some(watcher.context("cannot start the --reload watcher")?)
         } else {
             None
+        };
+        let signal_thread = {
+            let set = self.signals;
+            let events = self.events.clone();
+            let done = done.clone();
+            std::thread::Builder::new()
+                .name("spindle-signals".into())
+                .spawn(move || {
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        if let Some(signal) = set.wait_timeout(TICK) {
+                            let _ = events.send(Event::Signal(signal));
+                        }
+                    }
+                })
+        };
+        let signal_thread = match signal_thread {
+            Ok(thread) => thread,
+            Err(err) => {
+                done.store(true, std::sync::atomic::Ordering::Release); // the watcher ends
+                return Err(anyhow::Error::new(err).context("cannot start the signal thread"));
+            }
         };
         let result = self.serve();
         done.store(true, std::sync::atomic::Ordering::Release);
@@ -340,7 +353,7 @@ impl Supervisor {
                     }
                 }
                 Ok(Event::Message(..)) => {}
-                Ok(Event::Exited(pid, status)) => {
+                Ok(Event::Exited(pid, status, _reaper)) => {
                     self.workers.retain(|w| w.pid != pid);
                     self.stop_all(Signal::Quit);
                     self.reap_all(QUICK_STOP);
@@ -374,7 +387,10 @@ impl Supervisor {
             Event::Message(pid, WorkerMessage::Recycle(reason)) => {
                 self.replace(pid, reason.as_str())
             }
-            Event::Exited(pid, status) => self.on_exit(pid, status),
+            Event::Exited(pid, status, reaper) => {
+                self.on_exit(pid, status);
+                drop(reaper);
+            }
             Event::FileChanged(path) if !self.stopping => {
                 self.start_reload(&format!("--reload: {} changed", path.display()))
             }
@@ -421,14 +437,21 @@ impl Supervisor {
                 let newest = self
                     .workers
                     .iter()
-                    .filter(|w| w.generation == self.generation && w.state != State::Stopping)
+                    .filter(|w| {
+                        w.generation == self.generation
+                            && w.state == State::Ready
+                            && !w.being_replaced
+                    })
                     .max_by_key(|w| w.slot)
                     .map(|w| w.pid);
                 if let Some(pid) = newest {
-                    self.stop_worker(pid, Signal::Term);
+                    self.stop_worker(pid, Signal::Usr2);
                 }
             }
             Signal::Ttin | Signal::Ttou => {}
+            Signal::Usr2 => log_warn!(
+                "SIGUSR2 received: it retires one worker (send it to the worker); ignored"
+            ),
             Signal::Usr1 => {
                 log_info!(
                     "SIGUSR1 received: passing it on to the workers (they reopen their log files)"
@@ -448,10 +471,12 @@ impl Supervisor {
             return;
         }
         worker.state = State::Ready;
-        let (slot, generation, replaces) = (worker.slot, worker.generation, worker.replaces);
+        // Once it serves, it replaces no one: if it dies later, it is restarted like any.
+        let replaces = worker.replaces.take();
+        let (slot, generation) = (worker.slot, worker.generation);
         if let Some(old) = replaces {
             log_info!("worker {slot} (pid {pid}) ready: the one it replaces (pid {old}) finishes and stops");
-            self.stop_worker(old, Signal::Term);
+            self.stop_worker(old, Signal::Usr2);
         }
         if let Some(reload) = &self.reload {
             if generation == reload.generation {
@@ -476,9 +501,12 @@ impl Supervisor {
                         old.len()
                     );
                     for pid in old {
-                        self.stop_worker(pid, Signal::Term);
+                        self.stop_worker(pid, Signal::Usr2);
                     }
                     self.notifier.ready();
+                    if std::mem::take(&mut self.reload_again) {
+                        self.start_reload("a change during the last reload");
+                    }
                 }
             }
         }
@@ -509,7 +537,10 @@ impl Supervisor {
     /// Starts a new generation of workers; `cause` says why, in the log.
     fn start_reload(&mut self, cause: &str) {
         if self.reload.is_some() {
-            log_warn!("{cause} while a reload is under way: ignored");
+            // The generation starting may have imported the code before this change: one
+            // more reload follows it.
+            log_info!("{cause} while a reload is under way: another follows it");
+            self.reload_again = true;
             return;
         }
         let generation = self.generation + 1;
@@ -535,6 +566,9 @@ impl Supervisor {
         };
         log_error!("reload failed ({why}): the old workers keep serving the old code");
         self.notifier.ready();
+        if std::mem::take(&mut self.reload_again) {
+            self.start_reload("a change during the failed reload");
+        }
         let new: Vec<u32> = self
             .workers
             .iter()
@@ -572,7 +606,8 @@ impl Supervisor {
             }
         }
         if let Some(old) = worker.replaces {
-            // A replacement died before it was ready: the worker it was to replace serves on.
+            // A replacement died before it was ready (only then is `replaces` still set):
+            // the worker it was to replace serves on, and may be replaced again.
             if let Some(old) = self.worker_mut(old) {
                 old.being_replaced = false;
             }
@@ -605,25 +640,32 @@ impl Supervisor {
                 pause.as_secs_f64()
             );
         }
-        // A worker that was replacing another is not started again: the other serves on.
-        if worker.replaces.is_none() {
-            self.respawn.push((worker.slot, Instant::now() + pause));
+        // A replacement that died starting is not started again: the worker it was to
+        // replace serves on. A worker that died while its replacement starts needs none.
+        if worker.replaces.is_none() && !self.replacement_starting(pid) {
+            self.respawn
+                .push((worker.slot, worker.generation, Instant::now() + pause));
         }
     }
 
     fn timers(&mut self) {
         let now = Instant::now();
-        let due: Vec<u32> = self
+        let due: Vec<(u32, u64)> = self
             .respawn
             .iter()
-            .filter(|(_, at)| *at <= now)
-            .map(|(slot, _)| *slot)
+            .filter(|(_, _, at)| *at <= now)
+            .map(|&(slot, generation, _)| (slot, generation))
             .collect();
-        self.respawn.retain(|(_, at)| *at > now);
-        for slot in due {
+        self.respawn.retain(|(_, _, at)| *at > now);
+        for (slot, generation) in due {
+            // A worker of a generation a reload has replaced since: the new one has its own.
+            // One of a slot TTOU removed since: none.
+            if generation < self.generation || slot as usize > self.target {
+                continue;
+            }
             if let Err(err) = self.spawn(slot, None) {
                 log_error!("cannot start worker {slot}: {err:#}");
-                self.respawn.push((slot, now + BACKOFF_MAX));
+                self.respawn.push((slot, generation, now + BACKOFF_MAX));
             }
         }
         for worker in &mut self.workers {
@@ -695,8 +737,9 @@ impl Supervisor {
             .current_dir(&launch.cwd)
             .env(SYS_PATH_VAR, &launch.sys_path)
             .stdin(Stdio::null());
+        let supervisor = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the child between fork and exec, and only makes
-        // async-signal-safe calls (fcntl, prctl) on descriptors the child inherited.
+        // async-signal-safe calls (fcntl, prctl, getppid) and allocates nothing.
         unsafe {
             command.pre_exec(move || {
                 for &fd in &inherit {
@@ -706,29 +749,40 @@ impl Supervisor {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                // The worker goes when the supervisor goes, even if it is killed.
+                // The worker goes when the supervisor goes, even if it is killed; and if
+                // the supervisor died before that was set, the worker does not start.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() != supervisor {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
                 Ok(())
             });
         }
-        let mut child = command
+        let child = command
             .spawn()
             .with_context(|| format!("cannot run {} -m spindle", launch.python.display()))?;
         drop(theirs);
         let pid = child.id();
         let events = self.events.clone();
+        // Two threads per worker: its messages, and its end. The end is not the socket's:
+        // a process the application forked holds the socket open after the worker died.
+        let messages = events.clone();
         std::thread::Builder::new()
-            .name(format!("spindle-watch-{pid}"))
+            .name(format!("spindle-read-{pid}"))
             .spawn(move || {
                 for line in BufReader::new(ours).lines() {
                     let Ok(line) = line else { break };
                     if let Some(message) = WorkerMessage::decode(&line) {
-                        let _ = events.send(Event::Message(pid, message));
+                        let _ = messages.send(Event::Message(pid, message));
                     }
                 }
-                // The socket closed: the worker ended (or is ending).
-                let status = child.wait();
-                let _ = events.send(Event::Exited(pid, status));
+            })
+            .context("cannot start a worker reader thread")?;
+        std::thread::Builder::new()
+            .name(format!("spindle-wait-{pid}"))
+            .spawn(move || {
+                let status = wait_without_reaping(pid);
+                let _ = events.send(Event::Exited(pid, status, Reaper(child)));
             })
             .context("cannot start a worker watcher thread")?;
         crate::log_debug!("worker {slot} (pid {pid}, generation {generation}) starting");
@@ -745,6 +799,11 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Whether a worker is starting to take `pid`'s place.
+    fn replacement_starting(&self, pid: u32) -> bool {
+        self.workers.iter().any(|w| w.replaces == Some(pid))
+    }
+
     fn worker_mut(&mut self, pid: u32) -> Option<&mut Worker> {
         self.workers.iter_mut().find(|w| w.pid == pid)
     }
@@ -756,17 +815,19 @@ impl Supervisor {
                     .workers
                     .iter()
                     .any(|w| w.slot == *slot && w.state != State::Stopping)
+                    && !self.respawn.iter().any(|(s, _, _)| s == slot)
             })
             .unwrap_or(1)
     }
 
-    /// Tells one worker to stop: SIGTERM (finish, then stop; killed after
-    /// `--graceful-timeout`) or SIGQUIT (now; killed after [`QUICK_STOP`]).
+    /// Tells one worker to stop: SIGTERM (finish, serving the accept queue too, then
+    /// stop), SIGUSR2 (retire: finish, leaving the queue to the others), both killed after
+    /// `--graceful-timeout`; or SIGQUIT (now; killed after [`QUICK_STOP`]).
     fn stop_worker(&mut self, pid: u32, signal: Signal) {
-        let grace = if signal == Signal::Term {
-            self.config.graceful_timeout
-        } else {
+        let grace = if signal == Signal::Quit {
             QUICK_STOP
+        } else {
+            self.config.graceful_timeout
         };
         if let Some(worker) = self.worker_mut(pid) {
             worker.state = State::Stopping;
@@ -793,7 +854,7 @@ impl Supervisor {
                 }
                 break;
             }
-            if let Ok(Event::Exited(pid, _)) = self.inbox.recv_timeout(left) {
+            if let Ok(Event::Exited(pid, _, _reaper)) = self.inbox.recv_timeout(left) {
                 self.workers.retain(|w| w.pid != pid);
             }
         }
@@ -805,10 +866,56 @@ fn send_signal(pid: u32, signal: Signal) {
 }
 
 fn send_raw_signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) on a worker this supervisor started and has not reaped yet (its
-    // watcher thread reaps it only after its socket closed), so the pid is still ours.
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours. The pid is a
+    // worker still in the table, which is not reaped before it leaves the table (see
+    // `Event::Exited`), so it cannot name another process.
     unsafe {
         libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// Reaps a worker when dropped.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for worker `pid` to end, leaving it a zombie (`WNOWAIT`): how it ended.
+fn wait_without_reaping(pid: u32) -> std::io::Result<ExitStatus> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, exclusively borrowed siginfo_t for the call; the pid
+        // is our child, not reaped (only the Reaper reaps it).
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid succeeded with WEXITED, so `info` holds a SIGCHLD siginfo, whose
+        // si_status is the exit code or the signal's number.
+        let status = unsafe { info.si_status() };
+        // The wait status `ExitStatus` is made from: the code in the second byte, or the
+        // signal in the low seven bits (with 0x80 for a core dump).
+        let raw = match info.si_code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+            _ => status & 0x7f,
+        };
+        return Ok(ExitStatus::from_raw(raw));
     }
 }
 

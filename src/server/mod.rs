@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub driver: Driver,
     pub stopping: AtomicBool,
+    /// Whether a stopping accept loop first takes the connections already queued.
+    pub drain_queue: AtomicBool,
     /// Requests handed to Python, one counter per I/O thread (each writes only its own).
     pub served: Vec<AtomicU64>,
 }
@@ -88,6 +90,7 @@ impl IoThreads {
             config,
             driver,
             stopping: AtomicBool::new(false),
+            drain_queue: AtomicBool::new(true),
             served: (0..listeners.len()).map(|_| AtomicU64::new(0)).collect(),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -125,9 +128,12 @@ impl IoThreads {
             .sum()
     }
 
-    /// Stops accepting; connections finish the exchange they are in (idle ones close), and
-    /// each thread drops its request sender when its last connection is gone.
-    pub fn stop(&self) {
+    /// Stops accepting, after taking what waits in the accept queue when `drain_queue`
+    /// (false: a retiring worker leaves it to the others); connections finish the exchange
+    /// they are in (idle ones close), and each thread drops its request sender when its
+    /// last connection is gone.
+    pub fn stop(&self, drain_queue: bool) {
+        self.shared.drain_queue.store(drain_queue, Ordering::SeqCst);
         self.shared.stopping.store(true, Ordering::SeqCst);
         for mailbox in &self.mailboxes {
             mailbox.request_stop();

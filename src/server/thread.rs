@@ -123,7 +123,9 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
         ListenAddr::Tcp(addr) if !addr.ip().is_unspecified() => Some(addr),
         _ => None,
     };
-    let shares_listeners = ctx.shared.config.workers > 1;
+    // Any supervised worker may share its listeners: with the workers `-w` starts, with
+    // those SIGTTIN adds, with its own replacement while that starts.
+    let shares_listeners = ctx.shared.config.worker.is_some();
     // Readiness, then `accept(2)` on the (non-blocking) socket, rather than monoio's accept
     // op: a readiness wait can be dropped at any moment without losing anything, while an
     // io_uring accept that completes as it is cancelled (the stop, a time-out) takes a
@@ -184,7 +186,15 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
         }
     }
     // Stopping: the connections already waiting in the accept queue were sent before the
-    // stop; serve them too (gunicorn#3397), then stop accepting (ARCHITECTURE.md §10).
+    // stop; serve them too (gunicorn#3397), then stop accepting (ARCHITECTURE.md §10). A
+    // retiring worker leaves them to the workers that stay.
+    if !ctx
+        .shared
+        .drain_queue
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return Ok(());
+    }
     loop {
         match listener.accept() {
             Ok((stream, peer)) => serve_connection(&ctx, stream, peer, fixed_local),

@@ -7,6 +7,7 @@ sleep, eat memory, or die in the ways production applications die.
     /abort       os.abort(): SIGABRT, as a failed assertion in C does
     /segfault    reads address 0 through ctypes: SIGSEGV
     /exit        os._exit(3)
+    /stream?n=N&every=S   N chunks of "tick\n", one every S seconds
 """
 
 import ctypes
@@ -28,9 +29,18 @@ def _no_core_file():
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _stream(n, every):
+    for _ in range(n):
+        time.sleep(every)
+        yield b"tick\n"
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     q = _query(environ)
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _stream(int(q.get("n", "4")), float(q.get("every", "0.5")))
     if path == "/sleep":
         if "marker" in q:
             print(f"sleep started {q['marker']}", file=sys.stderr, flush=True)

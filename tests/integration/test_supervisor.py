@@ -271,6 +271,18 @@ def app(environ, start_response):
 """
 
 
+def test_timeout_counts_from_the_last_piece_a_streaming_response_yielded(spindle):
+    # 4 s of response, a piece every 0.5 s, under --timeout 2: never cut, never reported.
+    srv = start(spindle, "--workers", "1", "--threads", "2", "--timeout", "2")
+    mark = srv.log_mark()
+    with srv.connect(timeout=20) as conn:
+        conn.send(request("GET", "/stream?n=8&every=0.5", srv.host_header))
+        resp = conn.read_response(timeout=20)
+    assert resp.status == 200 and resp.body == b"tick\n" * 8, resp
+    assert "longer than --timeout" not in srv.log_since(mark)
+    assert "sent nothing for --timeout" not in srv.log_since(mark)
+
+
 def test_sighup_with_a_syntax_error_keeps_the_old_code_then_loads_the_fix(spindle, tmp_path):
     source = tmp_path / "reloadable.py"
     source.write_text(APP_TEMPLATE.format(version="first"))
