@@ -21,6 +21,11 @@ const LINGER_BYTES: usize = 1 << 20;
 /// that may be on its way (sent before the stop, not read yet): it is served, with
 /// `Connection: close`, instead of being lost with the connection (ARCHITECTURE.md §10).
 pub(super) const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+/// The same for a connection that has not sent its first request yet: it was just
+/// accepted, so its request is certainly on its way (a client connects to send one), and on
+/// a loaded machine it can take longer than [`STOP_GRACE`] to arrive. A reload under load
+/// lost such requests (an EOF for a request sent on a new connection).
+pub(super) const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Conn {
     /// Writes all of `buf`, giving up when one write makes no progress for
@@ -136,10 +141,17 @@ impl Conn {
             let mut read = std::pin::pin!(read);
             match race(read.as_mut(), self.ctx.stop.wait()).await {
                 Either::Left(result) => result,
-                Either::Right(()) => match monoio::time::timeout(STOP_GRACE, read).await {
-                    Ok(result) => result,
-                    Err(_elapsed) => return ReadOutcome::Stopped,
-                },
+                Either::Right(()) => {
+                    let grace = if self.served == 0 {
+                        FIRST_REQUEST_GRACE
+                    } else {
+                        STOP_GRACE
+                    };
+                    match monoio::time::timeout(grace, read).await {
+                        Ok(result) => result,
+                        Err(_elapsed) => return ReadOutcome::Stopped,
+                    }
+                }
             }
         } else {
             read.await
