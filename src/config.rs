@@ -95,9 +95,10 @@ struct Args {
     #[arg(long)]
     single_process: bool,
 
-    /// Seconds a request may run in the application before it is reported with the Python
-    /// stack of where it is, and its client answered 504; a worker whose every Python thread
-    /// is stuck so is replaced. 0: never.
+    /// Seconds the application may keep a request without giving control back (returning,
+    /// or yielding the next piece of its response): then the Python stack of where it is is
+    /// logged and its client gets a 504 (mid-response: a closed connection); a worker whose
+    /// every Python thread is stuck so is replaced. 0: never.
     #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 30.0)]
     timeout: f64,
 

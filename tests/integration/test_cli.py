@@ -15,7 +15,7 @@ from rawhttp import request
 
 PY_MAJOR_MINOR = "%d.%d" % sys.version_info[:2]
 
-ALL_FLAGS = ["--bind", "--io-threads", "--threads", "--py-threads", "--max-threads", "--thread-idle-timeout",
+ALL_FLAGS = ["--bind", "--unix-socket-mode", "--pid", "--user", "--group", "--io-threads", "--threads", "--py-threads", "--max-threads", "--thread-idle-timeout",
              "--sub-interpreters", "--interpreters", "--workers", "--single-process", "--timeout",
              "--max-requests", "--max-requests-jitter", "--max-worker-memory", "--preload", "--reload", "--chdir", "--pythonpath", "--log-level",
              "--access-log", "--keep-alive", "--backlog", "--driver", "--limit-request-line",
@@ -61,7 +61,10 @@ def test_help_lists_every_flag():
     ["--io-threads", "lots"],
     ["--driver", "carrier-pigeon"],
     ["--log-level", "chatty"],
-], ids=["unknown-flag", "bad-number", "bad-driver", "bad-log-level"])
+    ["--unix-socket-mode", "999"],
+    ["--bind", "fd://three"],
+    ["--bind", "unix:"],
+], ids=["unknown-flag", "bad-number", "bad-driver", "bad-log-level", "bad-mode", "bad-fd", "empty-unix-path"])
 def test_bad_command_line_exits_2(args):
     result = run_spindle(args + ["wsgi_app:app"])
     assert result.returncode == 2, f"exit {result.returncode}; stderr:\n{result.stderr}"
