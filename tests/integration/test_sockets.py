@@ -179,14 +179,16 @@ def test_sd_notify_ready_reloading_stopping(spindle, tmp_path):
 
 def nobody_can_run_this_checkout() -> str | None:
     """Why `nobody` cannot run Spindle from here (this Python or checkout is not readable
-    to it: a pyenv under /root, say), or None."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return "setpriv (util-linux) is missing"
-    probe = subprocess.run(
-        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
-         "import spindle, sys; sys.path.insert(0, sys.argv[1]); import wsgi_app", str(APPS)],
-        capture_output=True, text=True, timeout=60, env=child_env(), cwd="/")
+    to it: a pyenv under /root, say), or None. Tried the way Spindle's supervisor starts a
+    worker after dropping to --user: setgroups, setgid, setuid, then exec."""
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import spindle, sys; sys.path.insert(0, sys.argv[1]); import wsgi_app",
+             str(APPS)],
+            user="nobody", group="nogroup", extra_groups=[],
+            capture_output=True, text=True, timeout=60, env=child_env(), cwd="/")
+    except OSError as err:
+        return f"nobody cannot run {sys.executable}: {err}"
     return None if probe.returncode == 0 else f"nobody cannot import spindle and the app here: {probe.stderr[-300:]}"
 
 
