@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pyo3_ffi as ffi;
 
-use super::host::{Admission, Host, InterpState};
+#[cfg(Py_3_12)]
+use super::host::InterpState;
+use super::host::{Admission, Host};
 use super::interp::{Interp, ServerInfo};
 use super::object::{Attached, Gil};
 use super::watch::ThreadWatch;
