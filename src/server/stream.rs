@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::path::PathBuf;
 
@@ -88,17 +88,21 @@ impl Listener {
         }
     }
 
-    /// One connection from the queue (`WouldBlock` when it is empty: the socket is
-    /// non-blocking), with its peer.
-    pub(super) fn accept(&self) -> io::Result<(Accepted, Endpoint)> {
-        match self {
-            Listener::Tcp(l) => l
-                .accept()
-                .map(|(stream, peer)| (Accepted::Tcp(stream), Endpoint::Ip(peer))),
-            Listener::Unix(l) => l
-                .accept()
-                .map(|(stream, _)| (Accepted::Unix(stream), Endpoint::Unix)),
-        }
+    /// One connection from the queue (`WouldBlock` when it is empty: the listener is
+    /// non-blocking), with its peer; the socket close-on-exec, and non-blocking when asked
+    /// (epoll wants it, io_uring does not), in the one `accept4` call.
+    pub(super) fn accept(&self, nonblocking: bool) -> io::Result<(Accepted, Endpoint)> {
+        let flags = libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+        let (socket, peer) = socket2::SockRef::from(self).accept4(flags)?;
+        Ok(match self {
+            Listener::Tcp(_) => {
+                let peer = peer.as_socket().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "a TCP peer without an address")
+                })?;
+                (Accepted::Tcp(socket.into()), Endpoint::Ip(peer))
+            }
+            Listener::Unix(_) => (Accepted::Unix(socket.into()), Endpoint::Unix),
+        })
     }
 
     /// A handle to wait on this listener's readiness from a monoio runtime (it shares the
@@ -108,6 +112,15 @@ impl Listener {
             Listener::Tcp(l) => Readiness::Tcp(monoio::net::TcpListener::from_std(l)?),
             Listener::Unix(l) => Readiness::Unix(monoio::net::UnixListener::from_std(l)?),
         })
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
     }
 }
 
@@ -155,19 +168,13 @@ impl Accepted {
         }
     }
 
-    /// Joins the calling thread's runtime. epoll needs non-blocking sockets; io_uring wants
-    /// blocking ones (it waits for them itself, where a non-blocking socket would hand EAGAIN
-    /// back to us).
-    pub(super) fn into_stream(self, nonblocking: bool) -> io::Result<Stream> {
+    /// Joins the calling thread's runtime (accepted non-blocking for epoll, blocking for
+    /// io_uring, which waits for the socket itself where a non-blocking one would hand
+    /// EAGAIN back to us).
+    pub(super) fn into_stream(self) -> io::Result<Stream> {
         Ok(match self {
-            Accepted::Tcp(s) => {
-                s.set_nonblocking(nonblocking)?;
-                Stream::Tcp(monoio::net::TcpStream::from_std(s)?)
-            }
-            Accepted::Unix(s) => {
-                s.set_nonblocking(nonblocking)?;
-                Stream::Unix(monoio::net::UnixStream::from_std(s)?)
-            }
+            Accepted::Tcp(s) => Stream::Tcp(monoio::net::TcpStream::from_std(s)?),
+            Accepted::Unix(s) => Stream::Unix(monoio::net::UnixStream::from_std(s)?),
         })
     }
 }

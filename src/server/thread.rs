@@ -131,6 +131,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
     // io_uring accept that completes as it is cancelled (the stop, a time-out) takes a
     // connection out of the queue and drops it unanswered (ARCHITECTURE.md §10).
     listener.set_nonblocking(true)?;
+    let nonblocking = ctx.shared.driver == Driver::Epoll;
     let mut ready = None;
     loop {
         let waiting = match &ready {
@@ -167,7 +168,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
         // Take what is queued, but only one connection at a time while every Python thread
         // is busy and other workers share the queue.
         loop {
-            match listener.accept() {
+            match listener.accept(nonblocking) {
                 Ok((stream, peer)) => {
                     serve_connection(&ctx, stream, peer, fixed_local);
                     if shares_listeners && ctx.python_threads_held() {
@@ -196,7 +197,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
         return Ok(());
     }
     loop {
-        match listener.accept() {
+        match listener.accept(nonblocking) {
             Ok((stream, peer)) => serve_connection(&ctx, stream, peer, fixed_local),
             Err(err) if is_transient(&err) => {}
             Err(_) => break,
@@ -251,7 +252,7 @@ fn serve_connection(
     fixed_local: Option<std::net::SocketAddr>,
 ) {
     let local = stream.local(fixed_local, peer);
-    let stream = match stream.into_stream(ctx.shared.driver == Driver::Epoll) {
+    let stream = match stream.into_stream() {
         Ok(stream) => stream,
         Err(err) => {
             log_warn!("cannot serve a connection from {peer}: {err}");
