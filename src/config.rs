@@ -240,17 +240,26 @@ struct Args {
     /// Print Spindle's version and the Python it embeds, then exit.
     #[arg(long)]
     version: bool,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (requests by method and status,
+    /// durations, in-flight, queue, connections, bytes, workers), gathered from every worker
+    /// process by the supervisor. Without it nothing is counted.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_bind: Option<String>,
 }
 
 /// What a supervisor tells a worker it spawns (the hidden `--internal-worker` flag):
-/// `SLOT:GENERATION:CONTROL_FD:LISTENERS`, where LISTENERS lists each I/O thread's
-/// descriptors, `,` between the addresses of a thread and `;` between threads.
+/// `SLOT:GENERATION:CONTROL_FD:LISTENERS[:METRICS_FD]`, where LISTENERS lists each I/O
+/// thread's descriptors, `,` between the addresses of a thread and `;` between threads, and
+/// METRICS_FD is the worker's metrics block (with `--metrics-bind`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSpec {
     pub slot: u32,
     pub generation: u64,
     pub control_fd: i32,
     pub listener_fds: Vec<Vec<i32>>,
+    /// The shared block the worker counts in (`--metrics-bind`).
+    pub metrics_fd: Option<i32>,
 }
 
 impl WorkerSpec {
@@ -265,8 +274,12 @@ impl WorkerSpec {
                     .join(",")
             })
             .collect();
+        let metrics = self
+            .metrics_fd
+            .map(|fd| format!(":{fd}"))
+            .unwrap_or_default();
         format!(
-            "{}:{}:{}:{}",
+            "{}:{}:{}:{}{metrics}",
             self.slot,
             self.generation,
             self.control_fd,
@@ -275,7 +288,7 @@ impl WorkerSpec {
     }
 
     fn decode(spec: &str) -> Option<WorkerSpec> {
-        let mut parts = spec.splitn(4, ':');
+        let mut parts = spec.splitn(5, ':');
         let slot = parts.next()?.parse().ok()?;
         let generation = parts.next()?.parse().ok()?;
         let control_fd = parts.next()?.parse().ok()?;
@@ -284,11 +297,16 @@ impl WorkerSpec {
             .split(';')
             .map(|thread| thread.split(',').map(|fd| fd.parse().ok()).collect())
             .collect::<Option<Vec<Vec<i32>>>>()?;
+        let metrics_fd = match parts.next() {
+            Some(fd) => Some(fd.parse().ok()?),
+            None => None,
+        };
         Some(WorkerSpec {
             slot,
             generation,
             control_fd,
             listener_fds,
+            metrics_fd,
         })
     }
 }
@@ -370,6 +388,13 @@ impl Bind {
     }
 }
 
+fn parse_metrics_bind(bind: &str) -> Result<SocketAddr, String> {
+    bind.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("--metrics-bind {bind}: expected HOST:PORT, such as 127.0.0.1:9100"))
+}
+
 fn parse_mode(mode: &str) -> Result<u32, String> {
     match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
         Ok(mode) if mode <= 0o777 => Ok(mode),
@@ -424,6 +449,8 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub root_path: String,
     pub queue_size: usize,
+    /// `--metrics-bind`: where `/metrics` is served; `None`: nothing is counted.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl Config {
@@ -550,6 +577,11 @@ impl Config {
             return Err("--max-requests, --max-worker-memory and --reload replace worker processes: they need the supervisor (drop --single-process)".into());
         }
         let timeout = seconds("timeout", args.timeout)?;
+        let metrics_bind = args
+            .metrics_bind
+            .as_deref()
+            .map(parse_metrics_bind)
+            .transpose()?;
         Ok(Config {
             app: args.app,
             binds,
@@ -594,6 +626,40 @@ impl Config {
             graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
             root_path: args.root_path,
             queue_size: args.queue_size.max(1),
+            metrics_bind,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_spec_survives_its_encoding() {
+        for metrics_fd in [None, Some(9)] {
+            let spec = WorkerSpec {
+                slot: 2,
+                generation: 3,
+                control_fd: 5,
+                listener_fds: vec![vec![6, 7], vec![8]],
+                metrics_fd,
+            };
+            assert_eq!(WorkerSpec::decode(&spec.encode()), Some(spec));
+        }
+        assert_eq!(WorkerSpec::decode("1:0:5:6:x"), None);
+    }
+
+    #[test]
+    fn metrics_bind_takes_host_and_port_only() {
+        let config = Config::from_arg_list(["spindle", "--metrics-bind", "127.0.0.1:9100"]);
+        assert_eq!(
+            config.unwrap().metrics_bind,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        for bad in ["9100", "localhost", "127.0.0.1:port", ""] {
+            let err = Config::from_arg_list(["spindle", "--metrics-bind", bad]).unwrap_err();
+            assert!(err.starts_with("--metrics-bind"), "{bad}: {err}");
+        }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! From the top: `ext` (the `spindle._native` extension module) calls `run` (one process,
 //! start to exit), which starts `py` (the Python threads) and `server` (the I/O threads);
-//! they meet only in `handoff`; `http` is the protocol, pure; `config` and `log` serve all.
+//! they meet only in `handoff`; `http` is the protocol, pure; `config` and `log` serve all;
+//! `metrics` counts for both and serves `/metrics`.
 
 #![deny(
     unsafe_op_in_unsafe_fn,
@@ -17,6 +18,7 @@ mod ext;
 pub mod handoff;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod py;
 pub mod run;
 pub mod server;

@@ -13,9 +13,15 @@ use std::path::{Path, PathBuf};
 /// Each top-level module and the modules it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("ext", &["run", "py", "config", "log"]),
-    ("run", &["server", "py", "handoff", "http", "config", "log"]),
-    ("server", &["handoff", "http", "config", "log"]),
-    ("py", &["handoff", "http", "config", "log"]),
+    (
+        "run",
+        &[
+            "server", "py", "handoff", "http", "metrics", "config", "log",
+        ],
+    ),
+    ("server", &["handoff", "http", "metrics", "config", "log"]),
+    ("py", &["handoff", "http", "metrics", "config", "log"]),
+    ("metrics", &["config", "log"]),
     ("handoff", &["http"]),
     ("http", &[]),
     ("config", &["http", "log"]),
@@ -29,6 +35,7 @@ const FORBIDDEN_WORDS: &[(&str, &[&str])] = &[
     ("server", &["pyo3", "ffi::Py"]),
     ("py", &["monoio", "TcpStream"]),
     ("config", &["pyo3", "monoio"]),
+    ("metrics", &["pyo3", "monoio", "ffi::"]),
 ];
 
 /// Every `.rs` file under `dir`, recursively.

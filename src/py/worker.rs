@@ -117,6 +117,7 @@ impl Worker {
             queued: _,
             reply,
         } = request;
+        let taken = crate::metrics::request_taken();
         let peer = head.peer;
         let token = self.cb().next_token.get();
         self.cb().next_token.set(token + 1);
@@ -213,6 +214,8 @@ impl Worker {
                 resp
             }
         };
+        let status = resp.as_ref().and_then(|r| r.encoder.status());
+        crate::metrics::request_done(taken, started, head.get(head.method), status);
         if self.access_log {
             if let Some(resp) = resp {
                 crate::log_at!(

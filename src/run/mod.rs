@@ -44,6 +44,7 @@ use anyhow::Context as _;
 
 use crate::config::{Command, Config, WorkerSpec};
 use crate::handoff::IoMailbox;
+use crate::metrics::MetricsServer;
 use crate::py::object::{Gil, Obj};
 use crate::py::Pool;
 use crate::server::{choose_driver, IoThreads};
@@ -122,6 +123,7 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
     let signals = OwnedSignals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
     let driver = choose_driver(config.driver)?;
+    let _metrics = start_metrics(&config, &role)?;
     let mut deployment = None;
     let listeners = match &role {
         Role::Single => {
@@ -146,6 +148,7 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
     };
     let (mut pool, requests) = Pool::start(gil, &config, driver.name(), app)?;
     let mode = pool.mode_description().to_string();
+    crate::metrics::publish_interpreters(pool.main_interp().is_none());
     let all_stuck = pool.all_stuck();
     let set = signals.set();
 
@@ -228,6 +231,32 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
     drop(signals);
     log_info!("stopped");
     Ok(())
+}
+
+/// Counting for `--metrics-bind`: a worker counts in the block its supervisor made (and
+/// serves nothing: the supervisor does); a single process makes its own and serves it.
+fn start_metrics(config: &Config, role: &Role) -> anyhow::Result<Option<MetricsServer>> {
+    use crate::metrics::{self, Hub, SharedBlock};
+    match role {
+        Role::Worker { spec, .. } => {
+            if let Some(fd) = spec.metrics_fd {
+                let block = SharedBlock::inherit(fd)
+                    .with_context(|| format!("the metrics block (descriptor {fd})"))?;
+                metrics::install(Arc::new(block));
+            }
+            Ok(None)
+        }
+        Role::Single => {
+            let Some(addr) = config.metrics_bind else {
+                return Ok(None);
+            };
+            let block = Arc::new(SharedBlock::create().context("cannot make the metrics block")?);
+            metrics::install(block.clone());
+            let server = MetricsServer::start(addr, Arc::new(Hub::single(block)))?;
+            log_info!("metrics on http://{}/metrics", server.addr());
+            Ok(Some(server))
+        }
+    }
 }
 
 /// How often a serving process looks at what it must report while it waits for signals.

@@ -47,6 +47,7 @@ use super::deploy::{self, Notifier};
 use super::listen::{self, Listeners};
 use super::signals::{OwnedSignals, Signal, SignalSet};
 use crate::config::{Config, WorkerSpec};
+use crate::metrics::{Hub, MetricsServer, RestartReason, SharedBlock};
 use crate::py::object::Gil;
 use crate::{log_error, log_info, log_warn};
 
@@ -84,6 +85,15 @@ pub fn supervise(gil: Gil<'_>, config: Config, args: Vec<OsString>) -> anyhow::R
     // A driver the kernel refuses fails here, once, not in every worker.
     crate::server::choose_driver(config.driver)?;
     let listeners = listen::bind_all(&config)?;
+    let metrics = match config.metrics_bind {
+        Some(addr) => {
+            let hub = Arc::new(Hub::supervisor());
+            let server = MetricsServer::start(addr, hub.clone())?;
+            log_info!("metrics on http://{}/metrics", server.addr());
+            Some((server, hub))
+        }
+        None => None,
+    };
     let deployment = deploy::settle(&config, &listeners)?;
     let python = sys_executable(gil)?;
     // Workers start where Spindle was started (`--preload` may `--chdir` this process, and
@@ -96,6 +106,7 @@ pub fn supervise(gil: Gil<'_>, config: Config, args: Vec<OsString>) -> anyhow::R
     // Everything after the program name: the worker's `python -m spindle` gets the same.
     let args: Vec<OsString> = args.into_iter().skip(1).collect();
     let set = signals.set();
+    let hub = metrics.as_ref().map(|(_, hub)| hub.clone());
     let result = gil.allow_threads(move || {
         let mut supervisor = Supervisor::new(
             config,
@@ -108,9 +119,11 @@ pub fn supervise(gil: Gil<'_>, config: Config, args: Vec<OsString>) -> anyhow::R
             listeners,
             set,
             deployment.notifier,
+            hub,
         );
         supervisor.run()
     });
+    drop(metrics);
     drop(signals);
     result
 }
@@ -205,6 +218,8 @@ struct Supervisor {
     crashes: HashMap<u32, u32>,
     stopping: bool,
     memory_checked: Instant,
+    /// `--metrics-bind`: every worker's counters, and ours.
+    metrics: Option<Arc<Hub>>,
 }
 
 impl Supervisor {
@@ -214,6 +229,7 @@ impl Supervisor {
         listeners: Listeners,
         signals: SignalSet,
         notifier: Notifier,
+        metrics: Option<Arc<Hub>>,
     ) -> Supervisor {
         let (events, inbox) = crossbeam_channel::unbounded();
         let target = config.workers;
@@ -234,6 +250,7 @@ impl Supervisor {
             crashes: HashMap::new(),
             stopping: false,
             memory_checked: Instant::now(),
+            metrics,
         }
     }
 
@@ -355,6 +372,7 @@ impl Supervisor {
                 Ok(Event::Message(..)) => {}
                 Ok(Event::Exited(pid, status, _reaper)) => {
                     self.workers.retain(|w| w.pid != pid);
+                    self.count(|hub| hub.exited(pid));
                     self.stop_all(Signal::Quit);
                     self.reap_all(QUICK_STOP);
                     if matches!(&status, Ok(s) if s.code() == Some(1)) {
@@ -388,6 +406,7 @@ impl Supervisor {
                 self.replace(pid, reason.as_str())
             }
             Event::Exited(pid, status, reaper) => {
+                self.count(|hub| hub.exited(pid));
                 self.on_exit(pid, status);
                 drop(reaper);
             }
@@ -501,6 +520,7 @@ impl Supervisor {
                         old.len()
                     );
                     for pid in old {
+                        self.count(|hub| hub.restarted(RestartReason::Reload));
                         self.stop_worker(pid, Signal::Usr2);
                     }
                     self.notifier.ready();
@@ -526,10 +546,17 @@ impl Supervisor {
         worker.being_replaced = true;
         let slot = worker.slot;
         log_info!("worker {slot} (pid {pid}) to be replaced ({reason}): starting its replacement");
-        if let Err(err) = self.spawn(slot, Some(pid)) {
-            log_error!("cannot start a worker to replace pid {pid}: {err:#}");
-            if let Some(worker) = self.worker_mut(pid) {
-                worker.being_replaced = false;
+        match self.spawn(slot, Some(pid)) {
+            Ok(()) => {
+                if let Some(reason) = RestartReason::from_label(reason) {
+                    self.count(|hub| hub.restarted(reason));
+                }
+            }
+            Err(err) => {
+                log_error!("cannot start a worker to replace pid {pid}: {err:#}");
+                if let Some(worker) = self.worker_mut(pid) {
+                    worker.being_replaced = false;
+                }
             }
         }
     }
@@ -593,6 +620,8 @@ impl Supervisor {
             );
             return;
         }
+        // Not asked to stop: killed by a signal, or exited on its own.
+        self.count(|hub| hub.restarted(RestartReason::Crash));
         let lived = worker.started.elapsed();
         if let Some(reload) = &self.reload {
             if worker.generation == reload.generation {
@@ -717,15 +746,21 @@ impl Supervisor {
         replaces: Option<u32>,
     ) -> anyhow::Result<()> {
         let (ours, theirs) = UnixStream::pair().context("socketpair")?;
+        let block = match &self.metrics {
+            Some(_) => Some(SharedBlock::create().context("cannot make a metrics block")?),
+            None => None,
+        };
         use std::os::fd::AsRawFd;
         let spec = WorkerSpec {
             slot,
             generation,
             control_fd: theirs.as_raw_fd(),
             listener_fds: self.listeners.fds(),
+            metrics_fd: block.as_ref().and_then(SharedBlock::fd),
         };
         let mut inherit: Vec<i32> = spec.listener_fds.iter().flatten().copied().collect();
         inherit.push(spec.control_fd);
+        inherit.extend(spec.metrics_fd);
         let launch = &self.launch;
         let mut command = Command::new(&launch.python);
         command
@@ -763,6 +798,9 @@ impl Supervisor {
             .with_context(|| format!("cannot run {} -m spindle", launch.python.display()))?;
         drop(theirs);
         let pid = child.id();
+        if let (Some(hub), Some(block)) = (&self.metrics, block) {
+            hub.spawned(slot, pid, block);
+        }
         let events = self.events.clone();
         // Two threads per worker: its messages, and its end. The end is not the socket's:
         // a process the application forked holds the socket open after the worker died.
@@ -797,6 +835,13 @@ impl Supervisor {
             kill_at: None,
         });
         Ok(())
+    }
+
+    /// Counts in the metrics hub, if there is one (`--metrics-bind`).
+    fn count(&self, update: impl FnOnce(&Hub)) {
+        if let Some(hub) = &self.metrics {
+            update(hub);
+        }
     }
 
     /// Whether a worker is starting to take `pid`'s place.

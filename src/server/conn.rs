@@ -607,6 +607,7 @@ impl Conn {
             };
             match sent {
                 Ok(()) => {
+                    crate::metrics::request_dispatched();
                     let mut stats = self.ctx.stats.get();
                     stats.requests += 1;
                     self.ctx.stats.set(stats);

@@ -55,6 +55,7 @@ impl Conn {
                     )
                 }
                 Ok((Ok(n), slice)) => {
+                    crate::metrics::sent(n);
                     written += n;
                     buf = slice.into_inner();
                 }
@@ -81,7 +82,10 @@ impl Conn {
         while gather.remaining() > 0 {
             match monoio::time::timeout(timeout, self.stream.writev(gather)).await {
                 Ok((Ok(0), _)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok((Ok(n), rest)) => gather = rest.advance(n),
+                Ok((Ok(n), rest)) => {
+                    crate::metrics::sent(n);
+                    gather = rest.advance(n)
+                }
                 Ok((Err(err), _)) => return Err(err),
                 Err(_) => {
                     return Err(std::io::Error::new(
@@ -162,7 +166,8 @@ impl Conn {
                 self.buf = buf.into_inner();
                 ReadOutcome::Eof
             }
-            Ok((Ok(_), buf)) => {
+            Ok((Ok(n), buf)) => {
+                crate::metrics::received(n);
                 self.buf = buf.into_inner();
                 ReadOutcome::Data
             }
@@ -195,7 +200,7 @@ impl Conn {
                     ));
                     break;
                 }
-                Ok(_) => {}
+                Ok(n) => crate::metrics::sent(n as usize),
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                     let timeout = self.ctx.shared.config.write_timeout;
                     match monoio::time::timeout(timeout, self.stream.writable(false)).await {

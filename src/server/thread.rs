@@ -29,6 +29,7 @@ pub(super) struct LiveGuard(Rc<IoCtx>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
+        crate::metrics::connection_closed();
         let n = self.0.live_conns.get() - 1;
         self.0.live_conns.set(n);
         if n == 0 {
@@ -260,6 +261,7 @@ fn serve_connection(
         }
     };
     ctx.live_conns.set(ctx.live_conns.get() + 1);
+    crate::metrics::connection_opened();
     let guard = LiveGuard(ctx.clone());
     monoio::spawn(async move {
         let ctx = guard.0.clone();
