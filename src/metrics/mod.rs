@@ -48,6 +48,16 @@ pub fn install(block: Arc<SharedBlock>) {
     });
 }
 
+/// This process's block: the one installed, or a new one installed now (a single process;
+/// `spindle.serve()` may run twice in one program, and counting goes on in the first).
+pub fn own_block() -> std::io::Result<Arc<SharedBlock>> {
+    if let Some(local) = LOCAL.get() {
+        return Ok(local.block.clone());
+    }
+    install(Arc::new(SharedBlock::create()?));
+    Ok(LOCAL.get().expect("installed just now").block.clone())
+}
+
 /// Publishes, once the application is loaded, whether this process runs it on
 /// sub-interpreters (`spindle_worker_info`'s `interpreters` label).
 pub fn publish_interpreters(sub: bool) {

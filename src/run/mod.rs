@@ -250,8 +250,7 @@ fn start_metrics(config: &Config, role: &Role) -> anyhow::Result<Option<MetricsS
             let Some(addr) = config.metrics_bind else {
                 return Ok(None);
             };
-            let block = Arc::new(SharedBlock::create().context("cannot make the metrics block")?);
-            metrics::install(block.clone());
+            let block = metrics::own_block().context("cannot make the metrics block")?;
             let server = MetricsServer::start(addr, Arc::new(Hub::single(block)))?;
             log_info!("metrics on http://{}/metrics", server.addr());
             Ok(Some(server))
