@@ -112,7 +112,7 @@ impl Python {
         spindle::log::set_level(config.log_level);
         // The driver only names itself on the demo page; no I/O thread runs here.
         let (pool, requests) = Embedded::get()
-            .with_gil(|gil| Pool::start(gil, &config, "epoll", None))
+            .with_gil(|gil| Pool::start(gil, &config, "epoll", None, None))
             .expect("Python starts");
         let mode = match pool.main_interp() {
             Some(_) => "main",

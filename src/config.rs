@@ -5,10 +5,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::http::Limits;
-use crate::log::LogLevel;
+use crate::log::access::{AccessFormat, GUNICORN_DEFAULT};
+use crate::log::{ErrorLogFormat, LogLevel};
 
 /// Which monoio driver the I/O threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,16 +51,31 @@ struct Args {
     /// demo page is served.
     app: Option<String>,
 
+    /// A config file of Python like gunicorn.conf.py (its settings under gunicorn's names
+    /// or Spindle's, `workers = 4`), read before SPINDLE_CMD_ARGS and the command line,
+    /// which override it [default: ./spindle.conf.py when there is one]
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Print every setting with its value and where it came from (a config file,
+    /// SPINDLE_CMD_ARGS, the command line, the environment or the default), then exit.
+    #[arg(long)]
+    print_config: bool,
+
+    /// Check the settings and exit: 0 when they are valid, 2 with the reason when not.
+    #[arg(long)]
+    check_config: bool,
+
+    /// The application when the command line names none (a config file's `wsgi_app`).
+    #[arg(long, value_name = "APP", hide = true)]
+    wsgi_app: Option<String>,
+
     /// Where to listen, repeatable: HOST:PORT or [IPv6]:PORT (port 0 picks a free one),
     /// unix:PATH (a UNIX socket, made here), fd://N (a listening socket this process was
     /// given as descriptor N). Under systemd socket activation (LISTEN_FDS) the sockets
-    /// systemd passed are used instead.
-    #[arg(
-        short = 'b',
-        long,
-        value_name = "ADDRESS",
-        default_value = "127.0.0.1:8000"
-    )]
+    /// systemd passed are used instead [default: 0.0.0.0:$PORT when PORT is set, as
+    /// gunicorn does, else 127.0.0.1:8000]
+    #[arg(short = 'b', long, value_name = "ADDRESS")]
     bind: Vec<String>,
 
     /// Permissions of the UNIX sockets --bind makes, in octal (660: the owner and its group,
@@ -77,6 +94,20 @@ struct Args {
     /// Run as this group (name or number) once the sockets are bound [default: the user's]
     #[arg(short = 'g', long, value_name = "GROUP")]
     group: Option<String>,
+
+    /// The file mode creation mask, in octal (0o22, 022) or decimal as gunicorn takes it:
+    /// what the files and UNIX sockets Spindle and the application make leave out.
+    #[arg(long, value_name = "MASK", value_parser = parse_umask)]
+    umask: Option<u32>,
+
+    /// A name for the processes (their name in ps and top: `NAME` for the supervisor,
+    /// `NAME:w<slot>` for each worker), gunicorn's proc_name.
+    #[arg(short = 'n', long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// Set an environment variable for the application, repeatable: KEY=VALUE.
+    #[arg(short = 'e', long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
 
     /// Worker processes, each a whole Spindle (I/O threads, Python threads, its own
     /// interpreters) under a supervisor that replaces one that dies, hangs or has served
@@ -166,7 +197,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     chdir: Option<PathBuf>,
 
-    /// Prepend this directory to sys.path; repeatable.
+    /// Prepend this directory to sys.path; repeatable, or several separated by commas.
     #[arg(long, value_name = "DIR")]
     pythonpath: Vec<PathBuf>,
 
@@ -175,11 +206,41 @@ struct Args {
     #[arg(long, value_name = "DIR", hide = true)]
     venv: Option<PathBuf>,
 
-    /// Minimum level of the server log.
-    #[arg(long, value_enum, default_value = "info")]
+    /// Minimum level of the error log (gunicorn's names too: warning, critical).
+    #[arg(long, value_enum, ignore_case = true, default_value = "info")]
     log_level: LogLevel,
 
-    /// Log one line per request: client, request line, status, body bytes, duration.
+    /// Where the error log (the server's own messages) goes: `-` is stderr; a file
+    /// becomes the process's stderr, opened anew on SIGUSR1.
+    #[arg(
+        long,
+        visible_alias = "log-file",
+        value_name = "FILE",
+        default_value = "-"
+    )]
+    error_logfile: String,
+
+    /// The error log's lines: text (gunicorn's `[time] [pid] [LEVEL] message`) or json.
+    #[arg(long, value_enum, ignore_case = true, default_value = "text")]
+    error_logformat: ErrorLogFormat,
+
+    /// With --error-logfile FILE: the application's stdout and stderr go there too.
+    #[arg(long)]
+    capture_output: bool,
+
+    /// Write one line per request to this file, `-` for stdout; opened anew on SIGUSR1.
+    /// Lines are buffered per thread and written at least every half second.
+    #[arg(long, value_name = "FILE")]
+    access_logfile: Option<String>,
+
+    /// The access log's format: gunicorn's atoms (%(h)s client, %(t)s time, %(r)s
+    /// request line, %(s)s status, %(b)s bytes, %(D)s microseconds, %({header}i)s,
+    /// %({header}o)s, %({VAR}e)s ...), gunicorn's default when not given; or `json`: one
+    /// JSON object per line [default: %(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"]
+    #[arg(long, value_name = "FORMAT")]
+    access_logformat: Option<String>,
+
+    /// The access log on stdout (--access-logfile -).
     #[arg(long)]
     access_log: bool,
 
@@ -204,7 +265,12 @@ struct Args {
     limit_request_fields: usize,
 
     /// Longest header field line in bytes (longer: 431).
-    #[arg(long, value_name = "BYTES", default_value_t = 8190)]
+    #[arg(
+        long,
+        alias = "limit-request-field_size",
+        value_name = "BYTES",
+        default_value_t = 8190
+    )]
     limit_request_field_size: usize,
 
     /// Largest request head (request line and all fields) in bytes (larger: 431).
@@ -395,11 +461,44 @@ fn parse_metrics_bind(bind: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--metrics-bind {bind}: expected HOST:PORT, such as 127.0.0.1:9100"))
 }
 
+fn parse_umask(mask: &str) -> Result<u32, String> {
+    let value = if let Some(octal) = mask.strip_prefix("0o").or_else(|| mask.strip_prefix("0O")) {
+        u32::from_str_radix(octal, 8).ok()
+    } else if let Some(hex) = mask.strip_prefix("0x").or_else(|| mask.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16).ok()
+    } else if mask.len() > 1 && mask.starts_with('0') {
+        u32::from_str_radix(mask, 8).ok()
+    } else {
+        mask.parse().ok()
+    };
+    match value {
+        Some(mask) if mask <= 0o777 => Ok(mask),
+        _ => Err(format!("{mask}: expected a mask such as 0o22 or 022")),
+    }
+}
+
+fn parse_env(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !key.contains('\0') => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{pair}: expected KEY=VALUE")),
+    }
+}
+
 fn parse_mode(mode: &str) -> Result<u32, String> {
     match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
         Ok(mode) if mode <= 0o777 => Ok(mode),
         _ => Err(format!("{mode}: expected an octal mode such as 660")),
     }
+}
+
+/// `--access-logfile` and `--access-logformat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// `-` for stdout, or a file.
+    pub target: String,
+    pub format: AccessFormat,
 }
 
 /// The validated configuration: built once at start-up, then only read.
@@ -437,7 +536,19 @@ pub struct Config {
     pub chdir: Option<PathBuf>,
     pub pythonpath: Vec<PathBuf>,
     pub log_level: LogLevel,
-    pub access_log: bool,
+    /// `--error-logfile`: `None` is stderr as it is.
+    pub error_log: Option<PathBuf>,
+    pub error_log_format: ErrorLogFormat,
+    pub capture_output: bool,
+    /// `--access-logfile` (or `--access-log`): where and how; `None`: no access log.
+    pub access_log: Option<AccessLogConfig>,
+    pub umask: Option<u32>,
+    /// `--name`: what the processes are called.
+    pub name: Option<String>,
+    /// `--env`: set in the environment before anything is imported.
+    pub env: Vec<(String, String)>,
+    /// What was asked that Spindle does without (gunicorn-only settings): one log line each.
+    pub warnings: Vec<String>,
     /// `None`: keep-alive disabled.
     pub keep_alive: Option<Duration>,
     pub backlog: u32,
@@ -454,24 +565,40 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses a command line (`args[0]` is the program name). What clap or the validation
-    /// had to say about a bad one is printed here, so the caller only exits.
+    /// Parses a command line (`args[0]` is the program name), which `spindle/__init__.py`
+    /// may have split into layers of settings (a config file, SPINDLE_CMD_ARGS, the
+    /// command line: see [`LAYER_MARK`]). What clap or the validation had to say about a
+    /// bad one is printed here, in one line, so the caller only exits.
     pub fn parse<I, T>(args: I) -> Command
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args = match Args::try_parse_from(args) {
-            Ok(args) => args,
-            Err(err) => {
-                let _ = err.print();
-                return Command::Exit(err.exit_code());
+        let (program, layers) = split_layers(args.into_iter().map(Into::into).collect());
+        let parsed = match parse_layers(&program, &layers) {
+            Ok(parsed) => parsed,
+            Err(Refused::Shown(code)) => return Command::Exit(code),
+            Err(Refused::Error(msg)) => {
+                eprintln!("error: {msg}");
+                return Command::Exit(2);
             }
         };
-        if args.version {
+        if parsed.args.version {
             return Command::Version;
         }
-        match Config::validate(args) {
+        if parsed.args.print_config {
+            print!("{}", describe(&parsed, &layers));
+            return Command::Exit(0);
+        }
+        let check = parsed.args.check_config;
+        match Config::validate(parsed.args, parsed.warnings) {
+            Ok(config) if check => {
+                for warning in &config.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                eprintln!("the configuration is valid");
+                Command::Exit(0)
+            }
             Ok(config) => Command::Serve(Box::new(config)),
             Err(msg) => {
                 eprintln!("error: {msg}");
@@ -480,17 +607,34 @@ impl Config {
         }
     }
 
+    /// The command line a worker runs with: every layer's settings in order (later ones
+    /// override earlier ones), so the worker reads no config file again.
+    pub fn flatten<I, T>(args: I) -> Vec<std::ffi::OsString>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let (program, layers) = split_layers(args.into_iter().map(Into::into).collect());
+        std::iter::once(program)
+            .chain(layers.into_iter().flat_map(|layer| layer.args))
+            .collect()
+    }
+
     /// Parses an explicit argument list (tests, benches).
     pub fn from_arg_list<I, T>(args: I) -> Result<Config, String>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args = Args::try_parse_from(args).map_err(|e| e.to_string())?;
-        Config::validate(args)
+        let (program, layers) = split_layers(args.into_iter().map(Into::into).collect());
+        match parse_layers(&program, &layers) {
+            Ok(parsed) => Config::validate(parsed.args, parsed.warnings),
+            Err(Refused::Shown(code)) => Err(format!("exit {code}")),
+            Err(Refused::Error(msg)) => Err(msg),
+        }
     }
 
-    fn validate(args: Args) -> Result<Config, String> {
+    fn validate(args: Args, mut warnings: Vec<String>) -> Result<Config, String> {
         if let Some(venv) = &args.venv {
             return Err(format!(
                 "--venv is gone: Spindle runs in the Python that starts it, so run the spindle installed in that environment ({}/bin/spindle), or `python -m spindle` with its python",
@@ -500,11 +644,59 @@ impl Config {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let binds = args
-            .bind
+        let binds = if args.bind.is_empty() {
+            vec![default_bind()]
+        } else {
+            args.bind.clone()
+        };
+        let binds = binds
             .iter()
             .map(|bind| Bind::parse(bind))
             .collect::<Result<Vec<_>, _>>()?;
+        let app = args.app.clone().or(args.wsgi_app.clone());
+        let pythonpath = args
+            .pythonpath
+            .iter()
+            .flat_map(|dirs| {
+                dirs.to_string_lossy()
+                    .split(',')
+                    .filter(|dir| !dir.is_empty())
+                    .map(PathBuf::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let access_target = args
+            .access_logfile
+            .clone()
+            .or_else(|| args.access_log.then(|| "-".to_owned()));
+        let access_log = match access_target {
+            Some(target) => Some(AccessLogConfig {
+                target,
+                format: AccessFormat::parse(
+                    args.access_logformat.as_deref().unwrap_or(GUNICORN_DEFAULT),
+                )
+                .map_err(|e| format!("--access-logformat: {e}"))?,
+            }),
+            None => {
+                if args.access_logformat.is_some() {
+                    warnings.push(
+                        "--access-logformat has no effect without --access-logfile (- for stdout)"
+                            .into(),
+                    );
+                }
+                None
+            }
+        };
+        let error_log = (args.error_logfile != "-").then(|| PathBuf::from(&args.error_logfile));
+        if args.capture_output && error_log.is_none() {
+            warnings.push(
+                "--capture-output has no effect without --error-logfile FILE (the output goes to stdout and stderr already)"
+                    .into(),
+            );
+        }
+        if args.name.as_deref().is_some_and(str::is_empty) {
+            return Err("--name must not be empty".into());
+        }
         let positive = |name: &str, value: Option<usize>| -> Result<usize, String> {
             match value {
                 Some(0) => Err(format!("--{name} must be at least 1")),
@@ -519,7 +711,7 @@ impl Config {
                 Err(format!("--{name} must be a number of seconds >= 0"))
             }
         };
-        if let Some(app) = &args.app {
+        if let Some(app) = &app {
             if !app.contains(':') && app.contains('(') {
                 return Err(format!(
                     "{app}: expected MODULE:APP, for example myproject.wsgi:application"
@@ -583,7 +775,7 @@ impl Config {
             .map(parse_metrics_bind)
             .transpose()?;
         Ok(Config {
-            app: args.app,
+            app,
             binds,
             unix_socket_mode: args.unix_socket_mode,
             pid_file: args.pid_file,
@@ -606,9 +798,16 @@ impl Config {
                 .max(Duration::from_millis(10)),
             interpreters: args.interpreters,
             chdir: args.chdir,
-            pythonpath: args.pythonpath,
+            pythonpath,
             log_level: args.log_level,
-            access_log: args.access_log,
+            error_log,
+            error_log_format: args.error_logformat,
+            capture_output: args.capture_output,
+            access_log,
+            umask: args.umask,
+            name: args.name,
+            env: args.env,
+            warnings,
             keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
             backlog: args.backlog,
             driver: args.driver,
@@ -631,9 +830,464 @@ impl Config {
     }
 }
 
+/// `spindle/__init__.py` puts `LAYER_MARK + SOURCE` before each layer of settings it
+/// passes (a config file, SPINDLE_CMD_ARGS, the command line), lowest precedence first.
+/// No command line can hold it: a C argument never contains a NUL.
+pub const LAYER_MARK: &str = "\0spindle-layer:";
+
+/// One source of settings, as command-line arguments.
+#[derive(Debug, Clone)]
+struct Layer {
+    /// Where they came from: `command line`, `SPINDLE_CMD_ARGS`, a config file's path.
+    source: String,
+    args: Vec<std::ffi::OsString>,
+}
+
+fn split_layers(mut args: Vec<std::ffi::OsString>) -> (std::ffi::OsString, Vec<Layer>) {
+    let program = if args.is_empty() {
+        "spindle".into()
+    } else {
+        args.remove(0)
+    };
+    let mut layers: Vec<Layer> = Vec::new();
+    for arg in args {
+        match arg.to_str().and_then(|a| a.strip_prefix(LAYER_MARK)) {
+            Some(source) => layers.push(Layer {
+                source: source.to_owned(),
+                args: Vec::new(),
+            }),
+            None => match layers.last_mut() {
+                Some(layer) => layer.args.push(arg),
+                None => layers.push(Layer {
+                    source: "command line".into(),
+                    args: vec![arg],
+                }),
+            },
+        }
+    }
+    (program, layers)
+}
+
+/// Why a command line was not taken.
+enum Refused {
+    /// Help or a clap message was printed: exit with this code.
+    Shown(i32),
+    /// One line to print after `error: `.
+    Error(String),
+}
+
+struct Parsed {
+    args: Args,
+    /// The merged matches, and each layer's own (for `--print-config`).
+    merged: ArgMatches,
+    layers: Vec<ArgMatches>,
+    warnings: Vec<String>,
+}
+
+/// gunicorn settings Spindle does without: (long name, short, takes a value, what Spindle
+/// does instead). Accepted with one warning line, or refused (`Err`) where going on
+/// would serve something else than what was asked.
+type Note = Result<&'static str, &'static str>;
+const GUNICORN_ONLY: &[(&str, Option<char>, bool, Note)] = &[
+    ("worker-class", Some('k'), true, Ok("Spindle has one kind of worker: Rust I/O threads hand requests to Python threads (--threads), as gthread does")),
+    ("worker-connections", None, true, Ok("each worker takes the connections it can serve; --backlog bounds the queue")),
+    ("worker-tmp-dir", None, true, Ok("workers report to the supervisor over a socket, not a heartbeat file")),
+    ("no-sendfile", None, false, Ok("Spindle writes file responses itself")),
+    ("reuse-port", None, false, Ok("workers share one accept queue (ARCHITECTURE.md §10)")),
+    ("statsd-host", None, true, Ok("Spindle serves Prometheus metrics instead (--metrics-bind)")),
+    ("statsd-prefix", None, true, Ok("Spindle serves Prometheus metrics instead (--metrics-bind)")),
+    ("dogstatsd-tags", None, true, Ok("Spindle serves Prometheus metrics instead (--metrics-bind)")),
+    ("log-config", None, true, Ok("Spindle writes its logs itself: --error-logfile, --access-logfile, --error-logformat json")),
+    ("log-config-json", None, true, Ok("Spindle writes its logs itself: --error-logfile, --access-logfile, --error-logformat json")),
+    ("logger-class", None, true, Ok("Spindle writes its logs itself: --error-logfile, --access-logfile, --error-logformat json")),
+    ("log-syslog", None, false, Ok("no syslog: --error-logfile and --access-logfile, or stderr to journald")),
+    ("log-syslog-to", None, true, Ok("no syslog: --error-logfile and --access-logfile, or stderr to journald")),
+    ("log-syslog-prefix", None, true, Ok("no syslog: --error-logfile and --access-logfile, or stderr to journald")),
+    ("log-syslog-facility", None, true, Ok("no syslog: --error-logfile and --access-logfile, or stderr to journald")),
+    ("disable-redirect-access-to-syslog", None, false, Ok("no syslog")),
+    ("enable-stdio-inheritance", None, false, Ok("the application's stdout and stderr are the server's (see --capture-output)")),
+    ("initgroups", None, false, Ok("--user takes the user's primary group only")),
+    ("spew", None, false, Ok("no tracing of every executed line")),
+    ("reload-engine", None, true, Ok("--reload polls for changes")),
+    ("reload-extra-file", None, true, Ok("--reload watches the Python files under the working directory and --pythonpath")),
+    ("strip-header-spaces", None, false, Ok("Spindle's HTTP parser is strict: a space before a header's colon is refused with 400")),
+    ("permit-unconventional-http-method", None, false, Ok("Spindle's HTTP parser is strict")),
+    ("permit-unconventional-http-version", None, false, Ok("Spindle's HTTP parser is strict")),
+    ("casefold-http-method", None, false, Ok("Spindle's HTTP parser is strict")),
+    ("permit-obsolete-folding", None, false, Ok("Spindle's HTTP parser is strict: folded headers are refused")),
+    ("header-map", None, true, Ok("header names with an underscore are refused with 400, so they cannot pose as others")),
+    ("tmp-upload-dir", None, true, Ok("request bodies are streamed to the application, not spooled to files")),
+    ("forwarded-allow-ips", None, true, Ok("not read yet: X-Forwarded-* headers do not change wsgi.url_scheme or REMOTE_ADDR")),
+    ("proxy-allow-from", None, true, Ok("no PROXY protocol yet")),
+    ("proxy-protocol", None, false, Err("the PROXY protocol is not supported yet: a PROXY header would be refused as a bad request")),
+    ("daemon", Some('D'), false, Err("Spindle stays in the foreground: run it under systemd, supervisord or a container")),
+    ("paste", None, true, Err("with PasteDeploy, run the ini file's server: [server:main] use = egg:spindle")),
+    ("certfile", None, true, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
+    ("keyfile", None, true, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
+    ("ca-certs", None, true, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
+    ("ssl-version", None, true, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
+    ("cert-reqs", None, true, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
+    ("ciphers", None, true, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
+    ("do-handshake-on-connect", None, false, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
+    ("suppress-ragged-eofs", None, false, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
+];
+
+/// Every setting's long name, as `spindle/_config.py` maps a config file's names onto them.
+pub fn setting_names() -> Vec<String> {
+    command()
+        .get_arguments()
+        .filter(|arg| arg.get_id() != "internal_worker")
+        .filter_map(|arg| arg.get_long().map(str::to_owned))
+        .collect()
+}
+
+/// The whole command line: [`Args`] and the gunicorn settings Spindle does without.
+fn command() -> clap::Command {
+    let mut cmd = Args::command();
+    for &(long, short, value, _) in GUNICORN_ONLY {
+        let mut arg = clap::Arg::new(long).long(long).hide(true);
+        if let Some(short) = short {
+            arg = arg.short(short);
+        }
+        arg = if value {
+            arg.action(clap::ArgAction::Append).value_name("VALUE")
+        } else {
+            arg.action(clap::ArgAction::SetTrue)
+        };
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+fn parse_layers(program: &std::ffi::OsStr, layers: &[Layer]) -> Result<Parsed, Refused> {
+    let cmd = command();
+    let mut each = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let argv = std::iter::once(program.to_owned()).chain(layer.args.iter().cloned());
+        match cmd.clone().try_get_matches_from(argv) {
+            Ok(matches) => each.push(matches),
+            Err(err) => return Err(refusal(err, layer, layers.len() > 1, &cmd)),
+        }
+    }
+    let all = std::iter::once(program.to_owned())
+        .chain(layers.iter().flat_map(|layer| layer.args.iter().cloned()));
+    let merged = cmd.clone().try_get_matches_from(all).map_err(|err| {
+        let everything = Layer {
+            source: "the settings together".into(),
+            args: Vec::new(),
+        };
+        refusal(err, &everything, true, &cmd)
+    })?;
+    let args = Args::from_arg_matches(&merged).map_err(|e| Refused::Error(e.to_string()))?;
+    let mut warnings = Vec::new();
+    for &(long, short, _, note) in GUNICORN_ONLY {
+        if merged.value_source(long) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let flag = match short {
+            Some(short) => format!("-{short}/--{long}"),
+            None => format!("--{long}"),
+        };
+        match note {
+            Ok(instead) => warnings.push(format!(
+                "{flag} is a gunicorn setting Spindle does without: {instead}; ignored"
+            )),
+            Err(why) => return Err(Refused::Error(format!("{flag}: {why}"))),
+        }
+    }
+    Ok(Parsed {
+        args,
+        merged,
+        layers: each,
+        warnings,
+    })
+}
+
+/// A clap error as one line that names the setting, where it came from, and the fix.
+fn refusal(err: clap::Error, layer: &Layer, say_where: bool, cmd: &clap::Command) -> Refused {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            return Refused::Shown(0);
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            return Refused::Shown(2);
+        }
+        _ => {}
+    }
+    let place = if say_where {
+        format!(" (in {})", layer.source)
+    } else {
+        String::new()
+    };
+    if err.kind() == ErrorKind::UnknownArgument {
+        if let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) {
+            let name = arg.split('=').next().unwrap_or(arg);
+            if let Some(long) = name.strip_prefix("--") {
+                let hint = match closest(long, cmd) {
+                    Some(near) => format!("did you mean --{near}?"),
+                    None => "`spindle --help` lists every setting".into(),
+                };
+                return Refused::Error(format!("unknown setting {name}{place}: {hint}"));
+            }
+            if name.starts_with('-') {
+                return Refused::Error(format!(
+                    "unknown setting {name}{place}: `spindle --help` lists every setting"
+                ));
+            }
+            return Refused::Error(format!(
+                "unexpected argument {name:?}{place}: the application is named once, as MODULE:NAME, and every setting starts with --"
+            ));
+        }
+    }
+    // clap's own words, without its usage lines and blank lines.
+    let text = err.render().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    let first = lines.join("; ");
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
+    Refused::Error(format!("{first}{place}"))
+}
+
+/// The long name in `cmd` nearest to `name` (edit distance, `_` read as `-`), if any is
+/// near enough to be what was meant.
+fn closest(name: &str, cmd: &clap::Command) -> Option<String> {
+    let wanted = name.replace('_', "-").to_ascii_lowercase();
+    cmd.get_arguments()
+        .filter(|arg| arg.get_id() != "internal_worker")
+        .filter_map(|arg| arg.get_long())
+        .map(|long| (edit_distance(&wanted, long), long))
+        .filter(|&(d, long)| d <= 2.max(long.len() / 3))
+        .min()
+        .map(|(_, long)| long.to_owned())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `--bind`'s default: gunicorn's, which is `0.0.0.0:$PORT` when PORT is set.
+fn default_bind() -> String {
+    match std::env::var("PORT") {
+        Ok(port) if !port.is_empty() => format!("0.0.0.0:{port}"),
+        _ => "127.0.0.1:8000".into(),
+    }
+}
+
+/// `--print-config`: every setting, its value and where the value came from, in the
+/// syntax of a config file.
+fn describe(parsed: &Parsed, layers: &[Layer]) -> String {
+    let cmd = command();
+    let mut out = String::new();
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(
+            id,
+            "print_config" | "check_config" | "version" | "help" | "internal_worker" | "venv"
+        ) {
+            continue;
+        }
+        // Hidden settings (gunicorn's that Spindle does without, a file's wsgi_app) only
+        // when given.
+        if arg.is_hide_set() && parsed.merged.value_source(id) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let name = arg.get_long().unwrap_or(id).replace('-', "_");
+        let from = layers
+            .iter()
+            .zip(&parsed.layers)
+            .rev()
+            .find(|(_, m)| m.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|(layer, _)| layer.source.clone());
+        let merged = &parsed.merged;
+        let source = match (from, merged.value_source(id)) {
+            (Some(source), _) => source,
+            (None, Some(ValueSource::EnvVariable)) => format!(
+                "environment {}",
+                arg.get_env()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+            (None, Some(_)) => "default".into(),
+            (None, None) if id == "bind" => {
+                out.push_str(&format!(
+                    "bind = [{:?}]  # default{}\n",
+                    default_bind(),
+                    if std::env::var_os("PORT").is_some() {
+                        " (PORT)"
+                    } else {
+                        ""
+                    }
+                ));
+                continue;
+            }
+            (None, None) => "default".into(),
+        };
+        let values: Vec<String> = merged
+            .get_raw(id)
+            .map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let python = |v: &str| {
+            if v.parse::<f64>().is_ok() {
+                v.to_owned()
+            } else {
+                format!("{v:?}")
+            }
+        };
+        let value = match arg.get_action() {
+            clap::ArgAction::SetTrue => if values.first().map(String::as_str) == Some("true") {
+                "True"
+            } else {
+                "False"
+            }
+            .to_owned(),
+            clap::ArgAction::Append => format!(
+                "[{}]",
+                values
+                    .iter()
+                    .map(|v| python(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => match values.first() {
+                Some(v) => python(v),
+                None => "None".into(),
+            },
+        };
+        out.push_str(&format!("{name} = {value}  # {source}\n"));
+    }
+    out
+}
+
 #[cfg(test)]
-mod tests {
+mod layer_tests {
     use super::*;
+
+    fn layered(parts: &[(&str, &[&str])]) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["spindle".into()];
+        for (source, layer) in parts {
+            args.push(format!("{LAYER_MARK}{source}").into());
+            args.extend(layer.iter().map(|a| a.into()));
+        }
+        args
+    }
+
+    #[test]
+    fn later_layers_win_and_the_file_names_the_app() {
+        let args = layered(&[
+            (
+                "/etc/gunicorn.conf.py",
+                &["--workers", "4", "--wsgi-app", "app:one", "--timeout", "60"],
+            ),
+            ("SPINDLE_CMD_ARGS", &["--workers", "3"]),
+            ("command line", &["--timeout", "10"]),
+        ]);
+        let config = Config::from_arg_list(args.clone()).unwrap();
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(config.app.as_deref(), Some("app:one"));
+        let (program, layers) = split_layers(args);
+        let parsed = parse_layers(&program, &layers).ok().unwrap();
+        let text = describe(&parsed, &layers);
+        assert!(text.contains("workers = 3  # SPINDLE_CMD_ARGS\n"), "{text}");
+        assert!(text.contains("timeout = 10  # command line\n"), "{text}");
+        assert!(
+            text.contains("wsgi_app = \"app:one\"  # /etc/gunicorn.conf.py\n"),
+            "{text}"
+        );
+        assert!(text.contains("keep_alive = 5  # default\n"), "{text}");
+        assert!(text.contains("pid = None  # default\n"), "{text}");
+    }
+
+    #[test]
+    fn unknown_settings_and_bad_values_are_one_line() {
+        let err = Config::from_arg_list(["spindle", "--worker", "2"]).unwrap_err();
+        assert_eq!(err, "unknown setting --worker: did you mean --workers?");
+        let err = Config::from_arg_list(layered(&[
+            ("x.conf.py", &["--workers", "many"]),
+            ("command line", &[]),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.starts_with("invalid value 'many' for '--workers <N>'"),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("(in x.conf.py)") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = Config::from_arg_list(["spindle", "--log-level", "loud"]).unwrap_err();
+        assert!(
+            err.contains("possible values") && !err.contains('\n'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gunicorn_names_and_gunicorn_only_settings() {
+        let config = Config::from_arg_list([
+            "spindle",
+            "-k",
+            "gthread",
+            "--worker-connections",
+            "1000",
+            "--log-level",
+            "WARNING",
+            "--limit-request-field_size",
+            "1000",
+            "--umask",
+            "0o27",
+            "-e",
+            "A=b=c",
+            "--pythonpath",
+            "/x,/y",
+            "--access-logfile",
+            "-",
+        ])
+        .unwrap();
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        assert!(config.warnings[0].starts_with("-k/--worker-class is a gunicorn setting"));
+        assert_eq!(config.log_level, LogLevel::Warn);
+        assert_eq!(config.limits.max_field_size, 1000);
+        assert_eq!(config.umask, Some(0o27));
+        assert_eq!(config.env, vec![("A".to_owned(), "b=c".to_owned())]);
+        assert_eq!(
+            config.pythonpath,
+            vec![PathBuf::from("/x"), PathBuf::from("/y")]
+        );
+        assert_eq!(
+            config.access_log.unwrap().format,
+            AccessFormat::parse(GUNICORN_DEFAULT).unwrap()
+        );
+        let err = Config::from_arg_list(["spindle", "--certfile", "x.pem"]).unwrap_err();
+        assert!(
+            err.starts_with("--certfile: Spindle does not terminate TLS"),
+            "{err}"
+        );
+        assert_eq!(parse_umask("022"), Ok(0o22));
+        assert_eq!(parse_umask("18"), Ok(0o22));
+        assert!(parse_umask("0o1000").is_err());
+    }
 
     #[test]
     fn a_worker_spec_survives_its_encoding() {

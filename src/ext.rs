@@ -1,7 +1,8 @@
 //! `spindle._native`, the extension module: how the `spindle` Python package (the
 //! `spindle` command, `python -m spindle`, `spindle.run()`, `spindle.serve()`) reaches
-//! [`run::run`](crate::run::run). It has one function, `run(argv, app)`, called on the main
-//! thread of the main interpreter; the server then runs inside that Python process, in its
+//! [`run::run`](crate::run::run). Its function `run(argv, app)` is called on the main
+//! thread of the main interpreter (and `settings()` lists the setting names for the
+//! config-file reader, `spindle/_config.py`); the server then runs inside that Python process, in its
 //! virtual environment, and returns the exit code.
 //!
 //! Single-phase initialisation, on purpose: CPython refuses such a module in an own-GIL
@@ -30,7 +31,7 @@ struct ModuleDef(UnsafeCell<ffi::PyModuleDef>);
 unsafe impl Sync for ModuleDef {}
 
 /// The module's functions, with the zeroed sentinel CPython looks for at the end.
-struct Methods([ffi::PyMethodDef; 2]);
+struct Methods([ffi::PyMethodDef; 3]);
 // SAFETY: immutable after construction: static C strings and function pointers.
 unsafe impl Sync for Methods {}
 
@@ -40,6 +41,12 @@ static METHODS: Methods = Methods([
         ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: run },
         ml_flags: ffi::METH_FASTCALL,
         ml_doc: c"run(argv: list[str], app=None) -> int\n\nRuns Spindle with the command line argv (without the program name) and returns the exit code. app: a WSGI application object to serve instead of an import string (it runs on the main interpreter). Call from the main thread; SIGINT, SIGTERM and SIGHUP belong to Spindle until it returns.".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"settings".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: settings },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"settings() -> tuple[str, ...]\n\nThe long names of every command-line setting (gunicorn's that Spindle accepts too), for reading a config file.".as_ptr(),
     },
     ffi::PyMethodDef::zeroed(),
 ]);
@@ -109,6 +116,22 @@ unsafe extern "C" fn run(
         let code = crate::run::run(gil, command_line, app.as_ref());
         RUNNING.store(false, Ordering::SeqCst);
         gil.int(code.into())
+    })
+}
+
+/// `settings()`.
+unsafe extern "C" fn settings(
+    _module: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls us with the GIL held.
+    let gil = unsafe { Gil::assume() };
+    guard(gil, || {
+        let names = crate::config::setting_names()
+            .iter()
+            .map(|name| gil.str(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        gil.tuple(&names.iter().collect::<Vec<_>>())
     })
 }
 

@@ -33,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # no `typing` import at run time: `import spindle` stays cheap
     from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["run", "serve", "__version__"]
+__all__ = ["run", "serve", "paste_server", "__version__"]
 
 
 def __getattr__(name: str) -> str:
@@ -54,8 +54,10 @@ def __getattr__(name: str) -> str:
 def run(argv: Sequence[str] | None = None) -> int:
     """Runs Spindle with a command line, as the ``spindle`` command does, and returns its
     exit code: 0 after a clean stop (SIGTERM, or SIGINT), 1 when it could not start (the
-    reason is on stderr), 2 for a bad command line. ``argv`` excludes the program name;
-    by default it is ``sys.argv[1:]``.
+    reason is on stderr), 2 for a bad setting. ``argv`` excludes the program name;
+    by default it is ``sys.argv[1:]``. Settings from a config file (``-c FILE``, or
+    ``./spindle.conf.py``), ``[tool.spindle]`` in ``./pyproject.toml`` and
+    ``SPINDLE_CMD_ARGS`` come first, and the command line overrides them.
 
     Call it from the main thread: Spindle takes SIGINT, SIGTERM and SIGHUP while it serves
     (Python's own handlers, such as KeyboardInterrupt, do not run meanwhile) and gives
@@ -65,7 +67,17 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     if argv is None:
         argv = sys.argv[1:]
-    return _native.run([os.fsdecode(arg) for arg in argv], None)
+    argv = [os.fsdecode(arg) for arg in argv]
+    if not any(arg.startswith("--internal-worker") for arg in argv):
+        # A worker gets its supervisor's merged settings and reads no file again.
+        from spindle import _config
+
+        try:
+            argv = _config.layers(argv, _native.settings())
+        except _config.ConfigError as exc:
+            print("error: %s" % exc, file=sys.stderr)
+            return 2
+    return _native.run(argv, None)
 
 
 def serve(app: str | Callable[..., Iterable[bytes]], **settings: Any) -> None:
@@ -91,6 +103,39 @@ def serve(app: str | Callable[..., Iterable[bytes]], **settings: Any) -> None:
         raise TypeError("app must be an import string or a WSGI callable, not %s" % type(app).__name__)
     if code:
         raise SystemExit(code)
+
+
+def paste_server(app: Callable[..., Iterable[bytes]], global_conf: dict[str, str] | None = None,
+                 **local_conf: str) -> None:
+    """PasteDeploy's server runner (``[server:main]`` with ``use = egg:spindle``): serves
+    the application object PasteDeploy loaded, in this process, until SIGINT or SIGTERM.
+
+    The section's keys are Spindle's settings with ``_`` for ``-`` (``threads = 8``,
+    ``access_logfile = -``), plus PasteDeploy's usual ``host`` and ``port`` (or ``bind``,
+    or waitress's ``listen``, several separated by spaces). ``true``/``false`` switch a
+    flag. The application object lives in this interpreter, so it runs on the main
+    interpreter, in one process (``--workers`` needs an import string:
+    ``spindle myproject.wsgi:application``).
+    """
+    conf = dict(local_conf)
+    host = conf.pop("host", None)
+    port = conf.pop("port", None)
+    binds = (conf.pop("bind", "") + " " + conf.pop("listen", "")).split()
+    if host is not None or port is not None:
+        host = host or "127.0.0.1"
+        binds.append("%s:%s" % ("[%s]" % host if ":" in host else host, port or "8000"))
+    settings: dict[str, Any] = {}
+    if binds:
+        settings["bind"] = binds
+    for key, value in conf.items():
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "on"):
+            settings[key] = True
+        elif lowered in ("false", "no", "off"):
+            settings[key] = False
+        else:
+            settings[key] = value
+    serve(app, **settings)
 
 
 def _settings_to_argv(settings: dict[str, Any]) -> list[str]:

@@ -256,6 +256,10 @@ unsafe extern "C" fn start_response(
                 "start_response() called outside of a request",
             ));
         };
+        if cb.keep_head.get() {
+            // An access log format names a response header (`%({name}o)s`).
+            resp.kept_head = Some(validated.as_bytes().to_vec());
+        }
         resp.encoder.start(validated);
         drop(current);
         let write = cb.write.get();

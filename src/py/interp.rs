@@ -453,6 +453,17 @@ pub(crate) fn set_sys_path<'py>(gil: Gil<'py>, paths: &[String]) -> PyResult<'py
     Ok(())
 }
 
+/// `os.environ[key] = value` for each pair, in the main interpreter: Python's mapping and
+/// the C environment (which sub-interpreters and child processes read) both change.
+pub(crate) fn set_environ<'py>(gil: Gil<'py>, pairs: &[(String, String)]) -> PyResult<'py, ()> {
+    let environ = gil.import(c"os")?.getattr(c"environ")?;
+    let set = environ.getattr(c"__setitem__")?;
+    for (key, value) in pairs {
+        set.call(&[gil.str(key)?.borrow(), gil.str(value)?.borrow()])?;
+    }
+    Ok(())
+}
+
 /// Reports a Python exception into the log with its traceback, through the interpreter's
 /// `_spindle.report_exception` (falls back to one log line).
 pub(crate) fn report<'py>(gil: Gil<'py>, reporter: Option<&Held>, err: PyErr<'py>, context: &str) {

@@ -25,11 +25,13 @@
 //! | `interp.rs` | one interpreter's state: bootstrap, the app, interned keys, base environ |
 //! | `environ.rs` | the environ of one request |
 //! | `worker.rs` | one request end to end: the app call, `close()`, failures, access log |
+//! | `access.rs` | the access log's line for one request, in gunicorn's atoms or JSON |
 //! | `response.rs` | iterating the result into encoded messages; the per-thread state the C functions reach |
 //! | `callbacks.rs` | `start_response`, `write`, `wsgi.input`'s reader as C functions |
 //! | `object.rs` | the safe layer over the C API |
 //! | `bootstrap.py` | the Python-side helpers run once per interpreter |
 
+pub mod access;
 mod callbacks;
 mod environ;
 mod host;
@@ -58,6 +60,13 @@ pub fn sys_path(gil: object::Gil<'_>) -> anyhow::Result<Vec<String>> {
 pub fn replace_sys_path(gil: object::Gil<'_>, paths: &[String]) -> anyhow::Result<()> {
     interp::set_sys_path(gil, paths)
         .map_err(|e| anyhow::anyhow!("cannot set sys.path: {}", e.summary()))
+}
+
+/// Sets `--env`'s variables in the main interpreter's `os.environ` (and so in the C
+/// environment that sub-interpreters and workers start from).
+pub fn set_environ(gil: object::Gil<'_>, pairs: &[(String, String)]) -> anyhow::Result<()> {
+    interp::set_environ(gil, pairs)
+        .map_err(|e| anyhow::anyhow!("cannot set the environment: {}", e.summary()))
 }
 
 /// The running Python's version, e.g. "3.13.0".

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use crossbeam_channel::{Receiver, Sender};
 
+use super::access::AccessLog;
 use super::host::{Host, InterpState};
 use super::interp::{prepare_sys_path, AppSource, Interp, ServerInfo};
 use super::object::{Gil, Obj};
@@ -53,7 +54,7 @@ pub struct Pool {
 struct Shared {
     requests: Receiver<Request>,
     capacity: Arc<Capacity>,
-    access_log: bool,
+    access_log: Option<Arc<AccessLog>>,
     idle_leave: Duration,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stopping: AtomicBool,
@@ -65,7 +66,7 @@ impl Shared {
             requests: self.requests.clone(),
             capacity: self.capacity.clone(),
             host: host.clone(),
-            access_log: self.access_log,
+            access_log: self.access_log.clone(),
             idle_leave: self.idle_leave,
         }
     }
@@ -91,6 +92,7 @@ impl Pool {
         config: &Arc<Config>,
         driver: &'static str,
         app: Option<&Obj<'py>>,
+        access_log: Option<Arc<AccessLog>>,
     ) -> anyhow::Result<(Pool, RequestSender)> {
         if let Some(dir) = &config.chdir {
             std::env::set_current_dir(dir).with_context(|| format!("--chdir {}", dir.display()))?;
@@ -134,7 +136,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             requests: receiver,
             capacity,
-            access_log: config.access_log,
+            access_log,
             idle_leave: config.thread_idle_timeout,
             threads: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),

@@ -38,6 +38,9 @@ pub(super) struct Response {
     pub(super) ended: bool,
     /// The token `wsgi.input` must present (guards against use after the request).
     pub(super) token: u64,
+    /// The status and headers as the application gave them, kept for the access log
+    /// when its format names a response header.
+    pub(super) kept_head: Option<Vec<u8>>,
 }
 
 /// What went wrong building a response message (raised in Python as the given type).
@@ -60,6 +63,7 @@ impl Response {
             input_done: false,
             ended: false,
             token,
+            kept_head: None,
         }
     }
 
@@ -218,6 +222,8 @@ pub(super) struct Callbacks {
     pub(super) write: Cell<*mut ffi::PyObject>,
     /// `_spindle.ClientDisconnected` of this thread's interpreter.
     pub(super) client_disconnected: Cell<*mut ffi::PyObject>,
+    /// `start_response` keeps a copy of the headers for the access log.
+    pub(super) keep_head: Cell<bool>,
 }
 
 impl Callbacks {

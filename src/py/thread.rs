@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pyo3_ffi as ffi;
 
 #[cfg(Py_3_12)]
+use super::access::AccessLog;
 use super::host::InterpState;
 use super::host::{Admission, Host};
 use super::interp::{Interp, ServerInfo};
@@ -54,7 +55,7 @@ pub(super) struct ThreadCtx {
     pub requests: Receiver<Request>,
     pub capacity: Arc<Capacity>,
     pub host: Arc<Host>,
-    pub access_log: bool,
+    pub access_log: Option<Arc<AccessLog>>,
     /// A member idle this long leaves, when its host keeps enough threads without it
     /// (`--thread-idle-timeout`; Granian's blocking threads idle out after 30 s as well).
     pub idle_leave: Duration,
@@ -208,7 +209,7 @@ fn serve(
     ready: Option<Sender<Result<(), StartError>>>,
     may_leave: bool,
 ) -> bool {
-    let worker = match Worker::new(gil, interp, ctx.access_log) {
+    let worker = match Worker::new(gil, interp, ctx.access_log.as_ref()) {
         Ok(worker) => worker,
         Err(err) => {
             if let Some(ready) = ready {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use pyo3_ffi as ffi;
 
+use super::access::{AccessLog, Entry, ThreadLog};
 use super::callbacks::{CAPSULE_NAME, READ_BODY, START_RESPONSE, WRITE};
 use super::interp::Interp;
 use super::object::new_function;
@@ -16,7 +17,6 @@ use super::response::Callbacks;
 use super::response::{close_result, Response, ResultSink};
 use crate::handoff::{ReplyMsg, Request, RequestBody};
 use crate::http::date::DateCache;
-use crate::log::LogLevel;
 use crate::log_debug;
 
 /// How serving one request ended.
@@ -36,19 +36,24 @@ pub(super) struct Worker {
     pub(super) start_response: Held,
     pub(super) write: Held,
     pub(super) read_body: Held,
-    pub(super) access_log: bool,
+    pub(super) access_log: Option<ThreadLog>,
     /// `bytes` objects whose data the I/O threads wrote without a copy, to release here.
     pub(super) releases: Arc<ReleaseQueue>,
 }
 
 impl Worker {
-    pub(super) fn new(gil: Gil<'_>, interp: Arc<Interp>, access_log: bool) -> PyResult<'_, Worker> {
+    pub(super) fn new<'py>(
+        gil: Gil<'py>,
+        interp: Arc<Interp>,
+        access_log: Option<&Arc<AccessLog>>,
+    ) -> PyResult<'py, Worker> {
         let cb = Box::into_raw(Box::new(Callbacks {
             current: RefCell::new(None),
             next_token: Cell::new(1),
             date: RefCell::new(DateCache::new()),
             write: Cell::new(std::ptr::null_mut()),
             client_disconnected: Cell::new(interp.client_disconnected.ptr(gil)),
+            keep_head: Cell::new(access_log.is_some_and(|log| log.needs_response_headers())),
         }));
         // SAFETY: the capsule takes ownership of the boxed `Callbacks` and frees it in its
         // destructor, when the last function object holding it is gone (an application may
@@ -77,7 +82,7 @@ impl Worker {
             start_response,
             write,
             read_body,
-            access_log,
+            access_log: access_log.map(AccessLog::for_thread),
             releases: Arc::default(),
         })
     }
@@ -132,34 +137,37 @@ impl Worker {
                 .bind(gil)
                 .call(&[self.read_body.borrow(gil), token.borrow()])
         };
-        let outcome = match self.interp.environ(gil, &head, &body, stream_input) {
-            Err(err) => Outcome::Failed(err),
+        let (environ, outcome) = match self.interp.environ(gil, &head, &body, stream_input) {
+            Err(err) => (None, Outcome::Failed(err)),
             Ok(environ) => {
-                let app = self.interp.app.bind(gil);
-                match app.call(&[environ.borrow(), self.start_response.borrow(gil)]) {
-                    Err(err) => Outcome::Failed(err),
-                    Ok(result) => {
-                        let sink = ResultSink {
-                            cb: self.cb(),
-                            interp: &self.interp,
-                            releases: &self.releases,
-                        };
-                        let outcome = match sink.send(gil, &result, &exchange) {
-                            Ok(true) => Outcome::Done,
-                            Ok(false) => Outcome::Cancelled,
-                            Err(err) => Outcome::Failed(err),
-                        };
-                        // close() exactly once, on every path (PEP 3333).
-                        match (close_result(&result), outcome) {
-                            (Err(err), Outcome::Done) => Outcome::Failed(err),
-                            (Err(err), other) => {
-                                self.report(gil, err, "exception in the response's close()");
-                                other
+                let outcome = {
+                    let app = self.interp.app.bind(gil);
+                    match app.call(&[environ.borrow(), self.start_response.borrow(gil)]) {
+                        Err(err) => Outcome::Failed(err),
+                        Ok(result) => {
+                            let sink = ResultSink {
+                                cb: self.cb(),
+                                interp: &self.interp,
+                                releases: &self.releases,
+                            };
+                            let outcome = match sink.send(gil, &result, &exchange) {
+                                Ok(true) => Outcome::Done,
+                                Ok(false) => Outcome::Cancelled,
+                                Err(err) => Outcome::Failed(err),
+                            };
+                            // close() exactly once, on every path (PEP 3333).
+                            match (close_result(&result), outcome) {
+                                (Err(err), Outcome::Done) => Outcome::Failed(err),
+                                (Err(err), other) => {
+                                    self.report(gil, err, "exception in the response's close()");
+                                    other
+                                }
+                                (Ok(()), other) => other,
                             }
-                            (Ok(()), other) => other,
                         }
                     }
-                }
+                };
+                (Some(environ), outcome)
             }
         };
 
@@ -216,18 +224,16 @@ impl Worker {
         };
         let status = resp.as_ref().and_then(|r| r.encoder.status());
         crate::metrics::request_done(taken, started, head.get(head.method), status);
-        if self.access_log {
-            if let Some(resp) = resp {
-                crate::log_at!(
-                    LogLevel::Info,
-                    "{peer} \"{} {}\" {} {} {:.3}ms",
-                    request_line(),
-                    head.version.as_str(),
-                    resp.encoder.status().unwrap_or(0),
-                    resp.encoder.body_bytes(),
-                    started.elapsed().as_secs_f64() * 1e3
-                );
-            }
+        if let (Some(log), Some(resp)) = (&self.access_log, &resp) {
+            log.write(&Entry {
+                head: &head,
+                status: resp.encoder.status().unwrap_or(0),
+                body_bytes: resp.encoder.body_bytes(),
+                elapsed: started.elapsed(),
+                response_head: resp.kept_head.as_deref(),
+                environ: environ.as_ref(),
+                gil,
+            });
         }
     }
 

@@ -268,3 +268,27 @@ fn notify_address(path: &std::ffi::OsStr) -> io::Result<std::os::unix::net::Sock
         None => std::os::unix::net::SocketAddr::from_pathname(path),
     }
 }
+
+/// `--umask` and `--name`, applied to this process (a supervisor's workers inherit the
+/// mask and take their own name).
+pub fn process_settings(config: &Config) {
+    if let Some(mask) = config.umask {
+        // SAFETY: `umask` only sets this process's file mode creation mask.
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
+    if let Some(name) = &config.name {
+        let name = match &config.worker {
+            Some(spec) => format!("{name}:w{}", spec.slot),
+            None => name.clone(),
+        };
+        // The kernel keeps 15 bytes of a thread's name; the main thread's is the process's
+        // in ps and top.
+        let mut bytes: Vec<u8> = name.into_bytes().into_iter().filter(|&b| b != 0).collect();
+        bytes.truncate(15);
+        if let Ok(name) = CString::new(bytes) {
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes,
+            // alive for the call.
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+        }
+    }
+}

@@ -45,6 +45,7 @@ use anyhow::Context as _;
 use crate::config::{Command, Config, WorkerSpec};
 use crate::handoff::IoMailbox;
 use crate::metrics::MetricsServer;
+use crate::py::access::AccessLog;
 use crate::py::object::{Gil, Obj};
 use crate::py::Pool;
 use crate::server::{choose_driver, IoThreads};
@@ -66,6 +67,9 @@ pub fn run(gil: Gil<'_>, args: Vec<OsString>, app: Option<&Obj<'_>>) -> i32 {
             0
         }
         Command::Serve(config) => {
+            if let Err(code) = prepare_process(gil, &config) {
+                return code;
+            }
             let result = match config.worker.clone() {
                 Some(spec) => match SupervisorLink::from_fd(spec.control_fd) {
                     Ok(link) => serve(gil, *config, app, Role::Worker { spec, link }),
@@ -80,7 +84,7 @@ pub fn run(gil: Gil<'_>, args: Vec<OsString>, app: Option<&Obj<'_>>) -> i32 {
                 None if config.single_process || app.is_some() => {
                     serve(gil, *config, app, Role::Single)
                 }
-                None => supervise::supervise(gil, *config, args),
+                None => supervise::supervise(gil, *config, Config::flatten(args)),
             };
             match result {
                 Ok(()) => 0,
@@ -93,6 +97,42 @@ pub fn run(gil: Gil<'_>, args: Vec<OsString>, app: Option<&Obj<'_>>) -> i32 {
             }
         }
     }
+}
+
+/// What every process does first, before a socket is bound or an application imported:
+/// the logs (`--error-logfile`, its form and level), `--umask`, `--name`, `--env`, and one
+/// warning line per setting Spindle does without. A log file that cannot be opened is a
+/// bad setting: one `error:` line, exit code 2.
+fn prepare_process(gil: Gil<'_>, config: &Config) -> Result<(), i32> {
+    crate::log::set_level(config.log_level);
+    crate::log::set_format(config.error_log_format);
+    if let Err(err) = crate::log::redirect(config.error_log.as_deref(), config.capture_output) {
+        let path = config
+            .error_log
+            .as_deref()
+            .unwrap_or(std::path::Path::new("-"));
+        eprintln!("error: --error-logfile {}: {err}", path.display());
+        return Err(2);
+    }
+    if let Some(access) = &config.access_log {
+        if access.target != "-" {
+            if let Err(err) = crate::log::sink::open_append(std::path::Path::new(&access.target)) {
+                eprintln!("error: --access-logfile {}: {err}", access.target);
+                return Err(2);
+            }
+        }
+    }
+    deploy::process_settings(config);
+    if let Err(err) = crate::py::set_environ(gil, &config.env) {
+        eprintln!("error: --env: {err:#}");
+        return Err(2);
+    }
+    if config.worker.is_none() {
+        for warning in &config.warnings {
+            log_warn!("{warning}");
+        }
+    }
+    Ok(())
 }
 
 /// What kind of serving process this is.
@@ -119,7 +159,6 @@ enum Stop {
 
 /// Serves until told to stop (see [`Role`]), then drains and returns.
 fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> anyhow::Result<()> {
-    crate::log::set_level(config.log_level);
     let signals = OwnedSignals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
     let driver = choose_driver(config.driver)?;
@@ -146,7 +185,14 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
             Listeners::inherited(&spec.listener_fds)?
         }
     };
-    let (mut pool, requests) = Pool::start(gil, &config, driver.name(), app)?;
+    let access_log = match &config.access_log {
+        Some(access) => Some(
+            AccessLog::open(access)
+                .with_context(|| format!("--access-logfile {}", access.target))?,
+        ),
+        None => None,
+    };
+    let (mut pool, requests) = Pool::start(gil, &config, driver.name(), app, access_log.clone())?;
     let mode = pool.mode_description().to_string();
     crate::metrics::publish_interpreters(pool.main_interp().is_none());
     let all_stuck = pool.all_stuck();
@@ -200,13 +246,16 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
                 }
             }
         }
-        let stop = wait_for_stop(set, &role, &config, &io, &all_stuck);
+        let stop = wait_for_stop(set, &role, &config, &io, &all_stuck, access_log.as_deref());
         if let Some(deployment) = &deployment {
             deployment.notifier.stopping();
         }
         match stop {
             Stop::Now(signal) => {
                 log_info!("{} received: stopping now", signal.name());
+                if let Some(access_log) = &access_log {
+                    access_log.flush();
+                }
                 drop(deployment); // the --pid file goes with us
                 std::process::exit(0);
             }
@@ -224,6 +273,9 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
         // The I/O threads dropped the queue's senders: the Python threads finish what is
         // queued, end their interpreters and exit.
         pool.join();
+        if let Some(access_log) = &access_log {
+            access_log.close();
+        }
         watchdog.cancel();
         io_result.map(|()| pool)
     })?;
@@ -261,6 +313,19 @@ fn start_metrics(config: &Config, role: &Role) -> anyhow::Result<Option<MetricsS
 /// How often a serving process looks at what it must report while it waits for signals.
 const TICK: Duration = Duration::from_secs(1);
 
+/// SIGUSR1: the log files anew (a log rotation moved them away).
+fn reopen_logs(access_log: Option<&AccessLog>) {
+    if let Err(err) = crate::log::reopen() {
+        log_error!("SIGUSR1: cannot reopen --error-logfile: {err}");
+    }
+    if let Some(access_log) = access_log {
+        if let Err(err) = access_log.reopen() {
+            log_error!("SIGUSR1: cannot reopen --access-logfile: {err}");
+        }
+    }
+    log_info!("SIGUSR1 received: log files reopened");
+}
+
 /// Waits for a signal that stops the server, looking every [`TICK`] at what it reports.
 ///
 /// A single process: SIGTERM and SIGINT stop it gracefully (a second SIGINT stops it at
@@ -276,6 +341,7 @@ fn wait_for_stop(
     config: &Config,
     io: &IoThreads,
     all_stuck: &AtomicBool,
+    access_log: Option<&AccessLog>,
 ) -> Stop {
     let max_requests = config
         .max_requests
@@ -317,9 +383,7 @@ fn wait_for_stop(
             (Role::Single, Signal::Usr2) => {
                 log_warn!("SIGUSR2 received: it retires a supervisor's worker; ignored")
             }
-            (_, Signal::Usr1) => {
-                log_info!("SIGUSR1 received: no log file to reopen (the log goes to stderr)")
-            }
+            (_, Signal::Usr1) => reopen_logs(access_log),
             (Role::Single, Signal::Ttin | Signal::Ttou) => log_warn!(
                 "{} received: adding or removing workers needs the supervisor; ignored",
                 signal.name()

@@ -79,7 +79,6 @@ impl std::error::Error for WorkerFailed {}
 
 /// Runs the supervisor until it is told to stop and its workers are gone.
 pub fn supervise(gil: Gil<'_>, config: Config, args: Vec<OsString>) -> anyhow::Result<()> {
-    crate::log::set_level(config.log_level);
     let signals = OwnedSignals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
     // A driver the kernel refuses fails here, once, not in every worker.
@@ -472,6 +471,9 @@ impl Supervisor {
                 "SIGUSR2 received: it retires one worker (send it to the worker); ignored"
             ),
             Signal::Usr1 => {
+                if let Err(err) = crate::log::reopen() {
+                    log_error!("SIGUSR1: cannot reopen --error-logfile: {err}");
+                }
                 log_info!(
                     "SIGUSR1 received: passing it on to the workers (they reopen their log files)"
                 );
