@@ -43,6 +43,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 ALL_SERVERS="spindle-uring spindle-epoll gunicorn-sync gunicorn-gthread uwsgi granian bjoern waitress nginx"
+# Not in the default run: what observing costs. spindle-epoll with an access log (gunicorn's
+# format, to a file), with Prometheus metrics, with both; gunicorn gthread with its access log.
+EXTRA_SERVERS="spindle-accesslog spindle-metrics spindle-observed gunicorn-gthread-accesslog"
 ALL_SCENARIOS="hello-c1 hello-c64 hello-c256 close-c64 pipeline16-c64 64k-c64 post4k-c64 chunked4k-c64"
 SERVERS=${SERVERS:-$ALL_SERVERS}
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
@@ -68,7 +71,7 @@ read -r -a SPINDLE_EXTRA <<<"$SPINDLE_ARGS"
 read -r -a SERVER_LIST <<<"$SERVERS"
 read -r -a SCENARIO_LIST <<<"$SCENARIOS"
 for s in "${SERVER_LIST[@]}"; do
-    [[ " $ALL_SERVERS " == *" $s "* ]] || die "unknown server '$s'; known: $ALL_SERVERS"
+    [[ " $ALL_SERVERS $EXTRA_SERVERS " == *" $s "* ]] || die "unknown server '$s'; known: $ALL_SERVERS $EXTRA_SERVERS"
 done
 for s in "${SCENARIO_LIST[@]}"; do
     [[ " $ALL_SCENARIOS " == *" $s "* ]] || die "unknown scenario '$s'; known: $ALL_SCENARIOS"
@@ -113,6 +116,18 @@ server_def() {
         [[ $name == spindle-epoll ]] && driver=epoll
         SV_CMD=("${pin[@]}" "$SPINDLE_BIN" --bind "127.0.0.1:$port" --single-process --io-threads 1 --py-threads 1
             --driver "$driver" --pythonpath "$APP_DIR" "${SPINDLE_EXTRA[@]}" lab:app)
+        ;;
+    spindle-accesslog | spindle-metrics | spindle-observed)
+        local observe=()
+        [[ $name != spindle-metrics ]] && observe+=(--access-logfile "$WORK/access-$port.log")
+        [[ $name != spindle-accesslog ]] && observe+=(--metrics-bind "127.0.0.1:$((port + 1000))")
+        SV_CMD=("${pin[@]}" "$SPINDLE_BIN" --bind "127.0.0.1:$port" --single-process --io-threads 1 --py-threads 1
+            --driver epoll --pythonpath "$APP_DIR" "${observe[@]}" "${SPINDLE_EXTRA[@]}" lab:app)
+        ;;
+    gunicorn-gthread-accesslog)
+        SV_CMD=("${pin[@]}" "$VENV/bin/gunicorn" -k gthread -w 1 --threads 4 -b "127.0.0.1:$port"
+            --access-logfile "$WORK/access-$port.log" lab:app)
+        if missing gunicorn; then SV_NA="not installed: pip install gunicorn failed"; fi
         ;;
     gunicorn-sync)
         SV_CMD=("${pin[@]}" "$VENV/bin/gunicorn" -w 1 -b "127.0.0.1:$port" lab:app)

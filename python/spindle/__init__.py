@@ -124,7 +124,8 @@ def paste_server(app: Callable[..., Iterable[bytes]], global_conf: dict[str, str
     if host is not None or port is not None:
         host = host or "127.0.0.1"
         binds.append("%s:%s" % ("[%s]" % host if ":" in host else host, port or "8000"))
-    settings: dict[str, Any] = {}
+    # The object belongs to this interpreter (even when SPINDLE_INTERPRETERS says sub).
+    settings: dict[str, Any] = {"interpreters": "main"}
     if binds:
         settings["bind"] = binds
     for key, value in conf.items():

@@ -18,7 +18,8 @@ PY_MAJOR_MINOR = "%d.%d" % sys.version_info[:2]
 ALL_FLAGS = ["--bind", "--unix-socket-mode", "--pid", "--user", "--group", "--io-threads", "--threads", "--py-threads", "--max-threads", "--thread-idle-timeout",
              "--sub-interpreters", "--interpreters", "--workers", "--single-process", "--timeout",
              "--max-requests", "--max-requests-jitter", "--max-worker-memory", "--preload", "--reload", "--chdir", "--pythonpath", "--log-level",
-             "--access-log", "--keep-alive", "--backlog", "--driver", "--limit-request-line",
+             "--access-log", "--access-logfile", "--access-logformat", "--error-logfile", "--error-logformat",
+             "--capture-output", "--config", "--print-config", "--check-config", "--umask", "--name", "--env", "--keep-alive", "--backlog", "--driver", "--limit-request-line",
              "--limit-request-fields", "--limit-request-field-size", "--limit-request-head",
              "--limit-request-body", "--header-timeout", "--root-path", "--version", "--help"]
 
