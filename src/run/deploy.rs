@@ -36,9 +36,11 @@ pub fn settle(config: &Config, listeners: &Listeners) -> anyhow::Result<Deployme
         // The log files were made by this process as root: the workers, running as the
         // user, open them again (and on SIGUSR1), as gunicorn's do.
         let access = config.access_log.as_ref().map(|a| a.target.as_str());
-        let logs = config.error_log.iter().map(PathBuf::as_path).chain(
-            access.filter(|t| *t != "-").map(Path::new),
-        );
+        let logs = config
+            .error_log
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(access.filter(|t| *t != "-").map(Path::new));
         for path in logs {
             identity.chown(path)?;
         }
