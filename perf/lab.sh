@@ -120,7 +120,10 @@ server_def() {
     spindle-accesslog | spindle-metrics | spindle-observed)
         local observe=()
         [[ $name != spindle-metrics ]] && observe+=(--access-logfile "$WORK/access-$port.log")
-        [[ $name != spindle-accesslog ]] && observe+=(--metrics-bind "127.0.0.1:$((port + 1000))")
+        # (the report prints the command with PORT for the port)
+        local metrics_port="${port}+1000"
+        [[ $port =~ ^[0-9]+$ ]] && metrics_port=$((port + 1000))
+        [[ $name != spindle-accesslog ]] && observe+=(--metrics-bind "127.0.0.1:$metrics_port")
         SV_CMD=("${pin[@]}" "$SPINDLE_BIN" --bind "127.0.0.1:$port" --single-process --io-threads 1 --py-threads 1
             --driver epoll --pythonpath "$APP_DIR" "${observe[@]}" "${SPINDLE_EXTRA[@]}" lab:app)
         ;;
