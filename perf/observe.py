@@ -5,10 +5,17 @@ drift hits every variant alike. One process, one I/O thread, one Python thread, 
 the lab's spindle-epoll. Server on SERVER_CORE (0), wrk on CLIENT_CORE (1).
 
 Usage: python perf/observe.py [--rounds 4] [--duration 5] [--out perf/runs/DIR/observe.md]
+       python perf/observe.py --instructions [--out ...]
 
 Reports per variant the median req/s and server CPU per request over the rounds and
 their ratio to "off". A /metrics scrape after each metrics run checks the counters saw
 every request wrk reported.
+
+--instructions counts instead, under valgrind's callgrind, the instructions the server
+executes per request (every thread): the difference between a run of 2,000 and one of
+12,000 requests (h2load, 8 connections) over 10,000, which takes start-up and shutdown
+out. Instruction counts do not move with the machine's noise, so this shows a cost of a
+few hundred instructions that req/s cannot.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -32,16 +40,11 @@ def server_cpu(pid: int) -> float:
 
 def run_one(spindle: str, variant: str, duration: int, logdir: Path) -> dict:
     port = harness.free_port()
-    cmd = ["taskset", "-c", "0", spindle, "--bind", f"127.0.0.1:{port}", "--single-process",
-           "--io-threads", "1", "--py-threads", "1", "--driver", "epoll",
-           "--pythonpath", str(harness.APPS), "--log-level", "warn"]
+    cmd = ["taskset", "-c", "0", *server_command(spindle, variant, port, logdir)]
     metrics_port = None
-    if variant in ("access-log", "both"):
-        cmd += ["--access-logfile", str(logdir / f"access-{port}.log")]
-    if variant in ("metrics", "both"):
-        metrics_port = harness.free_port()
-        cmd += ["--metrics-bind", f"127.0.0.1:{metrics_port}"]
-    proc = harness.start([*cmd, "lab:app"])
+    if "--metrics-bind" in cmd:
+        metrics_port = int(cmd[cmd.index("--metrics-bind") + 1].rsplit(":", 1)[1])
+    proc = harness.start(cmd)
     try:
         harness.wait_ready(port, proc)
         url = f"http://127.0.0.1:{port}/"
@@ -61,13 +64,71 @@ def run_one(spindle: str, variant: str, duration: int, logdir: Path) -> dict:
     return result
 
 
+def server_command(spindle: str, variant: str, port: int, logdir: Path) -> list[str]:
+    cmd = [spindle, "--bind", f"127.0.0.1:{port}", "--single-process", "--io-threads", "1",
+           "--py-threads", "1", "--driver", "epoll", "--pythonpath", str(harness.APPS), "--log-level", "warn"]
+    if variant in ("access-log", "both"):
+        cmd += ["--access-logfile", str(logdir / f"access-{port}.log")]
+    if variant in ("metrics", "both"):
+        cmd += ["--metrics-bind", f"127.0.0.1:{harness.free_port()}"]
+    return [*cmd, "lab:app"]
+
+
+def instructions(spindle: str, variant: str, requests: int, logdir: Path) -> int:
+    """Instructions the server executed (all threads) over its life serving `requests`."""
+    port = harness.free_port()
+    out = logdir / f"callgrind-{variant}-{requests}"
+    proc = harness.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                          *server_command(spindle, variant, port, logdir)])
+    try:
+        harness.wait_ready(port, proc, timeout=120)
+        subprocess.run(["h2load", "-n", str(requests), "-c", "8", "--h1", f"http://127.0.0.1:{port}/"],
+                       check=True, capture_output=True, timeout=600)
+    finally:
+        harness.stop(proc)
+    match = re.search(r"^summary: (\d+)", out.read_text(), re.M)
+    return int(match.group(1))
+
+
+def instructions_report(spindle: str) -> str:
+    low, high = 2_000, 12_000
+    lines = [
+        "# What observing costs, in instructions (perf/observe.py --instructions)",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; callgrind, every thread of the server; hello over 8 keep-alive "
+        f"connections (h2load); per request = (run of {high} - run of {low}) / {high - low}. Spindle "
+        "--single-process, 1 I/O thread, 1 Python thread, epoll.",
+        "",
+        "| variant | instructions per request | more than off |",
+        "|---|---|---|",
+    ]
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            per = (instructions(spindle, variant, high, Path(tmp))
+                   - instructions(spindle, variant, low, Path(tmp))) / (high - low)
+            base = per if base is None else base
+            print(f"{variant:>10}: {per:.0f} instructions/request", flush=True)
+            lines.append(f"| {variant} | {per:.0f} | {per - base:+.0f} ({(per / base - 1) * 100:+.1f}%) |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     spindle = harness.spindle_bin()
+    if args.instructions:
+        text = instructions_report(spindle)
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        return
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for round_no in range(args.rounds):

@@ -8,10 +8,11 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::environ::percent_decode;
+use super::environ::{percent_decode, push_ip};
 use super::object::{Gil, Obj};
 use crate::config::AccessLogConfig;
 use crate::handoff::{Endpoint, RequestHead};
+use crate::http::response::push_decimal;
 use crate::log::access::{AccessFormat, Atom, Piece};
 use crate::log::push_json_str;
 use crate::log::sink::{LineSink, LineWriter};
@@ -110,9 +111,7 @@ impl ThreadLog {
         let micros = e.elapsed.as_micros() as u64;
         match atom {
             Atom::RemoteAddr => match head.peer {
-                Endpoint::Ip(addr) => {
-                    let _ = write!(out, "{}", addr.ip());
-                }
+                Endpoint::Ip(addr) => push_ip(out, addr.ip()),
                 Endpoint::Unix => out.push(b'-'),
             },
             Atom::Ident => out.push(b'-'),
@@ -140,23 +139,13 @@ impl ThreadLog {
             Atom::Path => escaped(out, &path(head)),
             Atom::Query => escaped(out, head.get(head.query)),
             Atom::Protocol => out.extend_from_slice(head.version.as_str().as_bytes()),
-            Atom::Status => {
-                let _ = write!(out, "{}", e.status);
-            }
-            Atom::Bytes | Atom::BytesClf => {
-                let _ = write!(out, "{}", e.body_bytes);
-            }
+            Atom::Status => push_decimal(out, e.status.into()),
+            Atom::Bytes | Atom::BytesClf => push_decimal(out, e.body_bytes),
             Atom::Referer => escaped(out, request_header(head, b"referer").unwrap_or(b"-")),
             Atom::UserAgent => escaped(out, request_header(head, b"user-agent").unwrap_or(b"-")),
-            Atom::Seconds => {
-                let _ = write!(out, "{}", micros / 1_000_000);
-            }
-            Atom::Millis => {
-                let _ = write!(out, "{}", micros / 1_000);
-            }
-            Atom::Micros => {
-                let _ = write!(out, "{micros}");
-            }
+            Atom::Seconds => push_decimal(out, micros / 1_000_000),
+            Atom::Millis => push_decimal(out, micros / 1_000),
+            Atom::Micros => push_decimal(out, micros),
             Atom::DecimalSeconds => {
                 let _ = write!(out, "{}.{:06}", micros / 1_000_000, micros % 1_000_000);
             }
@@ -192,7 +181,12 @@ fn json(out: &mut Vec<u8>, e: &Entry<'_, '_>) {
         LocalTime::now().iso()
     );
     match head.peer {
-        Endpoint::Ip(addr) => push_json_str(out, addr.ip().to_string().as_bytes()),
+        Endpoint::Ip(addr) => {
+            // An address has nothing to escape.
+            out.push(b'"');
+            push_ip(out, addr.ip());
+            out.push(b'"');
+        }
         Endpoint::Unix => out.extend_from_slice(b"null"),
     }
     let fields: [(&str, Option<&[u8]>); 4] = [
@@ -235,15 +229,20 @@ fn json(out: &mut Vec<u8>, e: &Entry<'_, '_>) {
 /// Bytes as gunicorn's log shows them, but safe to read: `"` becomes `\"` (as gunicorn
 /// escapes it), and control bytes `\xHH`, so no request can forge a line.
 fn escaped(out: &mut Vec<u8>, value: &[u8]) {
-    for &b in value {
-        match b {
+    let needs = |b: u8| b == b'"' || b < 0x20 || b == 0x7f;
+    let mut rest = value;
+    // Most values have nothing to escape: copied in runs, not byte by byte.
+    while let Some(at) = rest.iter().position(|&b| needs(b)) {
+        out.extend_from_slice(&rest[..at]);
+        match rest[at] {
             b'"' => out.extend_from_slice(b"\\\""),
-            b if b < 0x20 || b == 0x7f => {
+            b => {
                 let _ = write!(out, "\\x{b:02x}");
             }
-            b => out.push(b),
         }
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 fn path(head: &RequestHead) -> std::borrow::Cow<'_, [u8]> {

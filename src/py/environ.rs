@@ -184,7 +184,7 @@ fn split_host(host: Option<&[u8]>) -> (&[u8], &[u8]) {
 }
 
 /// An address as `SERVER_NAME`/`REMOTE_ADDR` show it; IPv4 without `fmt`.
-fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+pub(super) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
