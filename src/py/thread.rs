@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pyo3_ffi as ffi;
 
-#[cfg(Py_3_12)]
 use super::access::AccessLog;
+#[cfg(Py_3_12)]
 use super::host::InterpState;
 use super::host::{Admission, Host};
 use super::interp::{Interp, ServerInfo};
