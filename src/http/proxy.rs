@@ -313,7 +313,7 @@ mod tests {
             Err(ProxyError::V1TooLong)
         );
         // 106 bytes and a CR at the limit, its LF beyond: too long.
-        let cr_at_end = format!("PROXY UNKNOWN {}\r\n", "x".repeat(V1_MAX_LEN - 16));
+        let cr_at_end = format!("PROXY UNKNOWN {}\r\n", "x".repeat(V1_MAX_LEN - 15));
         assert_eq!(cr_at_end.len(), V1_MAX_LEN + 1);
         assert_eq!(
             parse_proxy_header(cr_at_end.as_bytes()),
