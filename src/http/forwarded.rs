@@ -451,7 +451,13 @@ mod tests {
     #[test]
     fn trusted_addresses_and_networks() {
         let t = TrustedAddrs::parse("127.0.0.1, ::1,10.0.0.0/8,2001:db8::/32").unwrap();
-        for yes in ["127.0.0.1", "::1", "10.200.3.4", "2001:db8:1::9", "::ffff:127.0.0.1"] {
+        for yes in [
+            "127.0.0.1",
+            "::1",
+            "10.200.3.4",
+            "2001:db8:1::9",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(t.contains(yes.parse().unwrap()), "{yes}");
         }
         for no in ["127.0.0.2", "11.0.0.1", "2001:db9::1", "::2"] {
@@ -464,7 +470,13 @@ mod tests {
         let all_v4 = TrustedAddrs::parse("0.0.0.0/0").unwrap();
         assert!(all_v4.contains("8.8.8.8".parse().unwrap()));
         assert!(!all_v4.contains("::8".parse().unwrap()));
-        for bad in ["localhost", "10.0.0.0/33", "::/129", "1.2.3.4/x", "1.2.3.4/+8"] {
+        for bad in [
+            "localhost",
+            "10.0.0.0/33",
+            "::/129",
+            "1.2.3.4/x",
+            "1.2.3.4/+8",
+        ] {
             assert!(TrustedAddrs::parse(bad).is_err(), "{bad}");
         }
     }
@@ -489,7 +501,14 @@ mod tests {
 
     #[test]
     fn addresses_that_do_not_parse_are_ignored() {
-        for value in ["unknown", "", "example.com", "1.2.3.4.5", "10.0.0.1, ", "[::1"] {
+        for value in [
+            "unknown",
+            "",
+            "example.com",
+            "1.2.3.4.5",
+            "10.0.0.1, ",
+            "[::1",
+        ] {
             assert_eq!(client(&[("X-Forwarded-For", value)], 1), None, "{value:?}");
         }
         // A bad entry that is not the one counted does not matter.
@@ -569,8 +588,14 @@ mod tests {
         assert_eq!(https(&[("X-Forwarded-Proto", "http")], 1), Some(false));
         assert_eq!(https(&[("X-Forwarded-Ssl", "on")], 1), Some(true));
         assert_eq!(https(&[("X-Forwarded-Protocol", "ssl")], 1), Some(true));
-        assert_eq!(https(&[("X-Forwarded-Proto", "http, https")], 1), Some(true));
-        assert_eq!(https(&[("X-Forwarded-Proto", "http, https")], 2), Some(false));
+        assert_eq!(
+            https(&[("X-Forwarded-Proto", "http, https")], 1),
+            Some(true)
+        );
+        assert_eq!(
+            https(&[("X-Forwarded-Proto", "http, https")], 2),
+            Some(false)
+        );
         // Fields that disagree: none is believed.
         let conflict = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Ssl", "off")];
         assert_eq!(https(&conflict, 1), None);
@@ -579,7 +604,10 @@ mod tests {
 
     #[test]
     fn host_only_when_asked() {
-        let fields = [("X-Forwarded-Host", "example.com:8443"), ("Host", "backend")];
+        let fields = [
+            ("X-Forwarded-Host", "example.com:8443"),
+            ("Host", "backend"),
+        ];
         let (bytes, spans) = head(&fields);
         assert_eq!(resolve(&bytes, &spans, &rules(1, false)).host, None);
         let host = resolve(&bytes, &spans, &rules(1, true)).host.unwrap();

@@ -14,6 +14,6 @@ pub mod response;
 
 pub use body::{BodyDecoder, BodyFraming};
 pub use error::HttpError;
-pub use head::{parse_head, HeaderSpan, Limits, ParsedHead, Span, Version};
 pub use forwarded::{ForwardedRules, TrustedAddrs};
+pub use head::{parse_head, HeaderSpan, Limits, ParsedHead, Span, Version};
 pub use persist::{ConnectionEnd, Persistence};

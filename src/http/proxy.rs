@@ -120,8 +120,8 @@ fn parse_v1(buf: &[u8]) -> Result<Option<ProxyHeader>, ProxyError> {
     if cr < V1_PREFIX.len() {
         return Err(ProxyError::V1Malformed);
     }
-    let line = std::str::from_utf8(&buf[V1_PREFIX.len()..cr])
-        .map_err(|_| ProxyError::V1Malformed)?;
+    let line =
+        std::str::from_utf8(&buf[V1_PREFIX.len()..cr]).map_err(|_| ProxyError::V1Malformed)?;
     if !line.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         return Err(ProxyError::V1Malformed);
     }
@@ -302,7 +302,10 @@ mod tests {
     fn v1_the_longest_line_is_107_bytes() {
         let src = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
         let line = format!("PROXY TCP6 {src} {src} 65535 65535\r\n");
-        check_split(line.as_bytes(), Some(format!("[{src}]:65535").parse().unwrap()));
+        check_split(
+            line.as_bytes(),
+            Some(format!("[{src}]:65535").parse().unwrap()),
+        );
         // The spec's worst case: UNKNOWN with the longest addresses, 107 bytes.
         let unknown = format!("PROXY UNKNOWN {src} {src} 65535 65535\r\n");
         assert_eq!(unknown.len(), V1_MAX_LEN);
@@ -408,10 +411,7 @@ mod tests {
     fn v2_bad_headers() {
         let mut bad_version = v2_inet([1, 2, 3, 4], 5, &[]);
         bad_version[12] = 0x11;
-        assert_eq!(
-            parse_proxy_header(&bad_version),
-            Err(ProxyError::V2Version)
-        );
+        assert_eq!(parse_proxy_header(&bad_version), Err(ProxyError::V2Version));
         let mut bad_command = v2_inet([1, 2, 3, 4], 5, &[]);
         bad_command[12] = 0x22;
         assert_eq!(
@@ -436,10 +436,7 @@ mod tests {
         );
         // Oversized: refused from the length field, before the payload arrives.
         let huge = v2(1, 0x11, &vec![0u8; V2_MAX_PAYLOAD + 1]);
-        assert_eq!(
-            parse_proxy_header(&huge[..16]),
-            Err(ProxyError::V2TooLong)
-        );
+        assert_eq!(parse_proxy_header(&huge[..16]), Err(ProxyError::V2TooLong));
         check_split(&v2(1, 0x00, &vec![0u8; V2_MAX_PAYLOAD]), None);
     }
 
@@ -448,6 +445,9 @@ mod tests {
         let header = v2_inet([192, 0, 2, 7], 40000, &[]);
         assert_eq!(parse_proxy_header(&header[..header.len() - 1]), Ok(None));
         assert_eq!(parse_proxy_header(b"PROXY TCP4 192.0.2.1"), Ok(None));
-        assert_eq!(parse_proxy_header(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r"), Ok(None));
+        assert_eq!(
+            parse_proxy_header(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r"),
+            Ok(None)
+        );
     }
 }
