@@ -9,10 +9,12 @@ or with a PROXY header that names another client."""
 import json
 import socket
 import struct
+import subprocess
 
 import pytest
 
-from rawhttp import request
+from conftest import SPINDLE_BIN, child_env, require_binary
+from rawhttp import RawConnection, request
 
 CLOSE_WAIT = 5.0
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -253,3 +255,42 @@ def test_forwarded_host_only_when_asked(plain, spindle):
     env = get_env(srv, fields)
     assert env["HTTP_HOST"] == "shop.example:8443"
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("shop.example", "8443")
+
+
+# -- UNIX sockets and config files -------------------------------------------
+
+
+def test_unix_socket_peers_are_allowed_and_trusted(spindle, tmp_path):
+    path = tmp_path / "s.sock"
+    srv = spindle("wsgi_app:app", "--bind", f"unix:{path}", "--proxy-protocol",
+                  "--proxy-allow-from", "10.0.0.1", "--forwarded-allow-ips", "10.0.0.1",
+                  ready=[r"listening on unix:(\S+)"])
+    # A UNIX peer may send a PROXY header whatever --proxy-allow-from says...
+    with RawConnection("", 0, 5.0, unix_path=str(path)) as conn:
+        env = env_over(conn, srv, b"PROXY TCP4 192.0.2.8 127.0.0.1 7000 8000\r\n")
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("192.0.2.8", "7000")
+    # ...and without one (LOCAL: the proxy's own health check) its forwarding fields count,
+    # as gunicorn trusts UNIX-socket peers.
+    with RawConnection("", 0, 5.0, unix_path=str(path)) as conn:
+        env = env_over(conn, srv, v2_header("192.0.2.8", 1, command=0),
+                       [("X-Forwarded-For", "203.0.113.4")])
+    assert env["REMOTE_ADDR"] == "203.0.113.4"
+    assert env["spindle.peer_addr"] == ""
+
+
+def test_gunicorn_config_file_names_are_real_settings(tmp_path):
+    require_binary()
+    (tmp_path / "gunicorn.conf.py").write_text(
+        "proxy_protocol = True\n"
+        "proxy_allow_ips = ['10.0.0.1', '10.0.0.2']\n"
+        "forwarded_allow_ips = '*'\n"
+        "secure_scheme_headers = {'X-SCHEME': 'https'}\n")
+    result = subprocess.run([str(SPINDLE_BIN), "-c", "gunicorn.conf.py", "--print-config"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30, env=child_env())
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert "proxy_protocol = True  # gunicorn.conf.py" in lines
+    assert 'proxy_allow_from = "10.0.0.1,10.0.0.2"  # gunicorn.conf.py' in lines
+    assert 'forwarded_allow_ips = "*"  # gunicorn.conf.py' in lines
+    assert 'secure_scheme_header = ["X-SCHEME=https"]  # gunicorn.conf.py' in lines
