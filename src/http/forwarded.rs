@@ -175,12 +175,12 @@ pub fn resolve(bytes: &[u8], headers: &[HeaderSpan], rules: &ForwardedRules) -> 
             let https = nth_from_right(bytes, headers, name.as_bytes(), hops)
                 .is_some_and(|s| s.get(bytes).eq_ignore_ascii_case(secure.as_bytes()));
             match verdict {
-                None => verdict = Some(https),
-                Some(before) if before != https => return Forwarded { https: None, ..out },
+                None => verdict = Some(Some(https)),
+                Some(Some(before)) if before != https => verdict = Some(None),
                 Some(_) => {}
             }
         }
-        verdict
+        verdict.flatten()
     } else {
         element.and_then(|e| e.proto).map(|s| {
             let proto = s.get(bytes);
@@ -599,6 +599,22 @@ mod tests {
         // Fields that disagree: none is believed.
         let conflict = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Ssl", "off")];
         assert_eq!(https(&conflict, 1), None);
+        let three = [
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Ssl", "off"),
+            ("X-Forwarded-Protocol", "ssl"),
+        ];
+        assert_eq!(https(&three, 1), None);
+        // A conflict spoils the scheme only, not the other facts.
+        let (bytes, spans) = head(&[
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Ssl", "off"),
+            ("X-Forwarded-For", "192.0.2.1"),
+            ("X-Forwarded-Host", "example.com"),
+        ]);
+        let said = resolve(&bytes, &spans, &rules(1, true));
+        assert_eq!(said.https, None);
+        assert!(said.client.is_some() && said.host.is_some());
         assert_eq!(https(&[("Host", "x")], 1), None);
     }
 
