@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::http::Limits;
+use crate::http::{ForwardedRules, Limits, TrustedAddrs};
 use crate::log::access::{AccessFormat, GUNICORN_DEFAULT};
 use crate::log::{ErrorLogFormat, LogLevel};
 
@@ -303,6 +303,50 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     queue_size: usize,
 
+    /// Expect the PROXY protocol (HAProxy's, v1 text or v2 binary) on every connection: its
+    /// header gives the client's address (REMOTE_ADDR, REMOTE_PORT, the access log). A
+    /// connection without a valid header, or from a peer outside --proxy-allow-from, is
+    /// closed unanswered.
+    #[arg(long)]
+    proxy_protocol: bool,
+
+    /// With --proxy-protocol: the peers whose PROXY headers are believed, a comma list of IPs
+    /// and networks (10.0.0.0/8), `*` for any; others are closed at once. UNIX-socket peers
+    /// are always allowed.
+    #[arg(long, value_name = "IPS", default_value = "127.0.0.1,::1")]
+    proxy_allow_from: String,
+
+    /// The peers whose X-Forwarded-For/-Proto and Forwarded fields are believed (REMOTE_ADDR,
+    /// wsgi.url_scheme), a comma list of IPs and networks, `*` for any; UNIX-socket peers are
+    /// trusted, as gunicorn does. From any other peer the fields change nothing.
+    #[arg(
+        long,
+        value_name = "IPS",
+        env = "FORWARDED_ALLOW_IPS",
+        default_value = "127.0.0.1,::1"
+    )]
+    forwarded_allow_ips: String,
+
+    /// Trusted proxies in front, each appending one address to X-Forwarded-For (and one
+    /// element to Forwarded): the client is the N-th address from the right.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    forwarded_hops: usize,
+
+    /// From a trusted peer: a field that means https when it holds this value (any other
+    /// value: http), repeatable, replacing gunicorn's defaults; an empty one disables them all
+    /// (gunicorn's secure_scheme_headers).
+    #[arg(
+        long,
+        value_name = "NAME=VALUE",
+        default_values = ["X-FORWARDED-PROTOCOL=ssl", "X-FORWARDED-PROTO=https", "X-FORWARDED-SSL=on"]
+    )]
+    secure_scheme_header: Vec<String>,
+
+    /// From a trusted peer: X-Forwarded-Host (else Forwarded: host=) becomes HTTP_HOST and
+    /// SERVER_NAME/SERVER_PORT, as werkzeug's ProxyFix x_host.
+    #[arg(long)]
+    forwarded_host: bool,
+
     /// Print Spindle's version and the Python it embeds, then exit.
     #[arg(long)]
     version: bool,
@@ -562,6 +606,14 @@ pub struct Config {
     pub queue_size: usize,
     /// `--metrics-bind`: where `/metrics` is served; `None`: nothing is counted.
     pub metrics_bind: Option<SocketAddr>,
+    /// `--proxy-protocol`: every connection starts with a PROXY header.
+    pub proxy_protocol: bool,
+    /// `--proxy-allow-from`: whose PROXY headers are believed.
+    pub proxy_allow: TrustedAddrs,
+    /// `--forwarded-allow-ips`: whose forwarding fields are believed.
+    pub forwarded_allow: TrustedAddrs,
+    /// What is read from a trusted peer's forwarding fields.
+    pub forwarded: ForwardedRules,
 }
 
 impl Config {
@@ -769,6 +821,29 @@ impl Config {
             return Err("--max-requests, --max-worker-memory and --reload replace worker processes: they need the supervisor (drop --single-process)".into());
         }
         let timeout = seconds("timeout", args.timeout)?;
+        let proxy_allow = TrustedAddrs::parse(&args.proxy_allow_from)
+            .map_err(|e| format!("--proxy-allow-from {e}"))?;
+        let forwarded_allow = TrustedAddrs::parse(&args.forwarded_allow_ips)
+            .map_err(|e| format!("--forwarded-allow-ips (or FORWARDED_ALLOW_IPS) {e}"))?;
+        if args.forwarded_hops == 0 {
+            return Err("--forwarded-hops must be at least 1 (to ignore the forwarding fields, --forwarded-allow-ips '')".into());
+        }
+        let mut scheme_headers = Vec::new();
+        for pair in args.secure_scheme_header.iter().filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((name, value))
+                    if !name.trim().is_empty()
+                        && name.trim().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+                {
+                    scheme_headers.push((name.trim().to_owned(), value.trim().to_owned()));
+                }
+                _ => {
+                    return Err(format!(
+                        "--secure-scheme-header {pair}: expected NAME=VALUE, such as X-Forwarded-Proto=https"
+                    ))
+                }
+            }
+        }
         let metrics_bind = args
             .metrics_bind
             .as_deref()
@@ -826,6 +901,14 @@ impl Config {
             root_path: args.root_path,
             queue_size: args.queue_size.max(1),
             metrics_bind,
+            proxy_protocol: args.proxy_protocol,
+            proxy_allow,
+            forwarded_allow,
+            forwarded: ForwardedRules {
+                hops: args.forwarded_hops,
+                scheme_headers,
+                host: args.forwarded_host,
+            },
         })
     }
 }
@@ -917,9 +1000,6 @@ const GUNICORN_ONLY: &[(&str, Option<char>, bool, Note)] = &[
     ("permit-obsolete-folding", None, false, Ok("Spindle's HTTP parser is strict: folded headers are refused")),
     ("header-map", None, true, Ok("header names with an underscore are refused with 400, so they cannot pose as others")),
     ("tmp-upload-dir", None, true, Ok("request bodies are streamed to the application, not spooled to files")),
-    ("forwarded-allow-ips", None, true, Ok("not read yet: X-Forwarded-* headers do not change wsgi.url_scheme or REMOTE_ADDR")),
-    ("proxy-allow-from", None, true, Ok("no PROXY protocol yet")),
-    ("proxy-protocol", None, false, Err("the PROXY protocol is not supported yet: a PROXY header would be refused as a bad request")),
     ("daemon", Some('D'), false, Err("Spindle stays in the foreground: run it under systemd, supervisord or a container")),
     ("paste", None, true, Err("with PasteDeploy, run the ini file's server: [server:main] use = egg:spindle")),
     ("certfile", None, true, Err("Spindle does not terminate TLS: put nginx or a load balancer in front")),
@@ -1287,6 +1367,49 @@ mod layer_tests {
         assert_eq!(parse_umask("022"), Ok(0o22));
         assert_eq!(parse_umask("18"), Ok(0o22));
         assert!(parse_umask("0o1000").is_err());
+    }
+
+    #[test]
+    fn proxy_settings() {
+        let config = Config::from_arg_list(["spindle"]).unwrap();
+        assert!(!config.proxy_protocol);
+        assert!(config.proxy_allow.contains("::1".parse().unwrap()));
+        assert!(!config.forwarded_allow.contains("10.0.0.1".parse().unwrap()));
+        assert_eq!(config.forwarded, ForwardedRules::default());
+        let config = Config::from_arg_list([
+            "spindle",
+            "--proxy-protocol",
+            "--proxy-allow-from",
+            "*",
+            "--forwarded-allow-ips",
+            "10.0.0.0/8",
+            "--forwarded-hops",
+            "2",
+            "--secure-scheme-header",
+            "X-Scheme=https",
+            "--forwarded-host",
+        ])
+        .unwrap();
+        assert!(config.proxy_protocol && config.forwarded.host);
+        assert!(config.proxy_allow.contains("203.0.113.1".parse().unwrap()));
+        assert!(config.forwarded_allow.contains("10.9.8.7".parse().unwrap()));
+        assert_eq!(config.forwarded.hops, 2);
+        assert_eq!(
+            config.forwarded.scheme_headers,
+            vec![("X-Scheme".to_owned(), "https".to_owned())]
+        );
+        let none = Config::from_arg_list(["spindle", "--secure-scheme-header", ""]).unwrap();
+        assert!(none.forwarded.scheme_headers.is_empty());
+        for bad in [
+            &["--forwarded-allow-ips", "localhost"][..],
+            &["--proxy-allow-from", "10.0.0.0/40"],
+            &["--forwarded-hops", "0"],
+            &["--secure-scheme-header", "X-Proto"],
+        ] {
+            let err = Config::from_arg_list(std::iter::once("spindle").chain(bad.iter().copied()))
+                .unwrap_err();
+            assert!(err.starts_with(bad[0]), "{bad:?}: {err}");
+        }
     }
 
     #[test]

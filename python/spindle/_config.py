@@ -41,6 +41,7 @@ GUNICORN_NAMES = {
     "pidfile": "pid",
     "proc_name": "name",
     "proxy_allow_ips": "proxy-allow-from",
+    "secure_scheme_headers": "secure-scheme-header",
     "logconfig": "log-config",
     "logconfig_json": "log-config-json",
     "syslog": "log-syslog",
@@ -54,8 +55,8 @@ GUNICORN_NAMES = {
 # gunicorn settings with no flag here, and what becomes of them.
 GUNICORN_IGNORED = {
     "logconfig_dict": "Spindle writes its logs itself (--error-logfile, --access-logfile)",
-    "secure_scheme_headers": "X-Forwarded-* headers are not read yet",
-    "forwarder_headers": "X-Forwarded-* headers are not read yet",
+    "forwarder_headers": "header names with an underscore (SCRIPT_NAME, PATH_INFO) never reach the "
+                         "environ, so they cannot pose as these variables; use --root-path for SCRIPT_NAME",
     "raw_paste_global_conf": "PasteDeploy runs Spindle through its own entry point",
     "config": None,
     "print_config": None,
@@ -130,6 +131,14 @@ def _tokens(source: str, name: str, flag: str, value: object) -> list[str]:
         return ["--" + flag]
     if name == "umask" and isinstance(value, int):
         return ["--umask", oct(value)]
+    if name == "secure_scheme_headers" and isinstance(value, dict):
+        # gunicorn's {header: value}; an empty dict turns the defaults off.
+        if not value:
+            return ["--" + flag, ""]
+        out = []
+        for header, secure in value.items():
+            out += ["--" + flag, "%s=%s" % (header, secure)]
+        return out
     if name in ("forwarded_allow_ips", "proxy_allow_ips") and isinstance(value, (list, tuple)):
         return ["--" + flag, ",".join(str(v) for v in value)]
     if name == "pythonpath" and isinstance(value, (list, tuple)):

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::http::forwarded::{self, ForwardedRules};
 use crate::http::{HeaderSpan, ParsedHead, Span, Version};
 
 /// The request line's parts, the header fields and the addresses of one request, as byte
@@ -27,8 +28,19 @@ pub struct RequestHead {
     /// variables such as `HTTPS` or `DOCUMENT_ROOT`); they are set verbatim after, and so
     /// over, what the fields above give. Empty for HTTP.
     pub vars: Vec<HeaderSpan>,
+    /// The client: the connection's peer (after the PROXY protocol), or the address a
+    /// trusted proxy's forwarding fields named (see [`RequestHead::apply_forwarded`]).
+    /// REMOTE_ADDR and the access log's `%(h)s` show it.
     pub peer: Endpoint,
     pub local: Endpoint,
+    /// The connection's own peer when forwarding fields replaced `peer` (the environ's
+    /// `spindle.peer_addr`); `None` otherwise.
+    pub forwarded_by: Option<Endpoint>,
+    /// A trusted proxy said the request came over https (`wsgi.url_scheme`).
+    pub https: bool,
+    /// The host a trusted proxy said the client asked for (`--forwarded-host`): HTTP_HOST,
+    /// SERVER_NAME and SERVER_PORT come from it.
+    pub forwarded_host: Option<Span>,
 }
 
 /// One end of a connection: an IP address and port, or a UNIX socket, whose peers have no
@@ -74,7 +86,28 @@ impl RequestHead {
             vars: Vec::new(),
             peer: peer.into(),
             local: local.into(),
+            forwarded_by: None,
+            https: false,
+            forwarded_host: None,
         }
+    }
+
+    /// Takes what a trusted proxy's forwarding fields say (the caller checked the peer is
+    /// trusted): the client's address into `peer`, keeping the port when the field gave none
+    /// (as werkzeug's ProxyFix leaves REMOTE_PORT), the scheme, and the host when asked.
+    /// Costs one pass over the field names when the request has none of the fields.
+    pub fn apply_forwarded(&mut self, rules: &ForwardedRules) {
+        let said = forwarded::resolve(&self.bytes, &self.headers, rules);
+        if let Some((ip, port)) = said.client {
+            let port = port.unwrap_or(match self.peer {
+                Endpoint::Ip(addr) => addr.port(),
+                Endpoint::Unix => 0,
+            });
+            self.forwarded_by = Some(self.peer);
+            self.peer = Endpoint::Ip(SocketAddr::new(ip, port));
+        }
+        self.https = said.https.unwrap_or(false);
+        self.forwarded_host = said.host;
     }
 
     /// The bytes of `span`.

@@ -1,15 +1,19 @@
 //! HTTP/1.1 as pure functions over bytes: parse a request head in place, frame and decode
-//! a body, encode responses. Nothing here does I/O or knows Python; every function returns
+//! a body, encode responses; the PROXY protocol header before it and what a trusted proxy's
+//! forwarding fields say. Nothing here does I/O or knows Python; every function returns
 //! "need more" or "done", so it can be tested split at every byte and benched alone.
 
 pub mod body;
 pub mod date;
 pub mod error;
+pub mod forwarded;
 pub mod head;
 pub mod persist;
+pub mod proxy;
 pub mod response;
 
 pub use body::{BodyDecoder, BodyFraming};
 pub use error::HttpError;
+pub use forwarded::{ForwardedRules, TrustedAddrs};
 pub use head::{parse_head, HeaderSpan, Limits, ParsedHead, Span, Version};
 pub use persist::{ConnectionEnd, Persistence};

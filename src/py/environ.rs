@@ -74,12 +74,15 @@ impl Interp {
         )?;
 
         // Addresses and ports, then any uncommon header's key, through one scratch buffer.
+        // With `--forwarded-host`, a trusted proxy's host stands for the server's address.
         let mut scratch = Vec::with_capacity(64);
+        let forwarded_host = request.forwarded_host.map(|span| span.get(head));
         for (name_key, port_key, end, is_server) in [
             (&keys.server_name, &keys.server_port, request.local, true),
             (&keys.remote_addr, &keys.remote_port, request.peer, false),
         ] {
             let (name, port): (&[u8], &[u8]) = match end {
+                _ if is_server && forwarded_host.is_some() => split_host(forwarded_host),
                 Endpoint::Ip(addr) => {
                     scratch.clear();
                     push_ip(&mut scratch, addr.ip());
@@ -132,6 +135,31 @@ impl Interp {
                 joined.extend_from_slice(value);
                 environ.dict_set(key_obj.borrow(), &gil.str_latin1(&joined)?)?;
             }
+        }
+
+        // What a trusted proxy said (ARCHITECTURE.md §5, "Behind a proxy"): the I/O thread
+        // decided it into the head; only requests it changed pay for a key here.
+        if request.https {
+            environ.dict_set(keys.url_scheme.borrow(gil), &self.https.bind(gil))?;
+        }
+        if let Some(host) = forwarded_host {
+            let key = self.common_header_key(b"host").map(|k| k.bind(gil));
+            let key = match key {
+                Some(key) => key,
+                None => gil.str("HTTP_HOST")?,
+            };
+            environ.dict_set(key.borrow(), &gil.str_latin1(host)?)?;
+        }
+        if let Some(by) = request.forwarded_by {
+            // The connection's own peer, as REMOTE_ADDR would have shown it.
+            scratch.clear();
+            if let Endpoint::Ip(addr) = by {
+                push_ip(&mut scratch, addr.ip());
+            }
+            environ.dict_set(
+                gil.intern(c"spindle.peer_addr")?.borrow(),
+                &gil.str_latin1(&scratch)?,
+            )?;
         }
 
         // What a front end set itself (CGI variables over uwsgi, FastCGI, SCGI) goes in as

@@ -26,6 +26,7 @@ pub(crate) struct Keys {
     pub remote_addr: Held,
     pub remote_port: Held,
     pub wsgi_input: Held,
+    pub url_scheme: Held,
 }
 
 /// Everything Spindle keeps inside one interpreter. Every `Held` here belongs to that
@@ -43,6 +44,8 @@ pub struct Interp {
     pub(super) header_keys_by_len: Vec<Vec<u8>>,
     pub(super) http10: Held,
     pub(super) http11: Held,
+    /// `wsgi.url_scheme` of a request a trusted proxy received over https.
+    pub(super) https: Held,
     // From `_spindle` (bootstrap.py).
     pub(crate) stream_input: Held,
     pub(crate) bytes_io: Held,
@@ -147,6 +150,7 @@ impl Interp {
             remote_addr: py(gil.intern(c"REMOTE_ADDR"))?,
             remote_port: py(gil.intern(c"REMOTE_PORT"))?,
             wsgi_input: py(gil.intern(c"wsgi.input"))?,
+            url_scheme: py(gil.intern(c"wsgi.url_scheme"))?,
         };
         let base = build_base_environ(gil, config, info, &module)
             .map_err(|e| anyhow!("environ: {}", e.summary()))?;
@@ -181,6 +185,7 @@ impl Interp {
             header_keys_by_len,
             http10: py(gil.intern(c"HTTP/1.0"))?,
             http11: py(gil.intern(c"HTTP/1.1"))?,
+            https: py(gil.intern(c"https"))?,
             stream_input: get(c"stream_input")?,
             bytes_io: get(c"BytesIO")?,
             empty_input: get(c"EMPTY_INPUT")?,
@@ -203,6 +208,7 @@ impl Interp {
             header_keys_by_len: _,
             http10,
             http11,
+            https,
             stream_input,
             bytes_io,
             empty_input,
@@ -217,6 +223,7 @@ impl Interp {
             base_environ,
             http10,
             http11,
+            https,
             stream_input,
             bytes_io,
             empty_input,
@@ -239,6 +246,7 @@ impl Interp {
             remote_addr,
             remote_port,
             wsgi_input,
+            url_scheme,
         } = keys;
         for held in [
             request_method,
@@ -252,6 +260,7 @@ impl Interp {
             remote_addr,
             remote_port,
             wsgi_input,
+            url_scheme,
         ] {
             held.release(gil);
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 
 use super::ctx::{ConnInbox, IoCtx};
@@ -20,6 +20,7 @@ use crate::handoff::{
     BodyChunk, BodyError, ConnToken, Endpoint, Exchange, ReplyMsg, ReplyTo, Request, RequestBody,
     RequestHead, ResponseEncoder,
 };
+use crate::http::proxy::parse_proxy_header;
 use crate::http::response::{self};
 use crate::http::{
     parse_head, BodyDecoder, BodyFraming, ConnectionEnd, HttpError, ParsedHead, Persistence,
@@ -57,6 +58,9 @@ pub(super) struct Conn {
     pub(super) peer: Endpoint,
     pub(super) local: Endpoint,
     pub(super) served: u64,
+    /// Whether `peer` (after the PROXY protocol) is in `--forwarded-allow-ips`: decided
+    /// once per connection, so a request from an untrusted peer costs nothing more.
+    trust_forwarded: bool,
     /// The requests of the current exchange (see [`Conn::exchange`]); empty between them.
     batch: Vec<InFlight>,
 }
@@ -131,11 +135,22 @@ impl Conn {
             peer,
             local,
             served: 0,
+            trust_forwarded: false,
             batch: Vec::new(),
         }
     }
 
     pub(super) async fn serve(&mut self) {
+        let config = &self.ctx.shared.config;
+        if config.proxy_protocol && !self.read_proxy_header().await {
+            return;
+        }
+        let config = &self.ctx.shared.config;
+        self.trust_forwarded = match self.peer {
+            Endpoint::Ip(addr) => config.forwarded_allow.contains(addr.ip()),
+            // A UNIX socket's peer is a front end on this machine (gunicorn trusts it too).
+            Endpoint::Unix => true,
+        };
         loop {
             let head = match self.read_head().await {
                 Ok(Some(head)) => head,
@@ -153,6 +168,53 @@ impl Conn {
                     self.linger().await;
                     return;
                 }
+            }
+        }
+    }
+
+    /// `--proxy-protocol`: reads the PROXY header the connection must start with, within
+    /// `--header-timeout`, and makes the client it names the connection's peer. Bytes after
+    /// the header stay in the buffer: they are the first request. `false`: close the
+    /// connection unanswered (the peer is not allowed to send one, or sent none, a malformed
+    /// one or not all of it in time), since the peer is not speaking HTTP yet.
+    async fn read_proxy_header(&mut self) -> bool {
+        let config = &self.ctx.shared.config;
+        if let Endpoint::Ip(addr) = self.peer {
+            if !config.proxy_allow.contains(addr.ip()) {
+                log_warn!(
+                    "{}: closed: a PROXY protocol peer not in --proxy-allow-from",
+                    self.peer
+                );
+                return false;
+            }
+        }
+        let deadline = Instant::now() + config.header_timeout;
+        loop {
+            match parse_proxy_header(&self.buf) {
+                Ok(Some(header)) => {
+                    self.buf.advance(header.len);
+                    if let Some(source) = header.source {
+                        self.peer = Endpoint::Ip(source);
+                    }
+                    return true;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    log_debug!("{}: {err}: closing the connection", self.peer);
+                    return false;
+                }
+            }
+            let first_byte = self.buf.is_empty();
+            match self.read_more(deadline, READ_BUFFER, first_byte).await {
+                ReadOutcome::Data => {}
+                ReadOutcome::TimedOut => {
+                    log_debug!(
+                        "{}: no whole PROXY header within --header-timeout: closing the connection",
+                        self.peer
+                    );
+                    return false;
+                }
+                ReadOutcome::Eof | ReadOutcome::Stopped | ReadOutcome::Failed => return false,
             }
         }
     }
@@ -250,8 +312,12 @@ impl Conn {
             exchange: exchange.clone(),
             armed: true,
         };
+        let mut request_head = RequestHead::from_http1(head_bytes, head, self.peer, self.local);
+        if self.trust_forwarded {
+            request_head.apply_forwarded(&self.ctx.shared.config.forwarded);
+        }
         let request = Request {
-            head: RequestHead::from_http1(head_bytes, head, self.peer, self.local),
+            head: request_head,
             body,
             encoder,
             started,
