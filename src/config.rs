@@ -26,6 +26,104 @@ pub enum DriverChoice {
     Epoll,
 }
 
+/// The wire protocol every `--bind` of the process speaks (`--protocol`, gunicorn's flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// HTTP/1.1 (and 1.0), from clients or from nginx's `proxy_pass`.
+    Http,
+    /// uwsgi, from nginx's `uwsgi_pass`.
+    Uwsgi,
+    /// FastCGI (responder), from nginx's `fastcgi_pass`.
+    Fastcgi,
+    /// SCGI, from nginx's `scgi_pass`.
+    Scgi,
+}
+
+/// Who may connect to a gateway protocol's listener (`--uwsgi-allow-ips`): addresses and
+/// networks, or everyone. A peer on a UNIX socket always may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowIps {
+    All,
+    /// (network, prefix length) pairs; an IPv4-mapped IPv6 peer matches as IPv4.
+    Nets(Vec<(std::net::IpAddr, u8)>),
+}
+
+impl AllowIps {
+    /// Parses `*`, or a comma list of addresses and `ADDR/BITS` networks.
+    pub fn parse(text: &str) -> Result<AllowIps, String> {
+        let mut nets = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                return Ok(AllowIps::All);
+            }
+            let bad = || format!("--uwsgi-allow-ips: {item:?} is not an address, ADDR/BITS or *");
+            let (addr, bits) = match item.split_once('/') {
+                Some((addr, bits)) => (addr, Some(bits.parse::<u8>().map_err(|_| bad())?)),
+                None => (item, None),
+            };
+            let ip: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let bits = bits.unwrap_or(max);
+            if bits > max {
+                return Err(bad());
+            }
+            nets.push((ip, bits));
+        }
+        Ok(AllowIps::Nets(nets))
+    }
+
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let nets = match self {
+            AllowIps::All => return true,
+            AllowIps::Nets(nets) => nets,
+        };
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        nets.iter().any(|&(net, bits)| match (net, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod allow_ips_tests {
+    use super::AllowIps;
+
+    #[test]
+    fn addresses_networks_and_all() {
+        let allow = AllowIps::parse("127.0.0.1, 10.1.0.0/16,::1").unwrap();
+        for (ip, ok) in [
+            ("127.0.0.1", true),
+            ("127.0.0.2", false),
+            ("10.1.200.3", true),
+            ("10.2.0.1", false),
+            ("::1", true),
+            ("::ffff:10.1.0.9", true),
+            ("::2", false),
+        ] {
+            assert_eq!(allow.allows(ip.parse().unwrap()), ok, "{ip}");
+        }
+        assert!(AllowIps::parse("*")
+            .unwrap()
+            .allows("8.8.8.8".parse().unwrap()));
+        assert!(AllowIps::parse("0.0.0.0/0")
+            .unwrap()
+            .allows("8.8.8.8".parse().unwrap()));
+        assert!(AllowIps::parse("10.0.0.0/33").is_err());
+        assert!(AllowIps::parse("nginx").is_err());
+    }
+}
+
 /// How Python threads map to interpreters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InterpreterChoice {
@@ -303,6 +401,16 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     queue_size: usize,
 
+    /// The protocol every --bind speaks: http, or what nginx speaks to application servers
+    /// (uwsgi_pass, fastcgi_pass, scgi_pass).
+    #[arg(long, value_enum, default_value = "http")]
+    protocol: Protocol,
+
+    /// Who may connect with --protocol uwsgi, fastcgi or scgi: addresses and ADDR/BITS
+    /// networks, comma-separated, or * for all. A UNIX-socket peer always may.
+    #[arg(long, value_name = "ADDRS", default_value = "127.0.0.1,::1")]
+    uwsgi_allow_ips: String,
+
     /// Print Spindle's version and the Python it embeds, then exit.
     #[arg(long)]
     version: bool,
@@ -560,6 +668,10 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub root_path: String,
     pub queue_size: usize,
+    /// `--protocol`: what every listener speaks.
+    pub protocol: Protocol,
+    /// `--uwsgi-allow-ips`: who may connect when `protocol` is not HTTP.
+    pub gateway_allow: AllowIps,
     /// `--metrics-bind`: where `/metrics` is served; `None`: nothing is counted.
     pub metrics_bind: Option<SocketAddr>,
 }
@@ -825,6 +937,8 @@ impl Config {
             graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
             root_path: args.root_path,
             queue_size: args.queue_size.max(1),
+            protocol: args.protocol,
+            gateway_allow: AllowIps::parse(&args.uwsgi_allow_ips)?,
             metrics_bind,
         })
     }

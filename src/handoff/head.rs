@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::http::cgi::CgiHead;
 use crate::http::{HeaderSpan, ParsedHead, Span, Version};
 
 /// The request line's parts, the header fields and the addresses of one request, as byte
@@ -72,6 +73,29 @@ impl RequestHead {
             version: parsed.version,
             headers: parsed.headers,
             vars: Vec::new(),
+            peer: peer.into(),
+            local: local.into(),
+        }
+    }
+
+    /// A uwsgi, SCGI or FastCGI request head: `bytes` is the variable block `cgi` was
+    /// parsed from (with its `HTTP_*` names already turned into field names). `peer` is the
+    /// client as the front end named it (`REMOTE_ADDR`), else the connection's.
+    pub fn from_cgi(
+        bytes: Bytes,
+        cgi: CgiHead,
+        peer: impl Into<Endpoint>,
+        local: impl Into<Endpoint>,
+    ) -> RequestHead {
+        RequestHead {
+            bytes,
+            method: cgi.method,
+            target: cgi.target,
+            path: cgi.path,
+            query: cgi.query,
+            version: cgi.version,
+            headers: cgi.headers,
+            vars: cgi.vars,
             peer: peer.into(),
             local: local.into(),
         }

@@ -228,7 +228,11 @@ impl CgiHeadBuilder {
                 match memchr::memchr(b'?', raw) {
                     Some(i) => {
                         let q = uri.start as usize + i;
-                        (uri, span(uri.start as usize, q), span(q + 1, uri.end as usize))
+                        (
+                            uri,
+                            span(uri.start as usize, q),
+                            span(q + 1, uri.end as usize),
+                        )
                     }
                     None => (uri, uri, span(uri.end as usize, uri.end as usize)),
                 }
@@ -332,7 +336,12 @@ mod tests {
         let names: Vec<&[u8]> = head.vars.iter().map(|v| v.name.get(&buf)).collect();
         assert_eq!(
             names,
-            [&b"CONTENT_LENGTH"[..], b"SERVER_PROTOCOL", b"SERVER_NAME", b"HTTPS"]
+            [
+                &b"CONTENT_LENGTH"[..],
+                b"SERVER_PROTOCOL",
+                b"SERVER_NAME",
+                b"HTTPS"
+            ]
         );
     }
 
@@ -358,6 +367,9 @@ mod tests {
         );
         let (buf, head) = build(&[m, ("PATH_INFO", "/p"), ("QUERY_STRING", "q")]);
         let head = head.unwrap();
-        assert_eq!((head.path.get(&buf), head.query.get(&buf)), (&b"/p"[..], &b"q"[..]));
+        assert_eq!(
+            (head.path.get(&buf), head.query.get(&buf)),
+            (&b"/p"[..], &b"q"[..])
+        );
     }
 }

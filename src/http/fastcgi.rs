@@ -98,7 +98,10 @@ fn pairs(
     let end = range.end;
     let mut at = range.start;
     let length = |at: &mut usize| -> Result<usize, CgiError> {
-        let b = *buf.get(*at).filter(|_| *at < end).ok_or(CgiError::Malformed)?;
+        let b = *buf
+            .get(*at)
+            .filter(|_| *at < end)
+            .ok_or(CgiError::Malformed)?;
         if b & 0x80 == 0 {
             *at += 1;
             return Ok(b as usize);
@@ -131,7 +134,9 @@ pub fn parse_params(buf: &[u8], limits: &Limits) -> Result<CgiHead, CgiError> {
         return Err(CgiError::TooLarge);
     }
     let mut builder = CgiHeadBuilder::new(*limits);
-    pairs(buf, 0..buf.len(), |name, value| builder.push(buf, name, value))?;
+    pairs(buf, 0..buf.len(), |name, value| {
+        builder.push(buf, name, value)
+    })?;
     builder.finish(buf)
 }
 
@@ -216,9 +221,18 @@ pub struct StdinDecoder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StdinState {
     /// `have` bytes of the next record header are in `bytes`.
-    Header { have: u8, bytes: [u8; HEADER] },
-    Content { remaining: u16, padding: u8 },
-    Padding { remaining: u8, last: bool },
+    Header {
+        have: u8,
+        bytes: [u8; HEADER],
+    },
+    Content {
+        remaining: u16,
+        padding: u8,
+    },
+    Padding {
+        remaining: u8,
+        last: bool,
+    },
     Done,
 }
 
@@ -295,11 +309,7 @@ impl StdinDecoder {
                 }
             }
             // A record's padding is over: the next header, or the end.
-            if let StdinState::Padding {
-                remaining: 0,
-                last,
-            } = self.state
-            {
+            if let StdinState::Padding { remaining: 0, last } = self.state {
                 self.state = if last {
                     StdinState::Done
                 } else {
@@ -419,8 +429,14 @@ mod tests {
     fn records_whole_and_split() {
         let rec = record(BEGIN_REQUEST, 1, &[0, 1, 1, 0, 0, 0, 0, 0], 3);
         let parsed = parse_record(&rec).unwrap().unwrap();
-        assert_eq!((parsed.kind, parsed.request_id, parsed.len), (BEGIN_REQUEST, 1, 19));
-        assert_eq!(parse_begin(&rec[parsed.content]), Ok((ROLE_RESPONDER, true)));
+        assert_eq!(
+            (parsed.kind, parsed.request_id, parsed.len),
+            (BEGIN_REQUEST, 1, 19)
+        );
+        assert_eq!(
+            parse_begin(&rec[parsed.content]),
+            Ok((ROLE_RESPONDER, true))
+        );
         for cut in 0..rec.len() {
             assert_eq!(parse_record(&rec[..cut]), Ok(None), "cut at {cut}");
         }
@@ -448,7 +464,10 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(parse_params(&p, &small), Err(CgiError::TooLarge));
-        assert_eq!(parse_params(&[0x80, 0, 0], &Limits::default()), Err(CgiError::Malformed));
+        assert_eq!(
+            parse_params(&[0x80, 0, 0], &Limits::default()),
+            Err(CgiError::Malformed)
+        );
     }
 
     #[test]
@@ -470,10 +489,16 @@ mod tests {
         }
         let mut d = StdinDecoder::new(7);
         let bad = record(ABORT_REQUEST, 7, b"", 0);
-        assert_eq!(d.decode(&bad, &mut Vec::new()), Err(HttpError::InvalidRecord));
+        assert_eq!(
+            d.decode(&bad, &mut Vec::new()),
+            Err(HttpError::InvalidRecord)
+        );
         let mut d = StdinDecoder::new(7);
         let other = record(STDIN, 8, b"x", 0);
-        assert_eq!(d.decode(&other, &mut Vec::new()), Err(HttpError::InvalidRecord));
+        assert_eq!(
+            d.decode(&other, &mut Vec::new()),
+            Err(HttpError::InvalidRecord)
+        );
     }
 
     #[test]
