@@ -33,6 +33,8 @@ pub enum CgiError {
     /// The block is not well-formed for its protocol (bad length prefix, missing
     /// terminator, a pair cut short).
     Malformed,
+    /// The connection ended inside the block.
+    Truncated,
     /// A uwsgi packet with modifiers other than 0/0 (only WSGI requests are served).
     UnsupportedModifier,
     /// An SCGI block without `CONTENT_LENGTH` first or without `SCGI=1`.
@@ -56,6 +58,7 @@ impl fmt::Display for CgiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             CgiError::Malformed => "malformed variable block",
+            CgiError::Truncated => "the connection ended inside the variable block",
             CgiError::UnsupportedModifier => "uwsgi modifiers other than 0 are not supported",
             CgiError::NotScgi => "not SCGI: CONTENT_LENGTH must come first and SCGI be 1",
             CgiError::TooLarge => "variable block larger than --limit-request-head",

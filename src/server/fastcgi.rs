@@ -195,6 +195,9 @@ impl Conn {
                     );
                     return Ok(None);
                 }
+                ReadOutcome::Eof if !self.buf.is_empty() || begun.is_some() => {
+                    return Err(CgiError::Truncated)
+                }
                 _ => return Ok(None),
             }
         }

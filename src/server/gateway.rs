@@ -144,6 +144,7 @@ impl Conn {
                     );
                     return Ok(None);
                 }
+                ReadOutcome::Eof if !self.buf.is_empty() => return Err(CgiError::Truncated),
                 _ => return Ok(None),
             }
         }
