@@ -161,3 +161,26 @@ impl ResponseEncoder {
         self.http1().body_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_responses_end_with_their_length_or_the_close() {
+        let mut date = DateCache::new();
+        let mut e = ResponseEncoder::for_gateway(false);
+        assert!(!e.may_persist());
+        e.start(ResponseHead::new(b"200 OK").unwrap());
+        let out = e.build(&[b"x"], false, None, &mut date).unwrap();
+        let text = String::from_utf8(out.bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        assert!(!text.contains("Transfer-Encoding"), "{text}");
+        assert!(text.ends_with("\r\n\r\nx"), "{text}");
+        assert_eq!(e.fastcgi_request_id(), None);
+        let f = ResponseEncoder::for_fastcgi(9, false, true, true);
+        assert!(f.may_persist());
+        assert_eq!(f.fastcgi_request_id(), Some(9));
+    }
+}

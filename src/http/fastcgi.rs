@@ -521,6 +521,27 @@ mod tests {
     }
 
     #[test]
+    fn streamed_cgi_body_has_no_framing_headers() {
+        let mut e = FastCgiEncoder::new(1, false, Persistence::new(false, true));
+        let mut head = ResponseHead::new(b"404 Not Found").unwrap();
+        head.push_header(b"X-A", b"1").unwrap();
+        e.start(head);
+        let mut date = DateCache::new();
+        let first = e.build(&[b"a"], false, None, &mut date).unwrap();
+        let rec = parse_record(&first.bytes).unwrap().unwrap();
+        assert_eq!(rec.len, first.bytes.len(), "no end records before the end");
+        assert_eq!(
+            &first.bytes[rec.content],
+            b"Status: 404 Not Found\r\nX-A: 1\r\n\r\na"
+        );
+        let last = e.build(&[b"b"], true, None, &mut date).unwrap();
+        let rec = parse_record(&last.bytes).unwrap().unwrap();
+        assert_eq!(&last.bytes[rec.content], b"b");
+        // KEEP_CONN was not asked for: the connection closes after END_REQUEST.
+        assert!(!last.persistence.keep_alive());
+    }
+
+    #[test]
     fn get_values() {
         let mut q = Vec::new();
         pair(&mut q, b"FCGI_MPXS_CONNS", b"");
