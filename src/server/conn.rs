@@ -424,8 +424,13 @@ impl Conn {
                                         match monoio::time::timeout(limit, next).await {
                                             Ok(next) => next,
                                             Err(_elapsed) => {
+                                                let fastcgi = batch[idx].fastcgi;
                                                 return self
-                                                    .application_timed_out(limit, response_started)
+                                                    .application_timed_out(
+                                                        limit,
+                                                        response_started,
+                                                        fastcgi,
+                                                    )
                                                     .await;
                                             }
                                         }
@@ -564,7 +569,8 @@ impl Conn {
                             // was sent yet, and drop whatever the app still produces.
                             if let BodyError::Invalid(http) = err {
                                 if !response_started {
-                                    self.fail(http.status()).await;
+                                    let fastcgi = batch[idx].fastcgi;
+                                    self.fail_request(fastcgi, http.status()).await;
                                 }
                             }
                             return ConnectionEnd::Close;
@@ -592,6 +598,7 @@ impl Conn {
         &mut self,
         limit: Duration,
         response_started: bool,
+        fastcgi: Option<u16>,
     ) -> ConnectionEnd {
         log_warn!(
             "{}: the application sent nothing for --timeout {} s: {}",
@@ -604,7 +611,7 @@ impl Conn {
             }
         );
         if !response_started {
-            self.fail(504).await;
+            self.fail_request(fastcgi, 504).await;
         }
         ConnectionEnd::Close
     }

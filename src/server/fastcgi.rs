@@ -90,10 +90,7 @@ impl Conn {
                     }
                 }
                 Err(Some(status)) => {
-                    // The server's own error response, in records, then the close.
-                    let mut encoder = ResponseEncoder::for_fastcgi(begun.id, is_head, false, false);
-                    let out = encoder.error(status, &mut self.ctx.date.borrow_mut());
-                    let _ = self.write(out.bytes).await;
+                    self.fail_request(Some(begun.id), status).await;
                     return;
                 }
                 Err(None) => return,
@@ -157,6 +154,10 @@ impl Conn {
                         fcgi::push_end_request(&mut answers, id, fcgi::REQUEST_COMPLETE);
                         begun = None;
                     }
+                    // An abort that crossed its request's END_REQUEST: the request is
+                    // inactive, and records of inactive requests are ignored (FastCGI 1.0
+                    // §3.3).
+                    fcgi::ABORT_REQUEST if current.is_none() => {}
                     fcgi::PARAMS if current == Some(id) => {
                         let params = &mut begun.as_mut().expect("current").params;
                         if body.is_empty() {
@@ -200,6 +201,20 @@ impl Conn {
                 }
                 _ => return Ok(None),
             }
+        }
+    }
+
+    /// The server's own error response to a request of this connection (the application's
+    /// failed before its head went out), then the lingering close: HTTP/1 bytes, or for a
+    /// FastCGI request the same CGI response in its STDOUT records and END_REQUEST.
+    pub(super) async fn fail_request(&mut self, fastcgi: Option<u16>, status: u16) {
+        let Some(id) = fastcgi else {
+            return self.fail(status).await;
+        };
+        let mut encoder = ResponseEncoder::for_fastcgi(id, false, false, false);
+        let out = encoder.error(status, &mut self.ctx.date.borrow_mut());
+        if self.write(out.bytes).await.is_ok() {
+            self.linger().await;
         }
     }
 

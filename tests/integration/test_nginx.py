@@ -381,17 +381,73 @@ def test_scgi_bad_input_closes_with_one_line(stack):
     server.wait_for_log(r"bad SCGI request, closing: not SCGI", since=mark)
 
 
+def record(kind, rid, content=b""):
+    """A FastCGI record."""
+    return bytes([1, kind]) + rid.to_bytes(2, "big") + len(content).to_bytes(2, "big") + b"\0\0" + content
+
+
+def pairs(items):
+    """FastCGI name-value pairs (short names and values)."""
+    return b"".join(bytes([len(n), len(v)]) + n + v for n, v in items)
+
+
+def parse_records(data: bytes) -> list[tuple[int, int, bytes]]:
+    records = []
+    while data:
+        kind, rid, n, pad = data[1], int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:6], "big"), data[6]
+        records.append((kind, rid, data[8:8 + n]))
+        data = data[8 + n + pad:]
+    return records
+
+
+def read_records_until_end(s: socket.socket, rid: int) -> list[tuple[int, int, bytes]]:
+    """Records up to and including `rid`'s END_REQUEST."""
+    data = b""
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        records, rest = [], data
+        while len(rest) >= 8 and len(rest) >= 8 + int.from_bytes(rest[4:6], "big") + rest[6]:
+            n = 8 + int.from_bytes(rest[4:6], "big") + rest[6]
+            records += parse_records(rest[:n])
+            rest = rest[n:]
+            if records[-1][:2] == (3, rid):
+                return records
+        assert time.monotonic() < deadline, data
+        chunk = s.recv(65536)
+        assert chunk, f"closed before END_REQUEST: {data!r}"
+        data += chunk
+
+
+def test_fastcgi_keep_conn_serves_requests_in_turn_and_an_abort_ends_the_body(stack):
+    _, servers = stack
+    begin_keep = b"\x00\x01\x01" + b"\0" * 5
+    with socket.create_connection(("127.0.0.1", servers["fastcgi"].port), timeout=IO_TIMEOUT) as s:
+        for rid in (1, 2):
+            params = pairs([(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/echo"),
+                            (b"CONTENT_LENGTH", b"5")])
+            s.sendall(record(1, rid, begin_keep) + record(4, rid, params) + record(4, rid)
+                      + record(5, rid, b"he") + record(5, rid, b"llo") + record(5, rid))
+            records = read_records_until_end(s, rid)
+            stdout = b"".join(c for k, r, c in records if k == 6 and r == rid)
+            assert stdout.startswith(b"Status: 200 OK\r\n"), stdout
+            assert json.loads(stdout.partition(b"\r\n\r\n")[2])["length"] == 5
+            assert records[-1] == (3, rid, b"\0" * 8)
+        # An ABORT_REQUEST in the middle of the body: the request is answered 400 (in
+        # records, with END_REQUEST) and the connection ends.
+        params = pairs([(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/echo"),
+                        (b"CONTENT_LENGTH", b"5")])
+        s.sendall(record(1, 3, begin_keep) + record(4, 3, params) + record(4, 3)
+                  + record(5, 3, b"he") + record(2, 3))
+        records = parse_records(read_all(s))
+    stdout = b"".join(c for k, r, c in records if k == 6 and r == 3)
+    assert stdout.startswith(b"Status: 400 Bad Request\r\n"), stdout
+    assert records[-1][:2] == (3, 3)
+
+
 def test_fastcgi_get_values_and_refused_second_request(stack):
     """GET_VALUES is answered; a second BEGIN_REQUEST while the first is read gets
     FCGI_CANT_MPX_CONN, and the first is served."""
     _, servers = stack
-
-    def record(kind, rid, content=b""):
-        return bytes([1, kind]) + rid.to_bytes(2, "big") + len(content).to_bytes(2, "big") + b"\0\0" + content
-
-    def pairs(items):
-        return b"".join(bytes([len(n), len(v)]) + n + v for n, v in items)
-
     params = pairs([(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/path/x"),
                     (b"SERVER_NAME", b"x"), (b"SERVER_PORT", b"80")])
     stream = (record(9, 0, pairs([(b"FCGI_MPXS_CONNS", b"")]))
@@ -400,12 +456,7 @@ def test_fastcgi_get_values_and_refused_second_request(stack):
               + record(4, 1, params) + record(4, 1) + record(5, 1))
     with socket.create_connection(("127.0.0.1", servers["fastcgi"].port), timeout=IO_TIMEOUT) as s:
         s.sendall(stream)
-        data = read_all(s)
-    records = []
-    while data:
-        kind, rid, n, pad = data[1], int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:6], "big"), data[6]
-        records.append((kind, rid, data[8:8 + n]))
-        data = data[8 + n + pad:]
+        records = parse_records(read_all(s))
     assert records[0] == (10, 0, b"\x0f\x01FCGI_MPXS_CONNS0")
     assert records[1] == (3, 2, b"\0\0\0\0\x01\0\0\0")
     stdout = b"".join(c for k, r, c in records if k == 6 and r == 1)
