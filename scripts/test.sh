@@ -40,6 +40,21 @@ if ! command -v systemd-socket-activate >/dev/null 2>&1; then
     fi
 fi
 
+# tests/integration/test_nginx.py starts its own nginx processes (Debian's nginx package)
+# in front of Spindle; install it when missing and this user can. Its package starts nginx
+# as a system service where it can: stop that one, the tests never use it.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
+        if [ -s /run/nginx.pid ]; then
+            invoke-rc.d nginx stop >/dev/null 2>&1 || kill "$(cat /run/nginx.pid)" || true
+        fi
+    else
+        echo "error: nginx is missing (apt-get install nginx)" >&2
+        exit 1
+    fi
+fi
+
 failed=()
 step() { echo; echo "=== $*"; }
 log=$(mktemp)

@@ -26,6 +26,19 @@ pub enum DriverChoice {
     Epoll,
 }
 
+/// The wire protocol every `--bind` of the process speaks (`--protocol`, gunicorn's flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// HTTP/1.1 (and 1.0), from clients or from nginx's `proxy_pass`.
+    Http,
+    /// uwsgi, from nginx's `uwsgi_pass`.
+    Uwsgi,
+    /// FastCGI (responder), from nginx's `fastcgi_pass`.
+    Fastcgi,
+    /// SCGI, from nginx's `scgi_pass`.
+    Scgi,
+}
+
 /// How Python threads map to interpreters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InterpreterChoice {
@@ -347,6 +360,16 @@ struct Args {
     #[arg(long)]
     forwarded_host: bool,
 
+    /// The protocol every --bind speaks: http, or what nginx speaks to application servers
+    /// (uwsgi_pass, fastcgi_pass, scgi_pass).
+    #[arg(long, value_enum, default_value = "http")]
+    protocol: Protocol,
+
+    /// Who may connect with --protocol uwsgi, fastcgi or scgi: addresses and ADDR/BITS
+    /// networks, comma-separated, or * for all. A UNIX-socket peer always may.
+    #[arg(long, value_name = "ADDRS", default_value = "127.0.0.1,::1")]
+    uwsgi_allow_ips: String,
+
     /// Print Spindle's version and the Python it embeds, then exit.
     #[arg(long)]
     version: bool,
@@ -604,6 +627,10 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub root_path: String,
     pub queue_size: usize,
+    /// `--protocol`: what every listener speaks.
+    pub protocol: Protocol,
+    /// `--uwsgi-allow-ips`: who may connect when `protocol` is not HTTP.
+    pub gateway_allow: TrustedAddrs,
     /// `--metrics-bind`: where `/metrics` is served; `None`: nothing is counted.
     pub metrics_bind: Option<SocketAddr>,
     /// `--proxy-protocol`: every connection starts with a PROXY header.
@@ -900,6 +927,9 @@ impl Config {
             graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
             root_path: args.root_path,
             queue_size: args.queue_size.max(1),
+            protocol: args.protocol,
+            gateway_allow: TrustedAddrs::parse(&args.uwsgi_allow_ips)
+                .map_err(|e| format!("--uwsgi-allow-ips {e}"))?,
             metrics_bind,
             proxy_protocol: args.proxy_protocol,
             proxy_allow,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::http::cgi::CgiHead;
 use crate::http::forwarded::{self, ForwardedRules};
 use crate::http::{HeaderSpan, ParsedHead, Span, Version};
 
@@ -108,6 +109,32 @@ impl RequestHead {
         }
         self.https = said.https.unwrap_or(false);
         self.forwarded_host = said.host;
+    }
+
+    /// A uwsgi, SCGI or FastCGI request head: `bytes` is the variable block `cgi` was
+    /// parsed from (with its `HTTP_*` names already turned into field names). `peer` is the
+    /// client as the front end named it (`REMOTE_ADDR`), else the connection's.
+    pub fn from_cgi(
+        bytes: Bytes,
+        cgi: CgiHead,
+        peer: impl Into<Endpoint>,
+        local: impl Into<Endpoint>,
+    ) -> RequestHead {
+        RequestHead {
+            bytes,
+            method: cgi.method,
+            target: cgi.target,
+            path: cgi.path,
+            query: cgi.query,
+            version: cgi.version,
+            headers: cgi.headers,
+            vars: cgi.vars,
+            peer: peer.into(),
+            local: local.into(),
+            forwarded_by: None,
+            https: cgi.https,
+            forwarded_host: None,
+        }
     }
 
     /// The bytes of `span`.

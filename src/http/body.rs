@@ -55,6 +55,8 @@ enum DecodeState {
         remaining: u64,
     },
     Chunked(ChunkState),
+    /// A FastCGI request's STDIN records (`fastcgi.rs`).
+    FastCgi(crate::http::fastcgi::StdinDecoder),
     /// The message is complete; nothing more is consumed.
     Done,
     /// An error was found; every later call repeats it.
@@ -121,6 +123,15 @@ impl BodyDecoder {
         })
     }
 
+    /// A decoder for a FastCGI request's body: the STDIN records of `request_id`.
+    pub fn fastcgi_stdin(request_id: u16, max_body: Option<u64>) -> Self {
+        BodyDecoder {
+            state: DecodeState::FastCgi(crate::http::fastcgi::StdinDecoder::new(request_id)),
+            decoded: 0,
+            max_body,
+        }
+    }
+
     /// Consumes bytes from `input`, appending decoded payload to `out`.
     /// Returns how many input bytes were consumed: all of them unless the
     /// message ended inside `input` (then [`is_done`](Self::is_done) is true
@@ -140,6 +151,24 @@ impl BodyDecoder {
                     DecodeState::Length { remaining }
                 };
                 Ok(take)
+            }
+            DecodeState::FastCgi(mut stdin) => {
+                let before = out.len();
+                let result = stdin.decode(input, out);
+                self.decoded += (out.len() - before) as u64;
+                let result = result.and_then(|consumed| {
+                    if self.max_body.is_some_and(|limit| self.decoded > limit) {
+                        Err(HttpError::BodyTooLarge)
+                    } else {
+                        Ok(consumed)
+                    }
+                });
+                self.state = match result {
+                    Ok(_) if stdin.is_done() => DecodeState::Done,
+                    Ok(_) => DecodeState::FastCgi(stdin),
+                    Err(error) => DecodeState::Failed(error),
+                };
+                result
             }
             DecodeState::Chunked(state) => match self.decode_chunked(state, input, out) {
                 Ok((consumed, next)) => {

@@ -73,6 +73,9 @@ pub enum HttpError {
     TrailerTooLarge,
     /// The body is larger than the configured maximum.
     BodyTooLarge,
+    /// A FastCGI record other than the request's STDIN while its body was read (an
+    /// ABORT_REQUEST, a second request: nginx sends neither).
+    InvalidRecord,
 }
 
 impl HttpError {
@@ -99,7 +102,8 @@ impl HttpError {
             | HttpError::InvalidChunkSize
             | HttpError::ChunkSizeOverflow
             | HttpError::InvalidChunkTerminator
-            | HttpError::TrailerTooLarge => 400,
+            | HttpError::TrailerTooLarge
+            | HttpError::InvalidRecord => 400,
             HttpError::BodyTooLarge => 413,
             HttpError::UriTooLong => 414,
             HttpError::TooManyHeaders | HttpError::HeaderTooLarge | HttpError::HeadTooLarge => 431,
@@ -138,6 +142,7 @@ impl HttpError {
             HttpError::InvalidChunkTerminator => "chunk not terminated by CRLF",
             HttpError::TrailerTooLarge => "chunked trailer too large",
             HttpError::BodyTooLarge => "request body too large",
+            HttpError::InvalidRecord => "FastCGI record other than STDIN in the request body",
         }
     }
 }

@@ -153,6 +153,9 @@ pub enum ResponseFraming {
     CloseDelimited,
     /// HEAD, 1xx, 204, 304.
     NoBody,
+    /// No length and no chunks: the wire protocol ends the body itself (a FastCGI
+    /// END_REQUEST), and the connection may persist.
+    ProtocolDelimited,
 }
 
 /// A body that disagreed with the application's `Content-Length`.
@@ -187,6 +190,9 @@ pub struct NotStarted;
 #[derive(Debug)]
 pub struct Http1Encoder {
     http11: bool,
+    /// A CGI response (FastCGI's STDOUT): `Status:` instead of a status line, no framing
+    /// headers but a known `Content-Length`, no `Date` or `Connection`.
+    cgi: bool,
     is_head: bool,
     persistence: Persistence,
     status: Option<u16>,
@@ -205,6 +211,7 @@ impl Http1Encoder {
     pub fn new(http11: bool, is_head: bool, persistence: Persistence) -> Http1Encoder {
         Http1Encoder {
             http11,
+            cgi: false,
             is_head,
             persistence,
             status: None,
@@ -214,6 +221,14 @@ impl Http1Encoder {
             headers_sent: false,
             framing: ResponseFraming::Pending,
             body_bytes: 0,
+        }
+    }
+
+    /// A CGI response (FastCGI's STDOUT), whose body the wire protocol delimits.
+    pub fn cgi(is_head: bool, persistence: Persistence) -> Http1Encoder {
+        Http1Encoder {
+            cgi: true,
+            ..Http1Encoder::new(true, is_head, persistence)
         }
     }
 
@@ -299,7 +314,7 @@ impl Http1Encoder {
                     push_chunk(&mut out, part);
                     self.body_bytes += part.len() as u64;
                 }
-                ResponseFraming::CloseDelimited => {
+                ResponseFraming::CloseDelimited | ResponseFraming::ProtocolDelimited => {
                     out.extend_from_slice(part);
                     self.body_bytes += part.len() as u64;
                 }
@@ -347,6 +362,9 @@ impl Http1Encoder {
     pub fn error(&mut self, status: u16, date: &mut DateCache) -> Encoded {
         let mut out = Vec::with_capacity(192);
         error_response(&mut out, status, date.get());
+        if self.cgi {
+            out.splice(..b"HTTP/1.1 ".len(), b"Status: ".iter().copied());
+        }
         self.status = Some(status);
         self.headers_sent = true;
         self.persistence.broken();
@@ -361,7 +379,7 @@ impl Http1Encoder {
     /// decides the framing.
     fn write_head(&mut self, out: &mut Vec<u8>, known_total: Option<u64>, date: &mut DateCache) {
         let status = self.status.unwrap_or(500);
-        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(if self.cgi { b"Status: " } else { b"HTTP/1.1 " });
         out.extend_from_slice(&self.head);
         self.framing = if self.is_head || !status_allows_body(status) {
             ResponseFraming::NoBody
@@ -372,6 +390,8 @@ impl Http1Encoder {
             push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
             ResponseFraming::Length(n)
+        } else if self.cgi {
+            ResponseFraming::ProtocolDelimited
         } else if self.http11 {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
             ResponseFraming::Chunked
@@ -387,12 +407,15 @@ impl Http1Encoder {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        if !self.has_date {
+        // A CGI response has neither: the front end adds Date and manages its connection.
+        if !self.has_date && !self.cgi {
             out.extend_from_slice(b"Date: ");
             out.extend_from_slice(date.get());
             out.extend_from_slice(b"\r\n");
         }
-        if !self.persistence.keep_alive() {
+        if self.cgi {
+            // See above.
+        } else if !self.persistence.keep_alive() {
             out.extend_from_slice(b"Connection: close\r\n");
         } else if !self.http11 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");

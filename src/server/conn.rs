@@ -81,7 +81,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// One request handed to Python whose response is not written completely yet.
-struct InFlight {
+pub(super) struct InFlight {
     seq: u32,
     /// Holds the exchange; cancels it if the connection gives up before its end.
     guard: CancelOnDrop,
@@ -95,6 +95,9 @@ struct InFlight {
     expect_continue: bool,
     /// Replies that came before an earlier request of the batch finished.
     early: VecDeque<ReplyMsg>,
+    /// A FastCGI request's id: a body written apart (a whole `bytes`, a file) goes out in
+    /// STDOUT records of it (`server/fastcgi.rs`).
+    fastcgi: Option<u16>,
 }
 
 impl InFlight {
@@ -273,24 +276,61 @@ impl Conn {
     /// before this request are out: `start` itself writes nothing, to keep them in order.
     async fn start(&mut self, head: ParsedHead, seq: u32) -> Result<InFlight, Option<u16>> {
         let started = Instant::now();
-        let config = &self.ctx.shared.config;
-        let mut decoder = match BodyDecoder::new(head.framing, config.max_body) {
+        let decoder = match BodyDecoder::new(head.framing, self.ctx.shared.config.max_body) {
             Ok(decoder) => decoder,
             Err(err) => return Err(Some(err.status())),
         };
         let head_bytes: Bytes = self.buf.split_to(head.head_len).freeze();
+        let raw_len = match head.framing {
+            BodyFraming::None => Some(0),
+            BodyFraming::Length(n) => Some(n),
+            BodyFraming::Chunked => None,
+        };
         let expect_continue = head.expect_continue;
+        let encoder = ResponseEncoder::for_http1(&head, self.ctx.server_allows_keep_alive());
+        let mut head = RequestHead::from_http1(head_bytes, head, self.peer, self.local);
+        if self.trust_forwarded {
+            // HTTP listeners only: a gateway protocol's front end names the client itself
+            // (REMOTE_ADDR), ARCHITECTURE.md §5.
+            head.apply_forwarded(&self.ctx.shared.config.forwarded);
+        }
+        self.start_request(
+            head,
+            decoder,
+            raw_len,
+            expect_continue,
+            encoder,
+            seq,
+            started,
+        )
+        .await
+    }
 
+    /// Starts the exchange of a request of any wire protocol, its head already taken out
+    /// of the buffer: `decoder` reads its body from the connection, `raw_len` says that the
+    /// body is exactly that many bytes as they are (so one already buffered is taken as
+    /// it is), `expect_continue` that it is not pre-read.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn start_request(
+        &mut self,
+        head: RequestHead,
+        mut decoder: BodyDecoder,
+        raw_len: Option<u64>,
+        expect_continue: bool,
+        encoder: ResponseEncoder,
+        seq: u32,
+        started: Instant,
+    ) -> Result<InFlight, Option<u16>> {
         // `Expect: 100-continue` bodies are never pre-read: the client waits for our 100
         // before sending, which goes out when the app first reads.
         let mut pending = Vec::new();
         let mut body_done = false;
-        let body = match head.framing {
-            BodyFraming::None => {
+        let body = match raw_len {
+            Some(0) => {
                 body_done = true;
                 RequestBody::Complete(Bytes::new())
             }
-            BodyFraming::Length(n) if self.buf.len() as u64 >= n => {
+            Some(n) if self.buf.len() as u64 >= n => {
                 body_done = true;
                 RequestBody::Complete(self.buf.split_to(n as usize).freeze())
             }
@@ -305,19 +345,15 @@ impl Conn {
             },
         };
 
-        let encoder = ResponseEncoder::for_http1(&head, self.ctx.server_allows_keep_alive());
         let may_persist = encoder.may_persist();
+        let fastcgi = encoder.fastcgi_request_id();
         let exchange = Exchange::new(matches!(body, RequestBody::Stream));
         let guard = CancelOnDrop {
             exchange: exchange.clone(),
             armed: true,
         };
-        let mut request_head = RequestHead::from_http1(head_bytes, head, self.peer, self.local);
-        if self.trust_forwarded {
-            request_head.apply_forwarded(&self.ctx.shared.config.forwarded);
-        }
         let request = Request {
-            head: request_head,
+            head,
             body,
             encoder,
             started,
@@ -339,6 +375,7 @@ impl Conn {
             pending,
             expect_continue,
             early: VecDeque::new(),
+            fastcgi,
         })
     }
 
@@ -414,7 +451,7 @@ impl Conn {
 
     /// Writes the responses of `batch` in order. Each ends the connection when it must
     /// (`Connection: close`, an unread body, an error); otherwise `KeepAlive` after all.
-    async fn finish(&mut self, batch: &mut [InFlight]) -> ConnectionEnd {
+    pub(super) async fn finish(&mut self, batch: &mut [InFlight]) -> ConnectionEnd {
         let mut out = Vec::new();
         let mut to_release: Vec<(usize, usize)> = Vec::new();
         let mut end = self.finish_inner(batch, &mut out, &mut to_release).await;
@@ -454,8 +491,13 @@ impl Conn {
                                         match monoio::time::timeout(limit, next).await {
                                             Ok(next) => next,
                                             Err(_elapsed) => {
+                                                let fastcgi = batch[idx].fastcgi;
                                                 return self
-                                                    .application_timed_out(limit, response_started)
+                                                    .application_timed_out(
+                                                        limit,
+                                                        response_started,
+                                                        fastcgi,
+                                                    )
                                                     .await;
                                             }
                                         }
@@ -527,9 +569,13 @@ impl Conn {
                     } => {
                         // Whatever is coalesced, this head and the body: one writev.
                         let pending = Bytes::from(std::mem::take(out));
-                        let result = self
-                            .write_gather(vec![pending, Bytes::from(head), body])
-                            .await;
+                        let result = match batch[idx].fastcgi {
+                            None => {
+                                self.write_gather(vec![pending, Bytes::from(head), body])
+                                    .await
+                            }
+                            Some(id) => self.write_whole_records(pending, head, body, id).await,
+                        };
                         for (idx, n) in to_release.drain(..) {
                             batch[idx].guard.exchange.release(n);
                         }
@@ -550,7 +596,11 @@ impl Conn {
                         if self.flush(out, batch, to_release).await.is_err() {
                             return ConnectionEnd::Close;
                         }
-                        if let Err(err) = self.send_file(&file, offset, len).await {
+                        let sent = match batch[idx].fastcgi {
+                            None => self.send_file(&file, offset, len).await,
+                            Some(id) => self.send_file_records(&file, offset, len, id).await,
+                        };
+                        if let Err(err) = sent {
                             log_debug!("{}: sendfile failed: {err}", self.peer);
                             return ConnectionEnd::Close;
                         }
@@ -586,7 +636,8 @@ impl Conn {
                             // was sent yet, and drop whatever the app still produces.
                             if let BodyError::Invalid(http) = err {
                                 if !response_started {
-                                    self.fail(http.status()).await;
+                                    let fastcgi = batch[idx].fastcgi;
+                                    self.fail_request(fastcgi, http.status()).await;
                                 }
                             }
                             return ConnectionEnd::Close;
@@ -614,6 +665,7 @@ impl Conn {
         &mut self,
         limit: Duration,
         response_started: bool,
+        fastcgi: Option<u16>,
     ) -> ConnectionEnd {
         log_warn!(
             "{}: the application sent nothing for --timeout {} s: {}",
@@ -626,7 +678,7 @@ impl Conn {
             }
         );
         if !response_started {
-            self.fail(504).await;
+            self.fail_request(fastcgi, 504).await;
         }
         ConnectionEnd::Close
     }

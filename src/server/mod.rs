@@ -7,6 +7,8 @@ mod body;
 mod conn;
 mod ctx;
 mod event;
+mod fastcgi;
+mod gateway;
 mod gather;
 mod socket;
 mod stream;

@@ -19,6 +19,7 @@ use super::ctx::{IoCtx, Stats};
 use super::event::{race, Either, LocalEvent};
 use super::stream::{Accepted, ListenAddr, Listener};
 use super::{sys, Driver, Shared};
+use crate::config::Protocol;
 use crate::handoff::{Endpoint, IoMailbox, RequestSender};
 use crate::http::date::DateCache;
 use crate::{log_debug, log_error, log_warn};
@@ -267,7 +268,11 @@ fn serve_connection(
         let ctx = guard.0.clone();
         let (token, inbox) = ctx.register();
         let mut conn = Conn::new(ctx.clone(), stream, token, inbox, peer, local);
-        conn.serve().await;
+        match ctx.shared.config.protocol {
+            Protocol::Http => conn.serve().await,
+            Protocol::Fastcgi => conn.serve_fastcgi().await,
+            gateway => conn.serve_gateway(gateway).await,
+        }
         ctx.unregister(token);
         drop(guard);
     });
