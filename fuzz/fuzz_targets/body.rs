@@ -113,7 +113,10 @@ fuzz_target!(|input: &[u8]| {
     assert!(whole.consumed <= data.len());
     assert!(whole.out.len() <= data.len(), "decoded more than the input");
     if whole.error.is_none() {
-        assert!(whole.out.len() <= whole.consumed, "decoded more than consumed");
+        assert!(
+            whole.out.len() <= whole.consumed,
+            "decoded more than consumed"
+        );
     }
     assert_eq!(whole_decoder.decoded_len(), whole.out.len() as u64);
     if let Some(limit) = max_body {
@@ -125,7 +128,10 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!(whole.done, whole.consumed as u64 == n);
     }
     if whole.done {
-        assert_eq!(whole_decoder.decode(b"GET / HTTP/1.1\r\n", &mut Vec::new()), Ok(0));
+        assert_eq!(
+            whole_decoder.decode(b"GET / HTTP/1.1\r\n", &mut Vec::new()),
+            Ok(0)
+        );
         return;
     }
     if whole.error.is_some() || whole.consumed < data.len() {

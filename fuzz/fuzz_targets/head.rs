@@ -96,9 +96,16 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let len = head.head_len;
-    assert!(len <= buf.len() && len <= limits.max_head_size, "head_len {len}");
+    assert!(
+        len <= buf.len() && len <= limits.max_head_size,
+        "head_len {len}"
+    );
     assert_eq!(parse_head(&buf[..len], &limits), Ok(Some(head.clone())));
-    assert_eq!(parse_head(&buf[..len - 1], &limits), Ok(None), "head ends early");
+    assert_eq!(
+        parse_head(&buf[..len - 1], &limits),
+        Ok(None),
+        "head ends early"
+    );
 
     // Spans in order and inside the head.
     let request_line = head.method.start as usize..head.target.end as usize + 9;
@@ -107,7 +114,10 @@ fuzz_target!(|input: &[u8]| {
     assert!(head.headers.len() <= limits.max_headers, "header count");
     let mut last_end = head.target.end;
     for h in &head.headers {
-        assert!(h.name.start > last_end && !h.name.is_empty(), "header order");
+        assert!(
+            h.name.start > last_end && !h.name.is_empty(),
+            "header order"
+        );
         assert!(h.name.end <= h.value.start && h.value.end as usize <= len);
         let line = (h.value.end - h.name.start) as usize;
         assert!(line <= limits.max_field_size, "header line of {line} bytes");

@@ -30,11 +30,7 @@ fuzz_target!(|input: &[u8]| {
     }
 
     let v1 = data.first() == Some(&b'P');
-    let max_len = if v1 {
-        V1_MAX_LEN
-    } else {
-        16 + V2_MAX_PAYLOAD
-    };
+    let max_len = if v1 { V1_MAX_LEN } else { 16 + V2_MAX_PAYLOAD };
     match whole {
         Ok(Some(header)) => {
             assert!(header.len <= data.len(), "consumed past the input");
@@ -51,7 +47,11 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         Ok(None) => {
-            assert!(data.len() < max_len, "still waiting after {} bytes", data.len());
+            assert!(
+                data.len() < max_len,
+                "still waiting after {} bytes",
+                data.len()
+            );
         }
         Err(_) => {}
     }

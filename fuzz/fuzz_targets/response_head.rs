@@ -32,7 +32,9 @@ fn lines(bytes: &[u8]) -> Vec<&[u8]> {
     lines
         .iter()
         .map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or_else(|| panic!("bare LF: {line:?}"));
+            let line = line
+                .strip_suffix(b"\r")
+                .unwrap_or_else(|| panic!("bare LF: {line:?}"));
             assert!(!line.contains(&b'\r'), "bare CR in {line:?}");
             line
         })
@@ -89,7 +91,9 @@ fuzz_target!(|data: &[u8]| {
     let mut encoder = Http1Encoder::new(true, false, Persistence::new(true, true));
     encoder.start(head);
     let mut date = DateCache::new();
-    let encoded = encoder.build(&[], true, Some(0), &mut date).expect("started");
+    let encoded = encoder
+        .build(&[], true, Some(0), &mut date)
+        .expect("started");
     let end = encoded
         .bytes
         .windows(4)
@@ -97,7 +101,10 @@ fuzz_target!(|data: &[u8]| {
         .expect("the head ends")
         + 2;
     let out = lines(&encoded.bytes[..end]);
-    assert!(!encoded.bytes[..end].contains(&0), "NUL in the encoded head");
+    assert!(
+        !encoded.bytes[..end].contains(&0),
+        "NUL in the encoded head"
+    );
     for (name, value) in &accepted {
         let line = [*name, b": ", *value].concat();
         assert!(out.contains(&&line[..]), "lost {line:?}");
