@@ -10,6 +10,9 @@
 //! - it never consumes past the input, and never decodes more than it consumed; what it
 //!   reports as decoded is what it appended; the limit holds;
 //! - done is final (`Ok(0)` after), an error is sticky;
+//! - chunked: the decoder agrees with a second, plain reading of the grammar that slices
+//!   the whole input (complete with the same payload and end, a valid prefix, or invalid),
+//!   away from the bounds on size lines and trailers;
 //! - it never asks for more forever: when the input ran out mid-framing, `FILLER` more bytes
 //!   of framing (one byte value repeated, chosen by the input) end in an error, the end of
 //!   the message or payload: the size line, extensions and trailers are bounded, so memory
@@ -66,6 +69,144 @@ fn run(decoder: &mut BodyDecoder, pieces: &[&[u8]]) -> Run {
         out,
         done: decoder.is_done(),
         error: None,
+    }
+}
+
+/// What a whole chunked body is, by a second reading of RFC 9112 §7.1 that slices the
+/// complete input instead of stepping through states.
+#[derive(Debug, PartialEq)]
+enum Reference {
+    /// The message ends after this many bytes, with this payload.
+    Complete(usize, Vec<u8>),
+    /// A prefix of a valid message.
+    Incomplete,
+    /// Not a prefix of any valid message (or over the body limit).
+    Invalid,
+    /// A size line or the trailers come near the decoder's bounds, whose exact edges this
+    /// reading does not model.
+    NearALimit,
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_field_value_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
+fn reference_chunked(data: &[u8], max_body: Option<u64>) -> Reference {
+    use Reference::{Complete, Incomplete, Invalid, NearALimit};
+    let len = data.len();
+    let mut i = 0;
+    let mut payload = Vec::new();
+    // `CRLF` at `i`, or why not.
+    let crlf = |i: usize| -> Option<Reference> {
+        match (data.get(i), data.get(i + 1)) {
+            (None, _) | (Some(b'\r'), None) => Some(Incomplete),
+            (Some(b'\r'), Some(b'\n')) => None,
+            _ => Some(Invalid),
+        }
+    };
+    loop {
+        // chunk-size [ BWS ";" chunk-ext ] CRLF
+        let line_start = i;
+        let (mut size, mut significant) = (0u64, 0);
+        while i < len && data[i].is_ascii_hexdigit() {
+            let digit = u64::from((data[i] as char).to_digit(16).unwrap());
+            significant += usize::from(size != 0 || digit != 0);
+            if significant > 16 {
+                return Invalid;
+            }
+            size = size << 4 | digit;
+            i += 1;
+        }
+        if i - line_start > 4000 {
+            return NearALimit;
+        }
+        if i == len {
+            return Incomplete;
+        }
+        if i == line_start {
+            return Invalid;
+        }
+        let blank_start = i;
+        while i < len && matches!(data[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if i - line_start > 4000 {
+            return NearALimit;
+        }
+        if i < len && data[i] == b';' {
+            while i < len && is_field_value_byte(data[i]) {
+                i += 1;
+            }
+        } else if i > blank_start && i < len {
+            return Invalid;
+        }
+        if i - line_start > 4000 {
+            return NearALimit;
+        }
+        if let Some(r) = crlf(i) {
+            return r;
+        }
+        i += 2;
+        if size == 0 {
+            break;
+        }
+        if max_body.is_some_and(|limit| size > limit.saturating_sub(payload.len() as u64)) {
+            return Invalid;
+        }
+        if ((len - i) as u64) < size {
+            return Incomplete;
+        }
+        payload.extend_from_slice(&data[i..i + size as usize]);
+        i += size as usize;
+        if let Some(r) = crlf(i) {
+            return r;
+        }
+        i += 2;
+    }
+    // *( field-line CRLF ) CRLF
+    let trailer_start = i;
+    loop {
+        if i - trailer_start > 8000 {
+            return NearALimit;
+        }
+        match data.get(i) {
+            None => return Incomplete,
+            Some(b'\r') => {
+                return match crlf(i) {
+                    Some(r) => r,
+                    None => Complete(i + 2, payload),
+                }
+            }
+            Some(_) => {}
+        }
+        let name_start = i;
+        while i < len && is_tchar(data[i]) {
+            i += 1;
+        }
+        if i - trailer_start > 8000 {
+            return NearALimit;
+        }
+        if i == len {
+            return Incomplete;
+        }
+        if i == name_start || data[i] != b':' {
+            return Invalid;
+        }
+        while i + 1 < len && is_field_value_byte(data[i + 1]) {
+            i += 1;
+        }
+        i += 1;
+        if i - trailer_start > 8000 {
+            return NearALimit;
+        }
+        if let Some(r) = crlf(i) {
+            return r;
+        }
+        i += 2;
     }
 }
 
@@ -126,6 +267,17 @@ fuzz_target!(|input: &[u8]| {
         // A Content-Length body is its bytes, no more.
         assert_eq!(whole.out, data[..whole.consumed]);
         assert_eq!(whole.done, whole.consumed as u64 == n);
+    }
+    if framing == BodyFraming::Chunked {
+        let expected = reference_chunked(data, max_body);
+        let got = match (&whole.error, whole.done) {
+            (Some(_), _) => Reference::Invalid,
+            (None, true) => Reference::Complete(whole.consumed, whole.out.clone()),
+            (None, false) => Reference::Incomplete,
+        };
+        if expected != Reference::NearALimit {
+            assert_eq!(got, expected, "the decoder and the reference disagree");
+        }
     }
     if whole.done {
         assert_eq!(
