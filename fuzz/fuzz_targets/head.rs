@@ -9,6 +9,9 @@
 //!   more" until it answers exactly what the whole buffer answers, head or error;
 //! - an accepted head is exactly `head_len` bytes: one byte less needs more, and those
 //!   bytes alone give the same head; its spans lie inside it, in order;
+//! - an accepted head keeps the message rules in its fields: token names, no CTL in values
+//!   (trimmed), one Host (required on 1.1), framing that agrees with the one kind of
+//!   length field present (never both), keep-alive and `Expect` as the fields say;
 //! - the limits hold for an accepted head (line lengths, header count, head size);
 //! - re-serialised from its parts (method, target, version, one `name: value` line per
 //!   header) an accepted head parses to an equivalent head: the same parts, framing,
@@ -16,7 +19,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spindle::http::{parse_head, Limits, ParsedHead};
+use spindle::http::{parse_head, BodyFraming, Limits, ParsedHead, Version};
 
 fn limits_for(selector: u8) -> Limits {
     if selector < 128 {
@@ -67,6 +70,81 @@ fn assert_equivalent(a_buf: &[u8], a: &ParsedHead, b_buf: &[u8], b: &ParsedHead)
     assert_eq!(a.keep_alive, b.keep_alive, "keep_alive");
     assert_eq!(a.expect_continue, b.expect_continue, "expect_continue");
     assert_eq!(a.is_head, b.is_head, "is_head");
+}
+
+/// What an accepted head promises about its fields (ARCHITECTURE.md §5: what is refused
+/// because it smuggles), read again from the fields themselves.
+fn check_message_rules(buf: &[u8], head: &ParsedHead) {
+    let fields = |name: &'static [u8]| {
+        head.headers
+            .iter()
+            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(buf))
+    };
+    for h in &head.headers {
+        let (name, value) = (h.name.get(buf), h.value.get(buf));
+        assert!(
+            !name.is_empty()
+                && name
+                    .iter()
+                    .all(|&b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b))
+        );
+        assert!(
+            value
+                .iter()
+                .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
+            "CTL in a value"
+        );
+        assert!(!value.starts_with(b" ") && !value.starts_with(b"\t"));
+        assert!(!value.ends_with(b" ") && !value.ends_with(b"\t"));
+    }
+    let target = head.target.get(buf);
+    assert!(
+        target.iter().all(|&b| b.is_ascii_graphic() && b != b'#'),
+        "target bytes"
+    );
+    assert_eq!(head.is_head, head.method.get(buf) == b"HEAD");
+
+    let hosts = fields(b"host").count();
+    assert!(hosts <= 1, "two Host fields");
+    if head.version == Version::Http11 {
+        assert_eq!(hosts, 1, "HTTP/1.1 without Host");
+    }
+    let te: Vec<&[u8]> = fields(b"transfer-encoding").collect();
+    let cl: Vec<&[u8]> = fields(b"content-length").collect();
+    match head.framing {
+        BodyFraming::Chunked => {
+            assert!(cl.is_empty(), "Content-Length with chunked");
+            assert_eq!(head.version, Version::Http11);
+            assert_eq!(te.len(), 1);
+            assert!(te[0].eq_ignore_ascii_case(b"chunked"), "{:?}", te[0]);
+        }
+        BodyFraming::Length(n) => {
+            assert!(te.is_empty() && !cl.is_empty());
+            for value in cl {
+                assert!(!value.is_empty() && value.iter().all(u8::is_ascii_digit));
+                let text = std::str::from_utf8(value).unwrap();
+                assert_eq!(text.parse::<u64>(), Ok(n), "Content-Length values differ");
+            }
+        }
+        BodyFraming::None => assert!(te.is_empty() && cl.is_empty()),
+    }
+
+    let tokens: Vec<&[u8]> = fields(b"connection")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        .collect();
+    let has = |word: &[u8]| tokens.iter().any(|t| t.eq_ignore_ascii_case(word));
+    let keep_alive = match head.version {
+        Version::Http11 => !has(b"close"),
+        Version::Http10 => has(b"keep-alive") && !has(b"close"),
+    };
+    assert_eq!(head.keep_alive, keep_alive, "keep-alive");
+    let expect = fields(b"expect").any(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    assert_eq!(
+        head.expect_continue,
+        expect && head.version == Version::Http11
+    );
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -127,6 +205,8 @@ fuzz_target!(|input: &[u8]| {
     let query = head.query.get(buf);
     assert!(head.target.get(buf).ends_with(query));
     assert!(path.len() + query.len() <= head.target.len());
+
+    check_message_rules(buf, &head);
 
     // Re-serialised, under limits that fit it (the plain form may be longer: `a:b` becomes
     // `a: b`).
