@@ -111,7 +111,9 @@ fn parse_v1(buf: &[u8]) -> Result<Option<ProxyHeader>, ProxyError> {
         return Err(ProxyError::V1Malformed);
     }
     match window.get(cr + 1) {
-        None if buf.len() > cr + 1 => return Err(ProxyError::V1TooLong),
+        // A CR as the 107th byte: its LF would be the 108th, so no header can end here,
+        // and waiting for that byte would read past the limit (found by fuzz/proxy).
+        None if cr + 1 >= V1_MAX_LEN => return Err(ProxyError::V1TooLong),
         None => return Ok(None),
         Some(b'\n') => {}
         Some(_) => return Err(ProxyError::V1Malformed),
@@ -321,6 +323,21 @@ mod tests {
         assert_eq!(
             parse_proxy_header(cr_at_end.as_bytes()),
             Err(ProxyError::V1TooLong)
+        );
+    }
+
+    /// Regression (fuzz/proxy): 107 bytes ending in the CR answered "need more", so the
+    /// parser waited for a 108th byte before refusing a line that could no longer fit.
+    #[test]
+    fn v1_cr_as_the_107th_byte_is_too_long_at_once() {
+        let cr_at_end = format!("PROXY UNKNOWN {}\r\n", "x".repeat(V1_MAX_LEN - 15));
+        assert_eq!(
+            parse_proxy_header(&cr_at_end.as_bytes()[..V1_MAX_LEN]),
+            Err(ProxyError::V1TooLong)
+        );
+        assert_eq!(
+            parse_proxy_header(&cr_at_end.as_bytes()[..V1_MAX_LEN - 1]),
+            Ok(None)
         );
     }
 
