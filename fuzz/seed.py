@@ -123,7 +123,36 @@ def seed_forwarded():
     case(0, [b"127.0.0.1,::1,10.0.0.0/8, 192.168.0.0/16"])
 
 
+def seed_gateway():
+    """uwsgi (selector 0), SCGI (1), FastCGI records (2) and STDIN bodies (3), from nginx's
+    stock params: what a real front end sends."""
+    params = [(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/a%20b?x=1"), (b"QUERY_STRING", b"x=1"),
+              (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"CONTENT_LENGTH", b"5"), (b"CONTENT_TYPE", b"text/plain"),
+              (b"REMOTE_ADDR", b"127.0.0.1"), (b"REMOTE_PORT", b"4711"), (b"SERVER_NAME", b"localhost"),
+              (b"SERVER_PORT", b"80"), (b"HTTP_HOST", b"example.com"), (b"HTTPS", b"on")]
+    block = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v for k, v in params)
+    write("gateway", bytes([0, 3, 200]) + struct.pack("<BHB", 0, len(block), 0) + block + b"hello")
+    ordered = [(b"CONTENT_LENGTH", b"5"), (b"SCGI", b"1")] + [p for p in params if p[0] != b"CONTENT_LENGTH"]
+    header = b"".join(k + b"\0" + v + b"\0" for k, v in ordered)
+    write("gateway", bytes([1, 10, 90]) + str(len(header)).encode() + b":" + header + b"," + b"hello")
+
+    def record(kind, rid, content, padding=0):
+        return struct.pack(">BBHHBB", 1, kind, rid, len(content), padding, 0) + content + b"\0" * padding
+
+    def pair(k, v):
+        enc = lambda n: bytes([n]) if n < 128 else struct.pack(">I", n | 0x80000000)
+        return enc(len(k)) + enc(len(v)) + k + v
+
+    fparams = b"".join(pair(k, v) for k, v in params)
+    write("gateway", bytes([2, 4, 12]) + record(1, 1, struct.pack(">HB5x", 1, 1)))
+    write("gateway", bytes([2, 9, 30]) + record(4, 1, fparams, 3))
+    write("gateway", bytes([2, 1, 2]) + record(9, 0, pair(b"FCGI_MAX_CONNS", b"")))
+    write("gateway", bytes([3, 5, 20]) + record(5, 1, b"hello", 3) + record(5, 1, b""))
+    write("gateway", bytes([3, 11, 13]) + record(5, 1, b"he") + record(5, 1, b"llo", 5) + record(5, 1, b"") + b"next")
+
+
 if __name__ == "__main__":
+    seed_gateway()
     seed_head()
     seed_body()
     seed_proxy()

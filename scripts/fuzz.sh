@@ -36,7 +36,7 @@ sanitizer=${FUZZ_SANITIZER:-none}
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
-    targets=(head body response_head proxy forwarded)
+    targets=(head body response_head proxy forwarded gateway)
 fi
 read -r -a extra <<<"${FUZZ_ARGS:-}"
 
