@@ -44,6 +44,7 @@ this script started are stopped, by PID.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -358,11 +359,15 @@ def report(rows, scenarios, results, args, versions, command) -> str:
                 odd.append(f"- {row}, round {i + 1}: {r['nginx_errors']} error lines in nginx's error log "
                            f"(raw/{row}-nginx-errors-r{i + 1}.log)")
             for scenario in scenarios:
-                if scenario in r and r[scenario]["other"] >= 0.10:
-                    odd.append(f"- {row} {scenario}, round {i + 1}: other processes kept "
-                               f"{r[scenario]['other'] * 100:.0f}% of a core busy: the machine was not quiet")
                 if scenario in r and r[scenario]["errors"]:
                     odd.append(f"- {row} {scenario}, round {i + 1}: {r[scenario]['errors']} wrk errors")
+    busy = [r[s]["other"] for row in rows for r in results[row] for s in scenarios if s in r]
+    noisy = [x for x in busy if x >= 0.10]
+    if noisy:
+        odd.append(f"- the machine was not quiet: in {len(noisy)} of {len(busy)} measured runs other processes kept "
+                   f"10% or more of a core busy ({min(busy) * 100:.0f}% to {max(busy) * 100:.0f}%, median "
+                   f"{statistics.median(busy) * 100:.0f}%): absolute req/s and µs are inflated; ratios within the "
+                   "run hold better (every row shared the machine alike, rounds interleaved)")
     if odd:
         lines += ["## Anything odd", "", *odd, ""]
     lines += [
@@ -433,7 +438,9 @@ def main() -> None:
         "kernel": os.uname().release,
         "venv": venv.name,
     }
-    command = "python perf/nginx.py " + " ".join(sys.argv[1:])
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("SPINDLE_PYTHON", "SPINDLE_BIN", "PERF_VENV") if os.environ.get(k))
+    python = os.path.relpath(sys.executable, harness.ROOT) if sys.executable.startswith(str(harness.ROOT)) else "python"
+    command = " ".join(x for x in (env, python, "perf/nginx.py", *sys.argv[1:]) if x)
 
     results: dict[str, list[dict]] = {r: [] for r in rows}
     for round_no in range(args.rounds):
@@ -454,6 +461,8 @@ def main() -> None:
     text = report(rows, args.scenarios, results, args, versions, command)
     print(text)
     out.write_text(text)
+    (raw / "nginx.json").write_text(json.dumps({"command": command, "versions": versions, "results": results},
+                                               indent=1, default=str))
 
 
 def run_lines(cmd: list[str]) -> list[str]:
