@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import re
 import signal
 import socket
@@ -255,8 +256,12 @@ def run_row(row: str, args, venv: Path, spindle: str, raw: Path, round_no: int) 
             ours.add(os.getpid())
             procs_before = all_cpu()
             cores_before, t0 = core_times(), time.monotonic()
+            wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             result = harness.wrk(url, args.duration, args.connections, timeout="2s", cores=args.wrk_core)
+            wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cores_after, wall = core_times(), time.monotonic() - t0
+            # wrk is the only child reaped meanwhile: its CPU is the difference
+            wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
             other = others(procs_before, all_cpu(), ours) / wall
             app_cpu = cpu_s(app.pid) - before_app
             nginx_cpu = (cpu_s(nginx.pid) - before_nginx) if nginx else 0.0
@@ -270,6 +275,9 @@ def run_row(row: str, args, venv: Path, spindle: str, raw: Path, round_no: int) 
                 stack_busy=core_busy(cores_before, cores_after, args.stack_core),
                 wrk_busy=core_busy(cores_before, cores_after, args.wrk_core),
                 other=other,
+                app_share=app_cpu / wall,
+                nginx_share=nginx_cpu / wall,
+                wrk_share=wrk_cpu / wall,
             )
             (raw / f"{row}-{scenario}-r{round_no + 1}.txt").write_text(result.pop("raw"))
             results[scenario] = result
@@ -316,7 +324,7 @@ def report(rows, scenarios, results, args, versions, command) -> str:
         "each round is in the last column.",
         "",
         "Columns: **app µs/req** and **nginx µs/req**: user + system CPU of each process tree over the measured "
-        "run over wrk's completed requests; **stack µs/req** their sum; **core %**: busy share of the stack's "
+        "run over wrk's completed requests; **stack µs/req** their sum; **CPU % app / nginx / wrk**: each one's CPU time over the run's wall time (wrk's from getrusage of the reaped child): app + nginx near 100% means the stack's core was the limit, wrk near 100% that the client was; **core %**: busy share of the stack's "
         "core and of wrk's core (/proc/stat, softirq included); **other %**: CPU of every other process on the machine (both cores; kernel threads included) over the measured run, in % of one core: another tenant; at 10% and above the row is suspect; **peak RSS**: the app server's VmHWM, reset "
         "before the measured run. **× proxy**: over the `spindle-proxy` row of the same scenario.",
         "",
@@ -324,8 +332,8 @@ def report(rows, scenarios, results, args, versions, command) -> str:
     for scenario in scenarios:
         lines += [f"## {scenario} ({SCENARIOS[scenario][0]}, {len(SCENARIOS[scenario][1])} bytes)", "",
                   "| row | nginx → app | req/s | × proxy | p50 ms | p99 ms | errors | app µs/req | nginx µs/req "
-                  "| stack µs/req | × proxy | app peak RSS MiB | core % stack / wrk | other % | req/s per round |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+                  "| stack µs/req | × proxy | app peak RSS MiB | CPU % app / nginx / wrk | core % stack / wrk | other % | req/s per round |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
         base = results.get(BASE, [])
         base_rps = mean(r[scenario]["rps"] for r in base if scenario in r)
         base_cpu = mean(r[scenario]["app_us"] + r[scenario]["nginx_us"] for r in base if scenario in r)
@@ -335,7 +343,7 @@ def report(rows, scenarios, results, args, versions, command) -> str:
             front = "— (direct HTTP)" if row == "spindle-direct" else FRONT[row]
             if not ok:
                 reason = next((r["na"] for r in rounds if "na" in r), "no result")
-                lines.append(f"| {row} | {front} | n/a: {reason} |" + " |" * 12)
+                lines.append(f"| {row} | {front} | n/a: {reason} |" + " |" * 13)
                 continue
             rps = mean(r["rps"] for r in ok)
             app_us = mean(r["app_us"] for r in ok)
@@ -347,6 +355,8 @@ def report(rows, scenarios, results, args, versions, command) -> str:
                 f"| {mean(r['p99'] for r in ok):.2f} | {errors} | {app_us:.1f} "
                 f"| {'—' if nginx_us != nginx_us else f'{nginx_us:.1f}'} | {stack_us:.1f} "
                 f"| {ratio(stack_us, base_cpu)} | {max(r['rss'] for r in ok):.1f} "
+                f"| {mean(r['app_share'] for r in ok) * 100:.0f} / {mean(r['nginx_share'] for r in ok) * 100:.0f} / "
+                f"{mean(r['wrk_share'] for r in ok) * 100:.0f} "
                 f"| {mean(r['stack_busy'] for r in ok) * 100:.0f} / {mean(r['wrk_busy'] for r in ok) * 100:.0f} "
                 f"| {mean(r['other'] for r in ok) * 100:.0f} | {', '.join('%.0f' % r['rps'] for r in ok)} |")
         lines.append("")
@@ -455,7 +465,8 @@ def main() -> None:
                     s = r[scenario]
                     print(f"round {round_no + 1} {row:>21} {scenario:>5}: {s['rps']:8.0f} req/s, p99 {s['p99']:.2f} ms, "
                           f"errors {s['errors']}, app {s['app_us']:.1f} µs, nginx {s['nginx_us']:.1f} µs, "
-                          f"RSS {s['rss']:.1f} MiB, cores {s['stack_busy'] * 100:.0f}/{s['wrk_busy'] * 100:.0f}%, "
+                          f"RSS {s['rss']:.1f} MiB, cpu app/nginx/wrk {s['app_share'] * 100:.0f}/{s['nginx_share'] * 100:.0f}/"
+                          f"{s['wrk_share'] * 100:.0f}%, cores {s['stack_busy'] * 100:.0f}/{s['wrk_busy'] * 100:.0f}%, "
                           f"other {s['other'] * 100:.0f}%",
                           flush=True)
     text = report(rows, args.scenarios, results, args, versions, command)
