@@ -474,3 +474,57 @@ def test_gateway_peer_not_allowed_is_refused(spindle):
         # turn the close into a reset).
         assert read_all(s) == b""
     server.wait_for_log(r"refused a uwsgi connection: the peer is not in --uwsgi-allow-ips")
+
+
+def hostile_inputs(protocol: str) -> list[tuple[str, bytes]]:
+    """Truncated, oversized, wrong lengths and random bytes, for each gateway protocol."""
+    import random
+    rng = random.Random(f"spindle-{protocol}")  # the same bytes every run
+    noise = [("random-%d" % i, bytes(rng.randrange(256) for _ in range(rng.randrange(1, 600))))
+             for i in range(6)]
+    if protocol == "uwsgi":
+        return [("truncated-header", b"\x00\x10"),
+                ("truncated-vars", b"\x00\x40\x00\x00" + b"\x0e\x00REQUEST_METHOD"),
+                ("oversized", b"\x00\xff\xff\x00" + b"\x01\x00A\xff\xffB" * 200),
+                ("var-length-past-block", b"\x00\x06\x00\x00\x02\x00AB\x09\x00C"),
+                ("wrong-modifier", b"\x07\x04\x00\x00\x01\x00A\x01\x00B"), *noise]
+    if protocol == "scgi":
+        return [("truncated-netstring", b"70:CONTENT_LENGTH\x000\x00"),
+                ("oversized", b"99999999:"),
+                ("length-not-digits", b"1x:"),
+                ("missing-comma", b"24:CONTENT_LENGTH\x000\x00SCGI\x001\x00;"),
+                ("no-content-length-first", b"7:SCGI\x001\x00,"), *noise]
+    begin = record(1, 1, b"\x00\x01\x00\x00\x00\x00\x00\x00")
+    return [("truncated-record", begin[:5]),
+            ("bad-version", b"\x09" + begin[1:]),
+            ("params-pair-past-record", begin + record(4, 1, b"\x05\x7fABCDE")),
+            ("stdin-before-params-end", begin + record(5, 1, b"body")),
+            ("wrong-request-id", begin + record(4, 2, pairs([(b"A", b"B")]))),
+            ("oversized-params", begin + b"".join(record(4, 1, pairs([(b"X" * 100, b"Y" * 120)])) for _ in range(400))),
+            *noise]
+
+
+@pytest.mark.parametrize("protocol", ["uwsgi", "scgi", "fastcgi"])
+def test_hostile_input_gets_a_close_and_a_line_and_the_server_lives_on(stack, protocol):
+    _, servers = stack
+    server = servers[protocol]
+    name = {"uwsgi": "uwsgi", "scgi": "SCGI", "fastcgi": "FastCGI"}[protocol]
+    for case, data in hostile_inputs(protocol):
+        mark = server.log_mark()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=IO_TIMEOUT) as s:
+            try:
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+                answer = read_all(s)
+            except ConnectionResetError:
+                answer = b""  # closed with our bytes unread: a close all the same
+        # Nothing that looks like an answered request; FastCGI may end the request with a
+        # record, never with an application response.
+        assert b"200 OK" not in answer, (case, answer)
+        server.wait_for_log(rf"bad {name} request, closing|{name} request not received|refused",
+                            since=mark, what=f"the log line for {case}")
+        assert server.proc.poll() is None, f"{protocol} server died on {case}"
+    # And it still serves, through nginx.
+    front = "fastcgi" if protocol == "fastcgi" else protocol
+    status, _, body = fetch(stack, front, "GET", "/env/after-garbage")
+    assert status == 200, body
