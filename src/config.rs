@@ -39,6 +39,18 @@ pub enum Protocol {
     Scgi,
 }
 
+impl Protocol {
+    /// The scheme the log shows a TCP listener with (`listening on uwsgi://...`).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Uwsgi => "uwsgi",
+            Protocol::Fastcgi => "fastcgi",
+            Protocol::Scgi => "scgi",
+        }
+    }
+}
+
 /// How Python threads map to interpreters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InterpreterChoice {

@@ -258,3 +258,13 @@ fn ensure_port_free(addr: SocketAddr) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A listener as the `listening on` line shows it: `http://127.0.0.1:8000`, or with the
+/// scheme of the protocol it speaks (`uwsgi://127.0.0.1:8001`), or `unix:PATH`.
+pub fn shown(addr: &ListenAddr, protocol: crate::config::Protocol) -> String {
+    let text = addr.to_string();
+    match text.strip_prefix("http://") {
+        Some(rest) => format!("{}://{rest}", protocol.scheme()),
+        None => text,
+    }
+}

@@ -222,7 +222,7 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
                 for addr in &listeners.bound {
                     log_info!(
                         "listening on {} ({}, {} I/O threads, {})",
-                        addr,
+                        listen::shown(addr, config.protocol),
                         driver.name(),
                         config.io_threads,
                         mode

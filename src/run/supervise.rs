@@ -325,7 +325,7 @@ impl Supervisor {
         for addr in &self.listeners.bound {
             log_info!(
                 "listening on {} ({} worker{}, supervisor pid {})",
-                addr,
+                listen::shown(addr, self.config.protocol),
                 self.target,
                 if self.target == 1 { "" } else { "s" },
                 std::process::id()

@@ -7,7 +7,8 @@ untouched, Spindle reads them itself. Spindle runs in that venv's Python, so
 the test apps (tests/apps, on --pythonpath) import Flask and friends from it;
 VIRTUAL_ENV is removed from its environment to show nothing relies on it.
 
-A server is ready when it prints `listening on http://HOST:PORT`; with
+A server is ready when it prints `listening on http://HOST:PORT` (uwsgi://, fastcgi://,
+scgi:// under --protocol); with
 `--bind 127.0.0.1:0` that line carries the real port. Its combined
 stdout/stderr is drained by a thread into a list of lines for the tests to
 inspect. Every server is stopped with SIGTERM and must exit 0.
@@ -31,8 +32,9 @@ from rawhttp import RawConnection, request
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "tests" / "apps"
 SPINDLE_BIN = Path(os.environ.get("SPINDLE_BIN") or Path(sys.prefix) / "bin" / "spindle")
-READY_V4 = r"listening on http://127\.0\.0\.1:(\d+)"
-READY_V6 = r"listening on http://\[::1\]:(\d+)"
+# The scheme is the protocol the listener speaks (--protocol): http, uwsgi, fastcgi, scgi.
+READY_V4 = r"listening on (?:http|uwsgi|fastcgi|scgi)://127\.0\.0\.1:(\d+)"
+READY_V6 = r"listening on (?:http|uwsgi|fastcgi|scgi)://\[::1\]:(\d+)"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 

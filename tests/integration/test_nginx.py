@@ -528,3 +528,10 @@ def test_hostile_input_gets_a_close_and_a_line_and_the_server_lives_on(stack, pr
     front = "fastcgi" if protocol == "fastcgi" else protocol
     status, _, body = fetch(stack, front, "GET", "/env/after-garbage")
     assert status == 200, body
+
+
+@pytest.mark.parametrize("protocol", ["uwsgi", "fastcgi", "scgi"])
+def test_the_listening_line_names_the_protocol(stack, protocol):
+    _, servers = stack
+    server = servers[protocol]
+    server.wait_for_log(rf"listening on {protocol}://127\.0\.0\.1:{server.port} ", what="the listening line")
