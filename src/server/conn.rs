@@ -226,15 +226,8 @@ impl Conn {
     /// (client closed, keep-alive idle timeout, server stopping and no request came within
     /// `STOP_GRACE`).
     async fn read_head(&mut self) -> Result<Option<ParsedHead>, HttpError> {
-        let config = &self.ctx.shared.config;
-        let limits = config.limits;
-        let header_timeout = config.header_timeout;
-        let mut waiting_first_byte = self.buf.is_empty();
-        let mut deadline = if waiting_first_byte && self.served > 0 {
-            Instant::now() + config.keep_alive.unwrap_or(header_timeout)
-        } else {
-            Instant::now() + header_timeout
-        };
+        let limits = self.ctx.shared.config.limits;
+        let mut clock = self.head_clock();
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) = parse_head(&self.buf, &limits)? {
@@ -242,16 +235,11 @@ impl Conn {
                 }
             }
             match self
-                .read_more(deadline, READ_BUFFER, waiting_first_byte)
+                .read_more(clock.deadline, READ_BUFFER, clock.waiting_first_byte)
                 .await
             {
-                ReadOutcome::Data => {
-                    if waiting_first_byte {
-                        waiting_first_byte = false;
-                        deadline = Instant::now() + header_timeout;
-                    }
-                }
-                ReadOutcome::TimedOut if !waiting_first_byte => {
+                ReadOutcome::Data => clock.data_arrived(),
+                ReadOutcome::TimedOut if !clock.waiting_first_byte => {
                     log_debug!(
                         "{}: request head not received within --header-timeout",
                         self.peer

@@ -101,15 +101,8 @@ impl Conn {
     /// Reads records until a request's BEGIN_REQUEST and whole PARAMS stream are here,
     /// answering management records and refusing a second request on the way.
     async fn read_fastcgi_request(&mut self) -> Result<Option<Begun>, CgiError> {
-        let config = &self.ctx.shared.config;
-        let max_params = config.limits.max_head_size;
-        let header_timeout = config.header_timeout;
-        let mut waiting_first_byte = self.buf.is_empty();
-        let mut deadline = if waiting_first_byte && self.served > 0 {
-            Instant::now() + config.keep_alive.unwrap_or(header_timeout)
-        } else {
-            Instant::now() + header_timeout
-        };
+        let max_params = self.ctx.shared.config.limits.max_head_size;
+        let mut clock = self.head_clock();
         let mut begun: Option<Begun> = None;
         let mut refused: Vec<u16> = Vec::new();
         let mut answers = Vec::new();
@@ -177,19 +170,14 @@ impl Conn {
             self.write_answers(&mut answers).await?;
             match self
                 .read_more(
-                    deadline,
+                    clock.deadline,
                     READ_RECORDS,
-                    waiting_first_byte && begun.is_none(),
+                    clock.waiting_first_byte && begun.is_none(),
                 )
                 .await
             {
-                ReadOutcome::Data => {
-                    if waiting_first_byte {
-                        waiting_first_byte = false;
-                        deadline = Instant::now() + header_timeout;
-                    }
-                }
-                ReadOutcome::TimedOut if !waiting_first_byte => {
+                ReadOutcome::Data => clock.data_arrived(),
+                ReadOutcome::TimedOut if !clock.waiting_first_byte => {
                     log_warn!(
                         "{}: FastCGI request not received within --header-timeout",
                         self.peer

@@ -112,15 +112,8 @@ impl Conn {
         &mut self,
         parse: ParseHead,
     ) -> Result<Option<(CgiHead, usize)>, CgiError> {
-        let config = &self.ctx.shared.config;
-        let limits = config.limits;
-        let header_timeout = config.header_timeout;
-        let mut waiting_first_byte = self.buf.is_empty();
-        let mut deadline = if waiting_first_byte && self.served > 0 {
-            Instant::now() + config.keep_alive.unwrap_or(header_timeout)
-        } else {
-            Instant::now() + header_timeout
-        };
+        let limits = self.ctx.shared.config.limits;
+        let mut clock = self.head_clock();
         loop {
             if !self.buf.is_empty() {
                 if let Some(parsed) = parse(&self.buf, &limits)? {
@@ -128,16 +121,11 @@ impl Conn {
                 }
             }
             match self
-                .read_more(deadline, READ_HEAD, waiting_first_byte)
+                .read_more(clock.deadline, READ_HEAD, clock.waiting_first_byte)
                 .await
             {
-                ReadOutcome::Data => {
-                    if waiting_first_byte {
-                        waiting_first_byte = false;
-                        deadline = Instant::now() + header_timeout;
-                    }
-                }
-                ReadOutcome::TimedOut if !waiting_first_byte => {
+                ReadOutcome::Data => clock.data_arrived(),
+                ReadOutcome::TimedOut if !clock.waiting_first_byte => {
                     log_warn!(
                         "{}: request variables not received within --header-timeout",
                         self.peer

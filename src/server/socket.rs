@@ -1,7 +1,7 @@
 //! The connection's socket: reads until a deadline, writes under `--write-timeout`,
 //! gathered writes, sendfile, and the lingering close after an error response.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use monoio::buf::{IoBuf, SliceMut};
@@ -228,5 +228,45 @@ impl Conn {
         use std::os::fd::AsRawFd;
         sys::restore_flags(self.stream.as_raw_fd(), flags)?;
         result
+    }
+}
+
+/// The deadline of a request head, the same for every protocol: a connection waiting for
+/// its next request's first byte gets the keep-alive timeout (after a request; the header
+/// timeout before the first), and once a byte came the whole head must come within
+/// `--header-timeout`.
+pub(super) struct HeadClock {
+    /// No byte of the head is here yet: the wait may end quietly (idle, stopping).
+    pub(super) waiting_first_byte: bool,
+    pub(super) deadline: Instant,
+    header_timeout: Duration,
+}
+
+impl HeadClock {
+    /// Bytes arrived: from the first one, the head has `--header-timeout`.
+    pub(super) fn data_arrived(&mut self) {
+        if self.waiting_first_byte {
+            self.waiting_first_byte = false;
+            self.deadline = Instant::now() + self.header_timeout;
+        }
+    }
+}
+
+impl Conn {
+    /// The clock for the next request head on this connection.
+    pub(super) fn head_clock(&self) -> HeadClock {
+        let config = &self.ctx.shared.config;
+        let header_timeout = config.header_timeout;
+        let waiting_first_byte = self.buf.is_empty();
+        let wait = if waiting_first_byte && self.served > 0 {
+            config.keep_alive.unwrap_or(header_timeout)
+        } else {
+            header_timeout
+        };
+        HeadClock {
+            waiting_first_byte,
+            deadline: Instant::now() + wait,
+            header_timeout,
+        }
     }
 }
