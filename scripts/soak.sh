@@ -16,4 +16,4 @@ for f in tests/integration/test_slow_readers.py tests/integration/test_overload.
 done
 ulimit -n "$(ulimit -Hn)"
 echo "soak at scale $scale: ${files[*]} ($(date -u +%FT%TZ), $(git rev-parse --short HEAD))"
-env -u VIRTUAL_ENV SPINDLE_SOAK_SCALE="$scale" "$venv/bin/python" -m pytest -v -p no:cacheprovider "${files[@]}"
+env -u VIRTUAL_ENV SPINDLE_SOAK_SCALE="$scale" "$venv/bin/python" -m pytest -v -s -p no:cacheprovider "${files[@]}"

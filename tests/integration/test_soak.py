@@ -69,7 +69,7 @@ def test_a_slowloris_crowd_is_timed_out_while_others_are_served(spindle):
     pid = server.serving_pid
     fds, rss = open_fds(pid), server.proc_status("VmRSS")
     crowd = []
-    for _ in range(scaled(400)):
+    for _ in range(min(scaled(400), crowd_limit())):
         s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
         s.setblocking(False)
@@ -105,26 +105,33 @@ def test_a_slowloris_crowd_is_timed_out_while_others_are_served(spindle):
         s.close()
     assert worst < 1.0
     settle(server, fds, "slowloris", 5)
+    # A slowloris connection's high-water is its read buffer and its task: RSS measured
+    # after they closed keeps that high-water (the allocator holds freed pages for reuse),
+    # so the bound is per connection.
     grown = server.proc_status("VmRSS") - rss
-    assert grown < 16 * 1024, f"RSS grew {grown} KiB over {len(crowd)} slowloris connections"
+    print(f"\n  slowloris: {len(crowd)} connections closed by the header timeout; a new request "
+          f"answered in {worst * 1000:.1f} ms at worst; RSS +{grown} KiB")
+    assert grown < 4 * 1024 + 16 * len(crowd), f"RSS grew {grown} KiB over {len(crowd)} slowloris connections"
 
 
 def test_an_idle_flood_costs_little_and_is_released_by_the_header_timeout(spindle):
     # Connections that connect and say nothing are held for --header-timeout (a new
     # connection's first request has that long to arrive whole), then closed. Meanwhile a
     # real client is served at once.
-    server = start(spindle, "--header-timeout", "3")
+    n = min(scaled(3000), crowd_limit())
+    held = 3 + n // 1000  # long enough for the whole crowd to connect before any is let go
+    server = start(spindle, "--header-timeout", str(held))
     pid = server.serving_pid
     fds, rss = open_fds(pid), server.proc_status("VmRSS")
-    n = scaled(3000)
     crowd = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(n)]
-    wait_until(lambda: open_fds(pid) >= fds + n - 4, 5, what=f"the server to accept {n} idle connections")
+    wait_until(lambda: open_fds(pid) >= fds + n - 4, 5 + n / 1000, what=f"the server to accept {n} idle connections")
     assert answered_within(server, 1.0) < 1.0
     per_conn = (server.proc_status("VmRSS") - rss) * 1024 / n
+    print(f"\n  idle flood: {n} connections held, {per_conn:.0f} bytes of RSS each")
     assert per_conn < 16 * 1024, f"{per_conn:.0f} bytes of RSS per idle connection"
     # The server ends them itself, after the header timeout.
     for s in crowd:
-        s.settimeout(3 + 5)
+        s.settimeout(held + 5)
     for s in crowd:
         try:
             assert s.recv(1) == b""
@@ -168,6 +175,7 @@ def test_a_connection_storm_leaves_no_descriptor_or_memory_behind(spindle):
     assert served > 100
     settle(server, fds, "connection storm", 5)
     grown = server.proc_status("VmRSS") - rss
+    print(f"\n  connection storm: {served} connections, RSS +{grown} KiB, descriptors back")
     assert grown < 8 * 1024, f"RSS grew {grown} KiB over {served} connections"
 
 
@@ -247,7 +255,15 @@ def test_mutated_requests_get_an_answer_or_a_close_and_the_server_lives_on(spind
     assert answered_within(server, 1.0) < 1.0
     settle(server, fds, "mutated requests", 5)
     grown = server.proc_status("VmRSS") - rss
+    print(f"\n  mutated requests: {len(cases)} answered or closed, RSS +{grown} KiB, descriptors back")
     assert grown < 16 * 1024, f"RSS grew {grown} KiB over {len(cases)} mutated requests"
+
+
+def crowd_limit() -> int:
+    """The most connections one test may hold: its descriptors and the server's (which
+    inherits this process's limit) each need one per connection."""
+    import resource
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1024
 
 
 @pytest.fixture(autouse=True)
