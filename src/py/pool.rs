@@ -234,7 +234,7 @@ impl Pool {
             io_threads: config.io_threads,
             threads: threads_description(config.threads),
             multithread: max > 1,
-            multiprocess: n > 1 || config.workers > 1,
+            multiprocess: n > 1 || other_processes_serve(config),
         });
         let spec = || SubInterp {
             config: config.clone(),
@@ -286,7 +286,7 @@ impl Pool {
             io_threads: config.io_threads,
             threads: threads_description(config.threads),
             multithread: max > 1,
-            multiprocess: config.workers > 1,
+            multiprocess: other_processes_serve(config),
         };
         let interp = Arc::new(Interp::new(gil, config, &info, source, true)?);
         let host = Host::new(min, max);
@@ -442,7 +442,7 @@ pub fn preload(gil: Gil<'_>, config: &Config) -> anyhow::Result<()> {
         io_threads: config.io_threads,
         threads: threads_description(config.threads),
         multithread: true,
-        multiprocess: config.workers > 1,
+        multiprocess: other_processes_serve(config),
     };
     let interp = Interp::new(
         gil,
@@ -456,6 +456,15 @@ pub fn preload(gil: Gil<'_>, config: &Config) -> anyhow::Result<()> {
 }
 
 /// The Python threads, for the demo page.
+/// `wsgi.multiprocess`: may another process run the application at the same time as this
+/// one? Under a supervisor always, whatever `--workers` says: a reload (SIGHUP) and a
+/// recycle start the new worker before the old one stops, and SIGTTIN adds one at any
+/// time (ARCHITECTURE.md §10). Only an unsupervised process (`--single-process`,
+/// `serve()` with an application object) is alone.
+fn other_processes_serve(config: &Config) -> bool {
+    config.worker.is_some()
+}
+
 fn threads_description(threads: Threads) -> String {
     match threads {
         Threads::Fixed(n) => n.to_string(),

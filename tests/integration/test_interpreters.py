@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import threading
 
 import pytest
 
+from checks import wait_until
 from conftest import SPINDLE_BIN, base_args, run_spindle
 
 
@@ -81,9 +83,22 @@ def test_sub_tells_the_app_the_truth(spindle):
 
 
 def test_main_tells_the_app_the_truth(spindle):
-    server = spindle("interp_app:app", "--interpreters", "main")
+    # Alone (--single-process), the main interpreter's threads are all there is.
+    server = spindle("interp_app:app", "--interpreters", "main", "--single-process")
     info = get_json(server, "/info")
     assert info["multithread"] is True and info["multiprocess"] is False, info
+
+
+def test_a_supervised_worker_is_never_alone(spindle):
+    # Under the supervisor another process may serve at any time, even with one worker:
+    # a reload or a recycle starts the new worker before the old one stops, and SIGTTIN
+    # adds one. So wsgi.multiprocess is True there, and stays true after a SIGTTIN.
+    server = spindle("interp_app:app", "--interpreters", "main", "--workers", "1")
+    assert get_json(server, "/info")["multiprocess"] is True
+    server.proc.send_signal(signal.SIGTTIN)
+    wait_until(lambda: len(server.worker_pids()) == 2, 20, what="a second worker after SIGTTIN")
+    for _ in range(6):
+        assert get_json(server, "/info")["multiprocess"] is True
 
 
 @needs_sub
