@@ -183,6 +183,39 @@ fn yield_to_python_on_wakeup() {
     }
 }
 
+/// An io_uring runtime for I/O thread `idx`. Its ring is set up for the way an I/O thread
+/// uses it: only this thread ever submits (`SINGLE_ISSUER`), and completions are reaped
+/// when it asks for them, in its own time, instead of interrupting it with task work
+/// (`DEFER_TASKRUN`): ARCHITECTURE.md §8 has what that bought. Both need Linux 6.1; an
+/// older kernel refuses the flags and gets a plain ring. `SPINDLE_URING_FLAGS=0` asks for
+/// the plain ring, for side-by-side measurements.
+fn uring_runtime(
+    idx: usize,
+) -> anyhow::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    let build = |flags: bool| {
+        let mut ring = io_uring::IoUring::builder();
+        if flags {
+            ring.setup_single_issuer().setup_defer_taskrun();
+        }
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(1024)
+            .uring_builder(ring)
+            .enable_timer()
+            .build()
+    };
+    let wanted = std::env::var_os("SPINDLE_URING_FLAGS").is_none_or(|v| v != "0");
+    if wanted {
+        match build(true) {
+            Ok(rt) => return Ok(rt),
+            Err(err) if idx == 0 => log_debug!(
+                "io_uring refused SINGLE_ISSUER|DEFER_TASKRUN ({err}): using a plain ring"
+            ),
+            Err(_) => {}
+        }
+    }
+    build(false).context("cannot create the io_uring runtime")
+}
+
 fn io_thread(
     idx: usize,
     driver: Driver,
@@ -194,11 +227,7 @@ fn io_thread(
     yield_to_python_on_wakeup();
     match driver {
         Driver::IoUring => {
-            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(1024)
-                .enable_timer()
-                .build()
-                .context("cannot create the io_uring runtime")?;
+            let mut rt = uring_runtime(idx)?;
             rt.block_on(thread::io_main(idx, shared, mailbox, requests, listeners))
         }
         Driver::Epoll => {
