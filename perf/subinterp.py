@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--apps", default="cpu:app,cpu:heavy,hello:app",
                         help="comma-separated apps from perf/apps")
     parser.add_argument("--no-gunicorn", action="store_true", help="leave gunicorn out")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="only Spindle's defaults with 1 and 2 interpreters (the ratio and its ceiling)")
     args = parser.parse_args()
     binary = spindle_bin()
     pyver = server_python(binary)
@@ -115,7 +117,7 @@ def main() -> None:
         # Interleaved rounds: other tenants of a shared machine come and go, and a ratio
         # between two runs far apart in time says more about them than about us.
         for _ in range(args.rounds):
-            for name, flags in CONFIGS:
+            for name, flags in (CONFIGS[:2] if args.defaults_only else CONFIGS):
                 port = free_port()
                 cmd = [binary, "--bind", f"127.0.0.1:{port}", "--io-threads", "1", *flags,
                        "--pythonpath", str(APPS), "--log-level", "warn", app]
@@ -170,7 +172,8 @@ def main() -> None:
     ]
     lines += [f"| {a} | {p:.0f} | {o:.0f} | {c:.2f}x | {r:.2f}x | {r / c:.0%} |" for a, p, o, c, r in ceilings]
     lines += ["", f"Command: `perf/subinterp.py --duration {args.duration} --connections {args.connections} "
-                  f"--rounds {args.rounds} --apps {args.apps}{' --no-gunicorn' if args.no_gunicorn else ''}`", ""]
+                  f"--rounds {args.rounds} --apps {args.apps}{' --no-gunicorn' if args.no_gunicorn else ''}"
+                  f"{' --defaults-only' if args.defaults_only else ''}`", ""]
     (out_dir / "subinterp.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
