@@ -13,6 +13,10 @@
     clippy::missing_safety_doc
 )]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod config;
 mod ext;
 pub mod handoff;
