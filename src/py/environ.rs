@@ -26,6 +26,53 @@ impl Interp {
             .map(|(_, key)| key)
     }
 
+    /// The `str`s of an address: `SERVER_NAME` and `SERVER_PORT` (`is_server`), or
+    /// `REMOTE_ADDR` and `REMOTE_PORT`. The server's pair and the client's address are
+    /// reused from the last request while they match (`interp::AddrStrs`); a client's port
+    /// differs per connection and is always made.
+    fn addr_strs<'py>(
+        &self,
+        gil: Gil<'py>,
+        addr: std::net::SocketAddr,
+        is_server: bool,
+        scratch: &mut Vec<u8>,
+    ) -> PyResult<'py, (Obj<'py>, Obj<'py>)> {
+        let mut cache = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if is_server {
+            if let Some((known, name, port)) = &cache.local {
+                if *known == addr {
+                    return Ok((name.bind(gil), port.bind(gil)));
+                }
+            }
+        } else if let Some((known, name)) = &cache.peer {
+            if *known == addr.ip() {
+                let name = name.bind(gil);
+                drop(cache);
+                scratch.clear();
+                response::push_decimal(scratch, addr.port().into());
+                return Ok((name, gil.str_latin1(scratch)?));
+            }
+        }
+        scratch.clear();
+        push_ip(scratch, addr.ip());
+        let name_end = scratch.len();
+        response::push_decimal(scratch, addr.port().into());
+        let name = gil.str_latin1(&scratch[..name_end])?;
+        let port = gil.str_latin1(&scratch[name_end..])?;
+        if is_server {
+            let old = cache
+                .local
+                .replace((addr, name.clone().hold(), port.clone().hold()));
+            if let Some((_, name, port)) = old {
+                name.release(gil);
+                port.release(gil);
+            }
+        } else if let Some((_, old)) = cache.peer.replace((addr.ip(), name.clone().hold())) {
+            old.release(gil);
+        }
+        Ok((name, port))
+    }
+
     /// Builds the environ of one request (public for benches/wsgi.rs, through
     /// [`Runtime::with_main_interp`](super::Runtime::with_main_interp)). `stream_input`
     /// makes `wsgi.input` for a streamed body; it is not called for a complete one.
@@ -84,12 +131,10 @@ impl Interp {
             let (name, port): (&[u8], &[u8]) = match end {
                 _ if is_server && forwarded_host.is_some() => split_host(forwarded_host),
                 Endpoint::Ip(addr) => {
-                    scratch.clear();
-                    push_ip(&mut scratch, addr.ip());
-                    let name_end = scratch.len();
-                    response::push_decimal(&mut scratch, addr.port().into());
-                    let (name, port) = scratch.split_at(name_end);
-                    (name, port)
+                    let (name, port) = self.addr_strs(gil, addr, is_server, &mut scratch)?;
+                    environ.dict_set(name_key.borrow(gil), &name)?;
+                    environ.dict_set(port_key.borrow(gil), &port)?;
+                    continue;
                 }
                 // A UNIX socket has no server name or port: PEP 3333 requires them, so they
                 // come from `Host` (as gunicorn does), else `localhost:80`.

@@ -55,6 +55,33 @@ pub struct Interp {
     pub(crate) report_exception: Held,
     pub(crate) client_disconnected: Held,
     pub(super) root_path: Vec<u8>,
+    /// The address strings of recent requests, made once and reused while they match
+    /// (`environ.rs`). Only threads holding this interpreter's GIL touch it, so the lock
+    /// is never waited on; it is there because several threads share the `Interp`.
+    pub(super) addrs: std::sync::Mutex<AddrStrs>,
+}
+
+/// `SERVER_NAME`/`SERVER_PORT` of the last server address seen, and `REMOTE_ADDR` of the
+/// last client address. A listener's address is the same for every request, and so is
+/// the client's behind a proxy or from one host: formatting them and making their `str`
+/// cost about a thousand instructions per request (callgrind, hello), a lookup here
+/// about fifty.
+#[derive(Default)]
+pub(super) struct AddrStrs {
+    pub(super) local: Option<(std::net::SocketAddr, Held, Held)>,
+    pub(super) peer: Option<(std::net::IpAddr, Held)>,
+}
+
+impl AddrStrs {
+    fn release(self, gil: Gil<'_>) {
+        if let Some((_, name, port)) = self.local {
+            name.release(gil);
+            port.release(gil);
+        }
+        if let Some((_, addr)) = self.peer {
+            addr.release(gil);
+        }
+    }
 }
 
 /// The application failed to import: `summary` is the exception in one line.
@@ -194,6 +221,7 @@ impl Interp {
             report_exception,
             client_disconnected: get(c"ClientDisconnected")?,
             root_path: config.root_path.as_bytes().to_vec(),
+            addrs: Default::default(),
         })
     }
 
@@ -217,7 +245,12 @@ impl Interp {
             report_exception,
             client_disconnected,
             root_path: _,
+            addrs,
         } = self;
+        addrs
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(gil);
         for held in [
             app,
             base_environ,
