@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 
+use super::admission::note_shed;
 use super::ctx::{ConnInbox, IoCtx};
+use super::event::{race, Either};
 use super::stream::Stream;
 use crate::handoff::{
     BodyChunk, BodyError, ConnToken, Endpoint, Exchange, ReplyMsg, ReplyTo, Request, RequestBody,
@@ -25,6 +27,7 @@ use crate::http::response::{self};
 use crate::http::{
     parse_head, BodyDecoder, BodyFraming, ConnectionEnd, HttpError, ParsedHead, Persistence,
 };
+use crate::metrics::ShedReason;
 use crate::{log_debug, log_warn};
 
 /// At most this many pipelined requests of one connection are in flight at once.
@@ -36,8 +39,13 @@ const DIRECT_WRITE: usize = 16 * 1024;
 const COALESCE_LIMIT: usize = 64 * 1024;
 /// Initial read buffer per connection.
 const READ_BUFFER: usize = 8 * 1024;
-/// How long a full request queue may hold a request back before the client gets 503.
-const QUEUE_WAIT_LIMIT: Duration = Duration::from_secs(30);
+/// A request still queued after this long has its connection watched (admission control,
+/// ARCHITECTURE.md §4): the socket for a client that left, a timer for `--max-queue-wait`.
+/// Before, the wait for its reply is the plain one, with the one timer it always had.
+const QUEUE_LOOK: Duration = Duration::from_millis(20);
+/// While a request is queued, bytes the client sends meanwhile (pipelined requests) are
+/// buffered up to this much; beyond, the socket is no longer watched, never read unbounded.
+const WATCH_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// Why a read for more request bytes ended.
 pub(super) enum ReadOutcome {
@@ -75,6 +83,11 @@ struct CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if self.armed {
+            // Still queued: no Python thread will run it now (its client left, or was
+            // answered by the server itself).
+            if self.exchange.shed() {
+                note_shed(ShedReason::ClientGone);
+            }
             self.exchange.cancel();
         }
     }
@@ -83,6 +96,9 @@ impl Drop for CancelOnDrop {
 /// One request handed to Python whose response is not written completely yet.
 pub(super) struct InFlight {
     seq: u32,
+    /// When it was handed to the Python threads (queued, or held back by a full queue):
+    /// `--max-queue-wait` counts from here.
+    handed: Instant,
     /// Holds the exchange; cancels it if the connection gives up before its end.
     guard: CancelOnDrop,
     /// Whether the connection may carry the requests behind this one: what the request and
@@ -353,9 +369,11 @@ impl Conn {
                 exchange,
             },
         };
-        self.hand_off(request).await.map_err(Some)?;
+        let handed = Instant::now();
+        self.hand_off(request, handed).await.map_err(Some)?;
         Ok(InFlight {
             seq,
+            handed,
             guard,
             may_persist,
             body_done,
@@ -472,24 +490,9 @@ impl Conn {
                                 if self.flush(out, batch, to_release).await.is_err() {
                                     return ConnectionEnd::Close;
                                 }
-                                match self.ctx.shared.config.timeout {
-                                    None => self.inbox.recv().await,
-                                    Some(limit) => {
-                                        let next = self.inbox.recv();
-                                        match monoio::time::timeout(limit, next).await {
-                                            Ok(next) => next,
-                                            Err(_elapsed) => {
-                                                let fastcgi = batch[idx].fastcgi;
-                                                return self
-                                                    .application_timed_out(
-                                                        limit,
-                                                        response_started,
-                                                        fastcgi,
-                                                    )
-                                                    .await;
-                                            }
-                                        }
-                                    }
+                                match self.wait_reply(&batch[idx], response_started).await {
+                                    Ok(next) => next,
+                                    Err(end) => return end,
                                 }
                             }
                         };
@@ -643,6 +646,174 @@ impl Conn {
         ConnectionEnd::KeepAlive
     }
 
+    /// Waits for the next reply to this connection. `Err`: the connection ends instead:
+    /// `--timeout` passed without a reply, or admission control shed the request `current`
+    /// while it was still queued (its client left, or it waited past `--max-queue-wait`).
+    async fn wait_reply(
+        &mut self,
+        current: &InFlight,
+        response_started: bool,
+    ) -> Result<(u32, ReplyMsg), ConnectionEnd> {
+        let timeout = self.ctx.shared.config.timeout;
+        let exchange = &current.guard.exchange;
+        // The one timer the wait always had (--timeout's), cut to QUEUE_LOOK while the
+        // request is queued: most replies come before either ends, at no extra cost.
+        let first = match timeout {
+            Some(limit) if !exchange.is_queued() => limit,
+            Some(limit) => limit.min(QUEUE_LOOK),
+            None if !exchange.is_queued() => return Ok(self.inbox.recv().await),
+            None => QUEUE_LOOK,
+        };
+        let began = Instant::now();
+        if let Ok(next) = monoio::time::timeout(first, self.inbox.recv()).await {
+            return Ok(next);
+        }
+        if exchange.is_queued() {
+            if let Some(next) = self.watch_queued(current).await? {
+                return Ok(next);
+            }
+        }
+        // A Python thread has it: the rest of --timeout, counted from the wait's start.
+        let Some(limit) = timeout else {
+            return Ok(self.inbox.recv().await);
+        };
+        let deadline = began + limit;
+        match monoio::time::timeout_at(deadline.into(), self.inbox.recv()).await {
+            Ok(next) => Ok(next),
+            Err(_elapsed) => Err(self
+                .application_timed_out(limit, response_started, current.fastcgi)
+                .await),
+        }
+    }
+
+    /// Admission control for the queued request `current` (ARCHITECTURE.md §4): waits for
+    /// a reply while watching the socket and `--max-queue-wait`. A client that left (EOF or
+    /// an error on its socket; a half-close looks the same, and nginx too takes it for an
+    /// abort) or a wait past the limit makes this thread claim the request ([`Exchange::shed`]);
+    /// if a Python thread claimed it first, the reply comes as usual. `Ok(Some)`: a reply;
+    /// `Ok(None)`: a Python thread started it, wait for it as usual; `Err`: the end.
+    async fn watch_queued(
+        &mut self,
+        current: &InFlight,
+    ) -> Result<Option<(u32, ReplyMsg)>, ConnectionEnd> {
+        let exchange = current.guard.exchange.clone();
+        let queue_deadline = self
+            .ctx
+            .shared
+            .config
+            .max_queue_wait
+            .map(|limit| current.handed + limit);
+        // A reply, bytes (or the end) on the socket, or the limit: whichever comes first.
+        enum Woke {
+            Reply((u32, ReplyMsg)),
+            Readable,
+            Limit,
+        }
+        let mut watching = true;
+        let mut stopped_watching_logged = false;
+        loop {
+            if !exchange.is_queued() {
+                return Ok(None);
+            }
+            if watching && self.buf.len() >= WATCH_BUFFER_LIMIT {
+                // Never read unbounded: stop watching (the buffer is the client's next
+                // requests; the queue limit still holds).
+                watching = false;
+                if !stopped_watching_logged {
+                    stopped_watching_logged = true;
+                    log_debug!(
+                        "{}: read buffer full while queued: socket no longer watched",
+                        self.peer
+                    );
+                }
+            }
+            let woke = {
+                let reply = self.inbox.recv();
+                let limit = async {
+                    match queue_deadline {
+                        Some(at) => monoio::time::sleep_until(at.into()).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                let readable = async {
+                    if watching {
+                        // An error of the wait itself reads as "look at the socket".
+                        let _ = self.stream.readable().await;
+                    } else {
+                        std::future::pending::<()>().await
+                    }
+                };
+                match race(reply, race(readable, limit)).await {
+                    Either::Left(next) => Woke::Reply(next),
+                    Either::Right(Either::Left(())) => Woke::Readable,
+                    Either::Right(Either::Right(())) => Woke::Limit,
+                }
+            };
+            match woke {
+                Woke::Reply(next) => return Ok(Some(next)),
+                Woke::Limit => {
+                    if !exchange.shed() {
+                        return Ok(None);
+                    }
+                    note_shed(ShedReason::QueueWait);
+                    log_debug!(
+                        "{}: no Python thread within --max-queue-wait: answering 503",
+                        self.peer
+                    );
+                    self.fail_request(current.fastcgi, 503).await;
+                    return Err(ConnectionEnd::Close);
+                }
+                Woke::Readable => match self.take_readable() {
+                    Ok(()) => {}
+                    Err(gone) => {
+                        if exchange.shed() {
+                            note_shed(ShedReason::ClientGone);
+                            log_debug!(
+                                "{}: client gone while its request was queued ({gone}): dropped",
+                                self.peer
+                            );
+                            return Err(ConnectionEnd::Close);
+                        }
+                        return Ok(None);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Takes what the socket holds now into the read buffer (bounded by
+    /// [`WATCH_BUFFER_LIMIT`]). `Err`: the client closed its side or the connection broke.
+    fn take_readable(&mut self) -> Result<(), &'static str> {
+        let room = WATCH_BUFFER_LIMIT.saturating_sub(self.buf.len());
+        if room == 0 {
+            return Ok(());
+        }
+        self.buf.reserve(room.min(READ_BUFFER));
+        let start = self.buf.len();
+        let spare = self.buf.spare_capacity_mut();
+        let take = spare.len().min(room);
+        // Zero the spare bytes we read into (cheap next to the syscall; no unsafe here).
+        self.buf.resize(start + take, 0);
+        match super::sys::recv_now(&self.stream, &mut self.buf[start..]) {
+            Ok(0) => {
+                self.buf.truncate(start);
+                Err("end of stream")
+            }
+            Ok(n) => {
+                crate::metrics::received(n);
+                self.buf.truncate(start + n);
+                Ok(())
+            }
+            Err(err) => {
+                self.buf.truncate(start);
+                match err.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(()),
+                    _ => Err("connection reset"),
+                }
+            }
+        }
+    }
+
     /// `--timeout`: the application gave this connection nothing for `limit` (no response
     /// yet, or no next piece of it). The client is answered 504 when nothing of the response
     /// was sent, or the connection is closed in the middle of it (the response is visibly
@@ -701,10 +872,11 @@ impl Conn {
     }
 
     /// Queues the request for a Python thread. A full queue holds the connection back
-    /// (back-pressure) for a while; `Err(503)`: it stayed full, or the server is stopping.
-    async fn hand_off(&mut self, request: Request) -> Result<(), u16> {
+    /// (back-pressure) for up to `--max-queue-wait` from `handed`; `Err(503)`: it stayed
+    /// full (the request is shed), or the server is stopping.
+    async fn hand_off(&mut self, request: Request, handed: Instant) -> Result<(), u16> {
         let mut request = request;
-        let mut waited = Duration::ZERO;
+        let limit = self.ctx.shared.config.max_queue_wait;
         let mut backoff = Duration::from_micros(200);
         loop {
             let sent = match self.ctx.requests.borrow().as_ref() {
@@ -721,13 +893,17 @@ impl Conn {
                     return Ok(());
                 }
                 Err(TrySendError::Full(back)) => {
-                    if waited >= QUEUE_WAIT_LIMIT {
-                        log_warn!("request queue full for {QUEUE_WAIT_LIMIT:?}: answering 503");
+                    if limit.is_some_and(|limit| handed.elapsed() >= limit) {
+                        // Shed: the queue stayed full for --max-queue-wait.
+                        log_debug!(
+                            "{}: request queue full past --max-queue-wait: answering 503",
+                            self.peer
+                        );
+                        note_shed(ShedReason::QueueWait);
                         return Err(503);
                     }
                     request = back;
                     monoio::time::sleep(backoff).await;
-                    waited += backoff;
                     backoff = (backoff * 2).min(Duration::from_millis(20));
                 }
                 Err(TrySendError::Disconnected(_)) => return Err(503),
