@@ -120,8 +120,9 @@ def run_load(port: int, clients: int, seconds: float, path: str = "/sleep?ms=5",
     """`clients` keep-alive clients for `seconds` against `path`; every answer as
     (status or "timeout"/"error:...", latency s, has Retry-After, start time)."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-    ctx = multiprocessing.get_context("fork")
-    start_at = time.time() + 0.5
+    # spawn, not fork: the caller may have threads (pytest, the RSS sampler).
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 1.0
     procs = []
     per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     for n in per:

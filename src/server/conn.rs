@@ -669,8 +669,16 @@ impl Conn {
             return Ok(next);
         }
         if exchange.is_queued() {
-            if let Some(next) = self.watch_queued(current).await? {
-                return Ok(next);
+            let timeout_at = timeout.map(|limit| began + limit);
+            match self.watch_queued(current, timeout_at).await? {
+                Watched::Reply(next) => return Ok(next),
+                Watched::Started => {}
+                Watched::TimedOut => {
+                    let limit = timeout.unwrap_or_default();
+                    return Err(self
+                        .application_timed_out(limit, response_started, current.fastcgi)
+                        .await);
+                }
             }
         }
         // A Python thread has it: the rest of --timeout, counted from the wait's start.
@@ -690,12 +698,15 @@ impl Conn {
     /// a reply while watching the socket and `--max-queue-wait`. A client that left (EOF or
     /// an error on its socket; a half-close looks the same, and nginx too takes it for an
     /// abort) or a wait past the limit makes this thread claim the request ([`Exchange::shed`]);
-    /// if a Python thread claimed it first, the reply comes as usual. `Ok(Some)`: a reply;
-    /// `Ok(None)`: a Python thread started it, wait for it as usual; `Err`: the end.
+    /// if a Python thread claimed it first, the reply comes as usual (`Started`).
+    /// `--timeout` (`timeout_at`) still holds while it waits: past it, the request is taken
+    /// out of the queue (uncounted: it is answered 504, not shed) and `TimedOut` says so.
+    /// `Err`: the connection ends here.
     async fn watch_queued(
         &mut self,
         current: &InFlight,
-    ) -> Result<Option<(u32, ReplyMsg)>, ConnectionEnd> {
+        timeout_at: Option<Instant>,
+    ) -> Result<Watched, ConnectionEnd> {
         let exchange = current.guard.exchange.clone();
         let queue_deadline = self
             .ctx
@@ -703,6 +714,11 @@ impl Conn {
             .config
             .max_queue_wait
             .map(|limit| current.handed + limit);
+        // The first of the two limits; which one it is, is decided when it passes.
+        let deadline = match (queue_deadline, timeout_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         // A reply, bytes (or the end) on the socket, or the limit: whichever comes first.
         enum Woke {
             Reply((u32, ReplyMsg)),
@@ -713,7 +729,7 @@ impl Conn {
         let mut stopped_watching_logged = false;
         loop {
             if !exchange.is_queued() {
-                return Ok(None);
+                return Ok(Watched::Started);
             }
             if watching && self.buf.len() >= WATCH_BUFFER_LIMIT {
                 // Never read unbounded: stop watching (the buffer is the client's next
@@ -730,7 +746,7 @@ impl Conn {
             let woke = {
                 let reply = self.inbox.recv();
                 let limit = async {
-                    match queue_deadline {
+                    match deadline {
                         Some(at) => monoio::time::sleep_until(at.into()).await,
                         None => std::future::pending::<()>().await,
                     }
@@ -750,10 +766,17 @@ impl Conn {
                 }
             };
             match woke {
-                Woke::Reply(next) => return Ok(Some(next)),
+                Woke::Reply(next) => return Ok(Watched::Reply(next)),
+                Woke::Limit if queue_deadline.is_none_or(|at| Instant::now() < at) => {
+                    // --timeout came first: a 504, and the app never runs the request.
+                    if !exchange.shed() {
+                        return Ok(Watched::Started);
+                    }
+                    return Ok(Watched::TimedOut);
+                }
                 Woke::Limit => {
                     if !exchange.shed() {
-                        return Ok(None);
+                        return Ok(Watched::Started);
                     }
                     note_shed(ShedReason::QueueWait);
                     log_debug!(
@@ -774,13 +797,25 @@ impl Conn {
                             );
                             return Err(ConnectionEnd::Close);
                         }
-                        return Ok(None);
+                        return Ok(Watched::Started);
                     }
                 },
             }
         }
     }
+}
 
+/// How [`Conn::watch_queued`] ended without ending the connection.
+enum Watched {
+    /// A reply came (for this request or a later one of the batch).
+    Reply((u32, ReplyMsg)),
+    /// A Python thread started the request: wait for its reply as usual.
+    Started,
+    /// `--timeout` passed while it was still queued; it is out of the queue.
+    TimedOut,
+}
+
+impl Conn {
     /// Takes what the socket holds now into the read buffer (bounded by
     /// [`WATCH_BUFFER_LIMIT`]). `Err`: the client closed its side or the connection broke.
     fn take_readable(&mut self) -> Result<(), &'static str> {
