@@ -161,7 +161,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append(rss_mib(self.pid))
+                self.samples.append((time.monotonic(), rss_mib(self.pid)))
             except OSError:
                 return
             self._stop.wait(self.every)
@@ -266,6 +266,8 @@ def soak(name: str, extra: list, clients: int, seconds: float, processes: int) -
         began = time.monotonic()
         results = run_load(port, clients, seconds, processes=processes)
         load_end = time.monotonic()
+        # The clients start together about 1 s after run_load is called.
+        load_start = load_end - seconds
         time.sleep(2.0)  # the must-show's "a request 2 s after the load ends"
         after_status, after_s = one_request_latency(port)
         samples = sampler.stop()
@@ -278,7 +280,12 @@ def soak(name: str, extra: list, clients: int, seconds: float, processes: int) -
             "seconds": seconds,
             "wall_s": round(load_end - began, 1),
             "rss_start_mib": round(rss_start, 1),
-            "rss_peak_mib": round(max(samples, default=rss_start), 1),
+            "rss_peak_mib": round(max((r for _, r in samples), default=rss_start), 1),
+            # Flat means the second half of the load needs no more than the first.
+            "rss_first_half_peak_mib": round(max(
+                (r for t, r in samples if load_start <= t < load_start + seconds / 2), default=0.0), 1),
+            "rss_second_half_peak_mib": round(max(
+                (r for t, r in samples if load_start + seconds / 2 <= t <= load_end), default=0.0), 1),
             "rss_end_mib": round(rss_end, 1),
             "after_load_status": after_status,
             "after_load_ms": round(after_s * 1000, 1),
@@ -297,7 +304,8 @@ CONFIGS = {
 
 def table(rows: list) -> str:
     cols = ["config", "req_per_s", "p50_ms", "p99_ms", "shed_503", "shed_503_without_retry_after",
-            "other", "max_wait_s", "rss_start_mib", "rss_peak_mib", "rss_end_mib", "after_load_status",
+            "other", "max_wait_s", "rss_start_mib", "rss_first_half_peak_mib", "rss_second_half_peak_mib",
+            "rss_end_mib", "after_load_status",
             "after_load_ms"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -329,8 +337,12 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "overload.json").write_text(json.dumps(rows, indent=2) + "\n")
+        logs = "\n".join(f"- {r['config']}: " + "; ".join(r["shed_log_lines"]) for r in rows)
         (args.out / "overload.md").write_text(
-            f"# Overload soak\n\n`{' '.join(sys.argv)}`\n\n{table(rows)}\n")
+            f"# Overload soak\n\n{time.strftime('%Y-%m-%d %H:%M %Z')}, `{' '.join(sys.argv)}` "
+            f"({spindle_bin()}, Python {sys.version.split()[0]}); latencies are the clients' "
+            f"(connect included for a new connection), p50/p99 over admitted (200) requests.\n\n"
+            f"{table(rows)}\n\nThe last shed summaries each server logged:\n\n{logs}\n")
 
 
 if __name__ == "__main__":

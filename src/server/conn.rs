@@ -96,8 +96,8 @@ impl Drop for CancelOnDrop {
 /// One request handed to Python whose response is not written completely yet.
 pub(super) struct InFlight {
     seq: u32,
-    /// When it was handed to the Python threads (queued, or held back by a full queue):
-    /// `--max-queue-wait` counts from here.
+    /// When its wait for a Python thread began (its head read, or its pre-read body):
+    /// `--max-queue-wait` counts from here, the time a full queue held it back included.
     handed: Instant,
     /// Holds the exchange; cancels it if the connection gives up before its end.
     guard: CancelOnDrop,
@@ -329,6 +329,9 @@ impl Conn {
         // before sending, which goes out when the app first reads.
         let mut pending = Vec::new();
         let mut body_done = false;
+        // When the wait for a Python thread begins: after a body read from the socket, else
+        // when the head was read (no clock read of its own on the common path).
+        let mut handed = started;
         let body = match raw_len {
             Some(0) => {
                 body_done = true;
@@ -341,10 +344,14 @@ impl Conn {
             _ if expect_continue => RequestBody::Stream,
             _ => match self.prebuffer(&mut decoder, &mut pending).await {
                 Ok(true) => {
+                    handed = Instant::now();
                     body_done = true;
                     RequestBody::Complete(Bytes::from(std::mem::take(&mut pending)))
                 }
-                Ok(false) => RequestBody::Stream,
+                Ok(false) => {
+                    handed = Instant::now();
+                    RequestBody::Stream
+                }
                 Err(status) => return Err(status),
             },
         };
@@ -369,8 +376,12 @@ impl Conn {
                 exchange,
             },
         };
-        let handed = Instant::now();
-        self.hand_off(request, handed).await.map_err(Some)?;
+        if let Err(status) = self.hand_off(request, handed).await {
+            // Never queued: nothing to shed or cancel.
+            let mut guard = guard;
+            guard.armed = false;
+            return Err(Some(status));
+        }
         Ok(InFlight {
             seq,
             handed,
@@ -907,9 +918,9 @@ impl Conn {
     }
 
     /// Queues the request for a Python thread. A full queue holds the connection back
-    /// (back-pressure) for up to `--max-queue-wait` from `handed`; `Err(503)`: it stayed
+    /// (back-pressure) for up to `--max-queue-wait` from `since`; `Err(503)`: it stayed
     /// full (the request is shed), or the server is stopping.
-    async fn hand_off(&mut self, request: Request, handed: Instant) -> Result<(), u16> {
+    async fn hand_off(&mut self, request: Request, since: Instant) -> Result<(), u16> {
         let mut request = request;
         let limit = self.ctx.shared.config.max_queue_wait;
         let mut backoff = Duration::from_micros(200);
@@ -928,7 +939,7 @@ impl Conn {
                     return Ok(());
                 }
                 Err(TrySendError::Full(back)) => {
-                    if limit.is_some_and(|limit| handed.elapsed() >= limit) {
+                    if limit.is_some_and(|limit| since.elapsed() >= limit) {
                         // Shed: the queue stayed full for --max-queue-wait.
                         log_debug!(
                             "{}: request queue full past --max-queue-wait: answering 503",

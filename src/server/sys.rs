@@ -1,7 +1,8 @@
 //! The few raw system calls the I/O threads make, behind safe functions: `sendfile(2)`
 //! from a regular file to a non-blocking socket (the bytes of `wsgi.file_wrapper`
 //! responses go from the page cache to the socket without passing through user space or
-//! Python), the socket flags it needs, a half-close, and a look at a listener's queue.
+//! Python), the socket flags it needs, a half-close, a look at a listener's queue, a read
+//! and a write that never wait (admission control), and the open-files limit.
 
 use std::fs::File;
 use std::io;
