@@ -103,6 +103,31 @@ def test_queued_request_of_a_client_that_left_never_reaches_the_app(spindle, tmp
                      r"connections 0\); queue depth \d+")
 
 
+def test_bytes_sent_while_queued_are_kept_for_the_next_request(spindle, tmp_path):
+    """The socket of a queued request is watched; what arrives meanwhile (a pipelined
+    request) is read into the connection's buffer, and served after, in order."""
+    srv = start(spindle, "--threads", "1")
+    log, release = tmp_path / "calls.log", tmp_path / "release"
+    blocker = srv.connect()
+    blocker.send(request("GET", f"/block?log={log}&release={release}", srv.host_header))
+    converge("the app to hold its one thread", lambda: "block" in lines(log))
+    conn = srv.connect()
+    conn.send(request("GET", f"/record?log={log}&id=first", srv.host_header))
+    converge("the request to be queued",
+             lambda: metrics(srv)[("spindle_request_queue_depth", ())] >= 1)
+    received = metrics(srv)[("spindle_received_bytes_total", ())]
+    second = request("GET", f"/record?log={log}&id=second", srv.host_header)
+    conn.send(second)
+    # Counted as received only when read: the watch took it while the first was queued.
+    converge("the watch to read the pipelined request",
+             lambda: metrics(srv)[("spindle_received_bytes_total", ())] >= received + len(second))
+    release.touch()
+    assert blocker.read_response().status == 200
+    assert [r.status for r in conn.read_responses(["GET", "GET"], timeout=10)] == [200, 200]
+    assert lines(log) == ["block", "first", "second"], lines(log)
+    conn.close()
+
+
 def test_requests_past_max_queue_wait_get_503_with_retry_after(spindle):
     limit = 0.5
     srv = start(spindle, "--threads", "1", "--max-queue-wait", str(limit))
