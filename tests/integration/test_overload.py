@@ -224,3 +224,47 @@ def test_short_overload_soak_keeps_waits_bounded_and_memory_flat(spindle):
     assert status == 200 and after < 1.0, (status, after)
     rss_after = overload.rss_mib(pid)
     assert rss_after - rss_before < 64, (rss_before, rss_after)
+
+
+# -- the gateway protocols: the same connection code, so the same admission control -------
+
+def fcgi_record(kind: int, rid: int, content: bytes = b"") -> bytes:
+    return bytes([1, kind]) + rid.to_bytes(2, "big") + len(content).to_bytes(2, "big") + b"\0\0" + content
+
+
+def fcgi_request(rid: int, target: str) -> bytes:
+    path, _, query = target.partition("?")
+    params = [(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", target.encode()),
+              (b"SCRIPT_NAME", b""), (b"PATH_INFO", path.encode()), (b"QUERY_STRING", query.encode()),
+              (b"SERVER_NAME", b"x"), (b"SERVER_PORT", b"80"), (b"SERVER_PROTOCOL", b"HTTP/1.1")]
+    encoded = b"".join(len(n).to_bytes(1, "big") + (len(v) | (0x80000000 if len(v) > 127 else 0))
+                       .to_bytes(4 if len(v) > 127 else 1, "big") + n + v for n, v in params)
+    return (fcgi_record(1, rid, b"\x00\x01\x00" + b"\0" * 5) + fcgi_record(4, rid, encoded)
+            + fcgi_record(4, rid) + fcgi_record(5, rid))
+
+
+def read_until_close(s: socket.socket, timeout: float = 10.0) -> bytes:
+    s.settimeout(timeout)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def test_fastcgi_request_past_max_queue_wait_gets_503_in_records(spindle, tmp_path):
+    srv = start(spindle, "--protocol", "fastcgi", "--threads", "1", "--max-queue-wait", "0.3")
+    log, release = tmp_path / "calls.log", tmp_path / "release"
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as blocker, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as queued:
+        blocker.sendall(fcgi_request(1, f"/block?log={log}&release={release}"))
+        converge("the app to hold its one thread", lambda: "block" in lines(log))
+        queued.sendall(fcgi_request(1, f"/record?log={log}&id=late"))
+        data = read_until_close(queued)
+        # STDOUT records carry a CGI 503 with Retry-After, then END_REQUEST.
+        assert data[1] == 6 and b"Status: 503 Service Unavailable\r\n" in data, data
+        assert b"Retry-After: 1\r\n" in data, data
+        assert bytes([1, 3, 0, 1]) in data, data
+        release.touch()
+        assert b"Status: 200 OK" in read_until_close(blocker)
+    assert lines(log) == ["block"], lines(log)
+    assert shed(srv, "queue_wait") == 1
