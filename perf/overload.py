@@ -15,7 +15,8 @@ closes); the clients are spread over a few processes (asyncio in each), with
 RLIMIT_NOFILE raised for their sockets. Everything goes to 127.0.0.1.
 
 Usage: perf/overload.py [--clients 1500] [--seconds 15] [--processes 2]
-                        [--config defaults|threads2|all] [--args 'SERVER ARGS'] [--out DIR]
+                        [--config defaults|threads2|all] [--args 'SERVER ARGS']
+                        [--client-timeout 30] [--out DIR [--out-name overload]]
 The server is the `spindle` next to this Python (SPINDLE_BIN overrides), run with
 --single-process so the RSS measured is the serving process's. Prints a table, and with
 --out writes overload.json and overload.md there. tests/integration/test_overload.py
@@ -73,16 +74,16 @@ async def _one_request(reader, writer, request: bytes):
     return status, "retry-after" in fields, closes
 
 
-async def _client(port: int, request: bytes, deadline: float, out: list) -> None:
+async def _client(port: int, request: bytes, deadline: float, out: list, timeout: float) -> None:
     reader = writer = None
     while time.monotonic() < deadline:
         began = time.monotonic()
         try:
             if writer is None:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port), CLIENT_TIMEOUT)
+                    asyncio.open_connection("127.0.0.1", port), timeout)
             status, retry_after, closes = await asyncio.wait_for(
-                _one_request(reader, writer, request), CLIENT_TIMEOUT - (time.monotonic() - began))
+                _one_request(reader, writer, request), timeout - (time.monotonic() - began))
         except asyncio.TimeoutError:
             out.append(("timeout", time.monotonic() - began, False, began))
             status, closes = None, True
@@ -98,7 +99,8 @@ async def _client(port: int, request: bytes, deadline: float, out: list) -> None
         writer.close()
 
 
-def _client_process(port: int, n: int, request: bytes, start_at: float, seconds: float, conn) -> None:
+def _client_process(port: int, n: int, request: bytes, start_at: float, seconds: float, timeout: float,
+                    conn) -> None:
     raise_nofile(n + 64)
 
     async def main():
@@ -106,7 +108,7 @@ def _client_process(port: int, n: int, request: bytes, start_at: float, seconds:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         deadline = time.monotonic() + seconds
         out: list = []
-        await asyncio.gather(*(_client(port, request, deadline, out) for _ in range(n)))
+        await asyncio.gather(*(_client(port, request, deadline, out, timeout) for _ in range(n)))
         return out
 
     results = asyncio.run(main())
@@ -116,9 +118,10 @@ def _client_process(port: int, n: int, request: bytes, start_at: float, seconds:
 
 
 def run_load(port: int, clients: int, seconds: float, path: str = "/sleep?ms=5",
-             processes: int = 2) -> list:
+             processes: int = 2, timeout: float = CLIENT_TIMEOUT) -> list:
     """`clients` keep-alive clients for `seconds` against `path`; every answer as
-    (status or "timeout"/"error:...", latency s, has Retry-After, start time)."""
+    (status or "timeout"/"error:...", latency s, has Retry-After, start time). A client
+    that waited `timeout` for an answer closes its connection and opens another."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
     # spawn, not fork: the caller may have threads (pytest, the RSS sampler).
     ctx = multiprocessing.get_context("spawn")
@@ -127,13 +130,13 @@ def run_load(port: int, clients: int, seconds: float, path: str = "/sleep?ms=5",
     per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     for n in per:
         parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_client_process, args=(port, n, request, start_at, seconds, child))
+        proc = ctx.Process(target=_client_process, args=(port, n, request, start_at, seconds, timeout, child))
         proc.start()
         child.close()
         procs.append((proc, parent))
     results = []
     for proc, parent in procs:
-        if parent.poll(seconds + CLIENT_TIMEOUT + 30):
+        if parent.poll(seconds + timeout + 30):
             results.extend(parent.recv())
         proc.join(10)
         if proc.is_alive():
@@ -256,7 +259,19 @@ def stop_server(proc) -> None:
         proc.wait()
 
 
-def soak(name: str, extra: list, clients: int, seconds: float, processes: int) -> dict:
+def shed_totals(lines: list) -> dict:
+    """The server's shed summary lines, added up."""
+    totals = {"queue_wait": 0, "client_gone": 0, "connections": 0}
+    for line in lines:
+        m = re.search(r"\(queue wait (\d+), client gone (\d+), connections (\d+)\)", line)
+        if m:
+            for key, value in zip(totals, m.groups()):
+                totals[key] += int(value)
+    return totals
+
+
+def soak(name: str, extra: list, clients: int, seconds: float, processes: int,
+         timeout: float = CLIENT_TIMEOUT) -> dict:
     proc, port, lines = start_server(extra)
     try:
         # Warm the connection path and the app once, then the RSS at rest.
@@ -264,7 +279,7 @@ def soak(name: str, extra: list, clients: int, seconds: float, processes: int) -
         rss_start = rss_mib(proc.pid)
         sampler = RssSampler(proc.pid)
         began = time.monotonic()
-        results = run_load(port, clients, seconds, processes=processes)
+        results = run_load(port, clients, seconds, processes=processes, timeout=timeout)
         load_end = time.monotonic()
         # The clients start together about 1 s after run_load is called.
         load_start = load_end - seconds
@@ -275,6 +290,8 @@ def soak(name: str, extra: list, clients: int, seconds: float, processes: int) -
         summary = summarize(results, seconds)
         summary.update({
             "config": name,
+            "client_timeout_s": timeout,
+            "server_shed": shed_totals(lines),
             "args": " ".join(extra) or "(defaults)",
             "clients": clients,
             "seconds": seconds,
@@ -304,7 +321,7 @@ CONFIGS = {
 
 def table(rows: list) -> str:
     cols = ["config", "req_per_s", "p50_ms", "p99_ms", "shed_503", "shed_503_without_retry_after",
-            "other", "max_wait_s", "rss_start_mib", "rss_first_half_peak_mib", "rss_second_half_peak_mib",
+            "other", "max_wait_s", "server_shed", "rss_start_mib", "rss_first_half_peak_mib", "rss_second_half_peak_mib",
             "rss_end_mib", "after_load_status",
             "after_load_ms"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -320,7 +337,10 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--config", default="all", choices=["all", *CONFIGS])
     ap.add_argument("--args", help="run one custom configuration with these server arguments")
+    ap.add_argument("--client-timeout", type=float, default=CLIENT_TIMEOUT,
+                    help="a client gives up on an answer after this long and reconnects")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--out-name", default="overload", help="file names under --out (NAME.json, NAME.md)")
     args = ap.parse_args()
     raise_nofile(args.clients + 256)
     if args.args is not None:
@@ -329,16 +349,16 @@ def main() -> None:
     names = list(CONFIGS) if args.config == "all" else [args.config]
     rows = []
     for name in names:
-        row = soak(name, CONFIGS[name], args.clients, args.seconds, args.processes)
+        row = soak(name, CONFIGS[name], args.clients, args.seconds, args.processes, args.client_timeout)
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
     print(table(rows))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "overload.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (args.out / f"{args.out_name}.json").write_text(json.dumps(rows, indent=2) + "\n")
         logs = "\n".join(f"- {r['config']}: " + "; ".join(r["shed_log_lines"]) for r in rows)
-        (args.out / "overload.md").write_text(
+        (args.out / f"{args.out_name}.md").write_text(
             f"# Overload soak\n\n{time.strftime('%Y-%m-%d %H:%M %Z')}, `{' '.join(sys.argv)}` "
             f"({spindle_bin()}, Python {sys.version.split()[0]}); latencies are the clients' "
             f"(connect included for a new connection), p50/p99 over admitted (200) requests.\n\n"

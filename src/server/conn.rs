@@ -380,7 +380,7 @@ impl Conn {
             // Never queued: nothing to shed or cancel.
             let mut guard = guard;
             guard.armed = false;
-            return Err(Some(status));
+            return Err(status);
         }
         Ok(InFlight {
             seq,
@@ -919,8 +919,9 @@ impl Conn {
 
     /// Queues the request for a Python thread. A full queue holds the connection back
     /// (back-pressure) for up to `--max-queue-wait` from `since`; `Err(503)`: it stayed
-    /// full (the request is shed), or the server is stopping.
-    async fn hand_off(&mut self, request: Request, since: Instant) -> Result<(), u16> {
+    /// full (the request is shed), or the server is stopping; `Err(None)`: the client left
+    /// meanwhile (the socket is watched as for a queued request).
+    async fn hand_off(&mut self, request: Request, since: Instant) -> Result<(), Option<u16>> {
         let mut request = request;
         let limit = self.ctx.shared.config.max_queue_wait;
         let mut backoff = Duration::from_micros(200);
@@ -946,13 +947,30 @@ impl Conn {
                             self.peer
                         );
                         note_shed(ShedReason::QueueWait);
-                        return Err(503);
+                        return Err(Some(503));
                     }
                     request = back;
-                    monoio::time::sleep(backoff).await;
+                    // Held back, the request is watched as a queued one is: a client that
+                    // leaves meanwhile is not answered, nor its request queued later.
+                    if self.buf.len() < WATCH_BUFFER_LIMIT {
+                        let sleep = monoio::time::sleep(backoff);
+                        if let Either::Right(_) = race(sleep, self.stream.readable()).await {
+                            if let Err(gone) = self.take_readable() {
+                                note_shed(ShedReason::ClientGone);
+                                log_debug!(
+                                    "{}: client gone while its request was held back by a full queue ({gone}): dropped",
+                                    self.peer
+                                );
+                                return Err(None);
+                            }
+                            continue;
+                        }
+                    } else {
+                        monoio::time::sleep(backoff).await;
+                    }
                     backoff = (backoff * 2).min(Duration::from_millis(20));
                 }
-                Err(TrySendError::Disconnected(_)) => return Err(503),
+                Err(TrySendError::Disconnected(_)) => return Err(Some(503)),
             }
         }
     }

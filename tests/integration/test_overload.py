@@ -103,6 +103,32 @@ def test_queued_request_of_a_client_that_left_never_reaches_the_app(spindle, tmp
                      r"connections 0\); queue depth \d+")
 
 
+def test_request_held_back_by_a_full_queue_of_a_client_that_left_is_dropped(spindle, tmp_path):
+    srv = start(spindle, "--threads", "1", "--queue-size", "1")
+    log, release = tmp_path / "calls.log", tmp_path / "release"
+    blocker = srv.connect()
+    blocker.send(request("GET", f"/block?log={log}&release={release}", srv.host_header))
+    converge("the app to hold its one thread", lambda: "block" in lines(log))
+    queued = srv.connect()
+    queued.send(request("GET", f"/record?log={log}&id=queued", srv.host_header))
+    converge("the queue to be full", lambda: metrics(srv)[("spindle_request_queue_depth", ())] == 1)
+    received = metrics(srv)[("spindle_received_bytes_total", ())]
+    held = srv.connect()
+    held_request = request("GET", f"/record?log={log}&id=held", srv.host_header)
+    held.send(held_request)
+    converge("the held-back request to be read",
+             lambda: metrics(srv)[("spindle_received_bytes_total", ())] >= received + len(held_request))
+    held.close()
+    converge("the held-back request of the departed client to be shed",
+             lambda: shed(srv, "client_gone") == 1)
+    release.touch()
+    assert blocker.read_response().status == 200
+    assert queued.read_response().status == 200
+    assert lines(log) == ["block", "queued"], lines(log)
+    blocker.close()
+    queued.close()
+
+
 def test_bytes_sent_while_queued_are_kept_for_the_next_request(spindle, tmp_path):
     """The socket of a queued request is watched; what arrives meanwhile (a pipelined
     request) is read into the connection's buffer, and served after, in order."""
