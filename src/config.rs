@@ -328,6 +328,19 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     queue_size: usize,
 
+    /// Seconds a request may wait for a Python thread (in the queue, or held back by a full
+    /// one) before the server answers it itself: 503 with `Retry-After: 1`, and the
+    /// application never sees it. Requests of clients that left while queued are dropped
+    /// too. 0: wait for ever.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    max_queue_wait: f64,
+
+    /// Most client connections a worker holds open (gunicorn's name): past it, a new
+    /// connection is answered 503 with `Retry-After: 1` and closed, unread [default: the
+    /// open-files limit (RLIMIT_NOFILE) less a reserve of a quarter, 64 to 1024]
+    #[arg(long, value_name = "N")]
+    worker_connections: Option<usize>,
+
     /// Expect the PROXY protocol (HAProxy's, v1 text or v2 binary) on every connection: its
     /// header gives the client's address (REMOTE_ADDR, REMOTE_PORT, the access log). A
     /// connection without a valid header, or from a peer outside --proxy-allow-from, is
@@ -639,6 +652,12 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub root_path: String,
     pub queue_size: usize,
+    /// `--max-queue-wait`: how long a request may wait for a Python thread before it is
+    /// answered 503; `None`: for ever.
+    pub max_queue_wait: Option<Duration>,
+    /// `--worker-connections`: the most client connections this process holds open;
+    /// `None`: derived from the open-files limit when the I/O threads start.
+    pub worker_connections: Option<usize>,
     /// `--protocol`: what every listener speaks.
     pub protocol: Protocol,
     /// `--uwsgi-allow-ips`: who may connect when `protocol` is not HTTP.
@@ -939,6 +958,14 @@ impl Config {
             graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
             root_path: args.root_path,
             queue_size: args.queue_size.max(1),
+            max_queue_wait: {
+                let wait = seconds("max-queue-wait", args.max_queue_wait)?;
+                (!wait.is_zero()).then_some(wait.max(Duration::from_millis(10)))
+            },
+            worker_connections: match args.worker_connections {
+                Some(0) => return Err("--worker-connections must be at least 1".into()),
+                other => other,
+            },
             protocol: args.protocol,
             gateway_allow: TrustedAddrs::parse(&args.uwsgi_allow_ips)
                 .map_err(|e| format!("--uwsgi-allow-ips {e}"))?,
@@ -1015,7 +1042,6 @@ struct Parsed {
 type Note = Result<&'static str, &'static str>;
 const GUNICORN_ONLY: &[(&str, Option<char>, bool, Note)] = &[
     ("worker-class", Some('k'), true, Ok("Spindle has one kind of worker: Rust I/O threads hand requests to Python threads (--threads), as gthread does")),
-    ("worker-connections", None, true, Ok("each worker takes the connections it can serve; --backlog bounds the queue")),
     ("worker-tmp-dir", None, true, Ok("workers report to the supervisor over a socket, not a heartbeat file")),
     ("no-sendfile", None, false, Ok("Spindle writes file responses itself")),
     ("reuse-port", None, false, Ok("workers share one accept queue (ARCHITECTURE.md §10)")),
@@ -1387,7 +1413,9 @@ mod layer_tests {
             "-",
         ])
         .unwrap();
-        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        // --worker-connections is Spindle's own setting now (admission control).
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert_eq!(config.worker_connections, Some(1000));
         assert!(config.warnings[0].starts_with("-k/--worker-class is a gunicorn setting"));
         assert_eq!(config.log_level, LogLevel::Warn);
         assert_eq!(config.limits.max_field_size, 1000);

@@ -2,7 +2,7 @@
 //! that bounds the bytes queued for one connection, and the channel a streamed request
 //! body comes through.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -21,7 +21,16 @@ pub struct Exchange {
     /// Streamed request body, I/O thread -> Python thread, one chunk per `ReadBody`; only
     /// made for streamed bodies (a channel costs ~100 ns per request; most have none).
     body: Option<(Sender<BodyChunk>, Receiver<BodyChunk>)>,
+    /// Who owns the request while it is queued ([`ADMISSION_QUEUED`] until one side
+    /// claims it): the Python thread that takes it ([`Exchange::start`]), or the I/O
+    /// thread that sheds it ([`Exchange::shed`]). Exactly one compare-and-swap wins
+    /// (ARCHITECTURE.md §4, "Admission control").
+    admission: AtomicU8,
 }
+
+const ADMISSION_QUEUED: u8 = 0;
+const ADMISSION_STARTED: u8 = 1;
+const ADMISSION_SHED: u8 = 2;
 
 /// Most response bytes a Python thread may have queued for one connection before it waits
 /// for the I/O thread to write them: bounds memory with slow clients.
@@ -35,7 +44,50 @@ impl Exchange {
             in_flight: Mutex::new(0),
             window_open: Condvar::new(),
             body: streamed_body.then(|| crossbeam_channel::bounded(1)),
+            admission: AtomicU8::new(ADMISSION_QUEUED),
         })
+    }
+
+    /// Python side, on taking the request from the queue: claims it for the application.
+    /// `false`: the I/O thread shed it first (answered it, or its client is gone), or the
+    /// connection gave up on it (cancelled) while it was queued; the application must not
+    /// see it.
+    #[inline]
+    pub fn start(&self) -> bool {
+        if self.is_cancelled() {
+            // The connection dropped it: claim it as shed so the two sides agree.
+            let _ = self.shed();
+            return false;
+        }
+        self.admission
+            .compare_exchange(
+                ADMISSION_QUEUED,
+                ADMISSION_STARTED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// I/O side: claims a request that no Python thread has started, to answer it itself
+    /// (503) or drop it (its client is gone). `false`: a Python thread started it first,
+    /// and its reply comes as usual.
+    #[inline]
+    pub fn shed(&self) -> bool {
+        self.admission
+            .compare_exchange(
+                ADMISSION_QUEUED,
+                ADMISSION_SHED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Whether the request still waits for a Python thread (neither started nor shed).
+    #[inline]
+    pub fn is_queued(&self) -> bool {
+        self.admission.load(Ordering::Acquire) == ADMISSION_QUEUED
     }
 
     /// I/O side: hands the Python thread the piece of body it asked for.
@@ -105,6 +157,48 @@ impl Exchange {
         *in_flight = in_flight.saturating_sub(n);
         if was_full && *in_flight < RESPONSE_WINDOW {
             self.window_open.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn started_request_cannot_be_shed() {
+        let exchange = Exchange::new(false);
+        assert!(exchange.is_queued());
+        assert!(exchange.start());
+        assert!(!exchange.shed());
+        assert!(!exchange.is_queued());
+    }
+
+    #[test]
+    fn shed_request_is_never_started() {
+        let exchange = Exchange::new(false);
+        assert!(exchange.shed());
+        assert!(!exchange.start());
+        assert!(!exchange.shed());
+    }
+
+    #[test]
+    fn cancelled_queued_request_is_never_started() {
+        let exchange = Exchange::new(false);
+        exchange.cancel();
+        assert!(!exchange.start());
+        assert!(!exchange.is_queued());
+    }
+
+    #[test]
+    fn start_and_shed_race_has_one_winner() {
+        for _ in 0..2000 {
+            let exchange = Exchange::new(false);
+            let other = exchange.clone();
+            let py = std::thread::spawn(move || other.start());
+            let io = exchange.shed();
+            let py = py.join().unwrap();
+            assert!(py != io, "python started: {py}, I/O shed: {io}");
         }
     }
 }

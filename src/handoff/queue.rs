@@ -179,6 +179,11 @@ impl RequestSender {
         Ok(())
     }
 
+    /// Requests in the queue now (shed ones not yet taken out by a Python thread count).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Whether every Python thread is inside an application call: a thread between two
     /// requests (its response out, `close()` done, not yet waiting) counts as free.
     #[inline]

@@ -454,7 +454,8 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// Appends a complete error response from the server itself: a short plain-text body,
-/// `Content-Length`, and `Connection: close` (the connection is closed after it).
+/// `Content-Length`, `Retry-After` on a 503, and `Connection: close` (the connection is
+/// closed after it).
 pub fn error_response(out: &mut Vec<u8>, status: u16, date: &[u8]) {
     let reason = reason(status);
     let mut code = itoa_buf(status as u64);
@@ -469,6 +470,12 @@ pub fn error_response(out: &mut Vec<u8>, status: u16, date: &[u8]) {
     );
     code = itoa_buf(reason.len() as u64 + 1);
     out.extend_from_slice(code.as_bytes());
+    if status == 503 {
+        // The server's 503s say it is overloaded or stopping (a request shed after
+        // --max-queue-wait, a full queue): a client may try again in a second
+        // (RFC 9110 §10.2.3).
+        out.extend_from_slice(b"\r\nRetry-After: 1");
+    }
     out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
     out.extend_from_slice(reason.as_bytes());
     out.push(b'\n');

@@ -149,6 +149,20 @@ pub fn render(s: &Snapshot) -> String {
 
     family(
         &mut out,
+        "spindle_shed_total",
+        "counter",
+        "Requests shed by admission control, by reason: queue_wait (answered 503 after --max-queue-wait), client_gone (the client left before a Python thread took it), connections (refused past --worker-connections).",
+    );
+    for reason in super::ShedReason::ALL {
+        sample(
+            &mut out,
+            "spindle_shed_total",
+            &[("reason", reason.label())],
+            c.shed[reason as usize],
+        );
+    }
+    family(
+        &mut out,
         "spindle_requests_in_flight",
         "gauge",
         "Requests handed to the Python threads and not finished yet.",

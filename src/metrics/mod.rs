@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use endpoint::MetricsServer;
 pub use shm::SharedBlock;
-use shm::{Counts, Shard, BUCKETS, SHARDS};
+use shm::{Counts, Shard, BUCKETS, SHARDS, SHED_REASONS};
 
 // ---------------------------------------------------------------------------------------
 // Counting: this process's block, and each thread's shard of it.
@@ -198,6 +198,49 @@ pub fn request_taken() -> Option<Instant> {
     }
     with_shard(|s| s.add(|s| &s.taken, 1));
     Some(Instant::now())
+}
+
+/// A Python thread took a request that was shed while queued and dropped it without
+/// calling the application: it left the queue and is done (the gauges' parts).
+#[inline]
+pub fn request_skipped() {
+    with_shard(|s| {
+        s.add(|s| &s.taken, 1);
+        s.add(|s| &s.done, 1);
+    });
+}
+
+/// Why admission control shed a request: `spindle_shed_total`'s `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// It waited for a Python thread past `--max-queue-wait` and was answered 503.
+    QueueWait,
+    /// Its connection ended (the client left) before a Python thread took it.
+    ClientGone,
+    /// Its connection was refused past `--worker-connections`.
+    Connections,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; SHED_REASONS] = [
+        ShedReason::QueueWait,
+        ShedReason::ClientGone,
+        ShedReason::Connections,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ShedReason::QueueWait => "queue_wait",
+            ShedReason::ClientGone => "client_gone",
+            ShedReason::Connections => "connections",
+        }
+    }
+}
+
+/// Admission control shed a request (or refused a connection).
+#[inline]
+pub fn shed(reason: ShedReason) {
+    with_shard(|s| s.add(|s| &s.shed[reason as usize], 1));
 }
 
 /// A Python thread finished a request it took at `taken`: `started` is when its head was

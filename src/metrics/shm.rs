@@ -23,9 +23,11 @@ pub const METHODS: usize = 8;
 pub const CLASSES: usize = 5;
 /// Histogram buckets, the last one `+Inf`.
 pub const BUCKETS: usize = 14;
+/// `spindle_shed_total`'s reasons: queue_wait, client_gone, connections.
+pub const SHED_REASONS: usize = 3;
 
 /// Marks a block as Spindle's, of this layout: a worker refuses a descriptor without it.
-const MAGIC: u64 = 0x5350_494e_444c_4501; // "SPINDLE" and layout version 1
+const MAGIC: u64 = 0x5350_494e_444c_4502; // "SPINDLE" and layout version 2 (shed counts)
 
 /// One thread's counters. Zeroed memory is a valid `Shard` (all counters 0), which is what
 /// a fresh memfd holds. Aligned to a cache line, and a whole number of them, so two
@@ -52,6 +54,8 @@ pub struct Shard {
     pub duration_buckets: [AtomicU64; BUCKETS],
     /// Requests answered, by method and status class.
     pub requests: [[AtomicU64; CLASSES]; METHODS],
+    /// Requests shed by admission control, by reason (`ShedReason` order).
+    pub shed: [AtomicU64; SHED_REASONS],
 }
 
 /// What the worker publishes about itself.
@@ -82,6 +86,7 @@ pub struct Counts {
     pub duration_ns: u64,
     pub duration_buckets: [u64; BUCKETS],
     pub requests: [[u64; CLASSES]; METHODS],
+    pub shed: [u64; SHED_REASONS],
 }
 
 impl Counts {
@@ -110,6 +115,9 @@ impl Counts {
                 *sum += get(c);
             }
         }
+        for (sum, c) in self.shed.iter_mut().zip(&shard.shed) {
+            *sum += get(c);
+        }
     }
 
     /// Adds the counters of `other` that only grow (not the parts of the gauges): what a
@@ -131,6 +139,9 @@ impl Counts {
             for (sum, n) in sums.iter_mut().zip(row) {
                 *sum += n;
             }
+        }
+        for (sum, n) in self.shed.iter_mut().zip(&other.shed) {
+            *sum += n;
         }
     }
 

@@ -258,21 +258,11 @@ fn serve(
         match got {
             Ok(first) => {
                 ctx.host.gil_wait_ends();
-                ctx.capacity.record_take(first.queued);
-                watch.busy();
-                ctx.capacity.app_enters();
-                worker.handle(gil, first);
-                ctx.capacity.app_leaves();
-                watch.idle();
+                take(gil, &worker, ctx, &watch, first);
                 while let Ok(next) = ctx.requests.try_recv() {
                     // A batch can last as long as requests keep coming: every request says
                     // how long it waited (one clock read, ~20 ns).
-                    ctx.capacity.record_take(next.queued);
-                    watch.busy();
-                    ctx.capacity.app_enters();
-                    worker.handle(gil, next);
-                    ctx.capacity.app_leaves();
-                    watch.idle();
+                    take(gil, &worker, ctx, &watch, next);
                 }
                 worker.release_written(gil);
                 idle_since = Instant::now();
@@ -296,6 +286,24 @@ fn serve(
     ctx.capacity.thread_leaves();
     ctx.host.unregister_thread_clock(clock);
     left
+}
+
+/// Serves one request taken from the queue, unless admission control got to it first: the
+/// I/O thread shed it (answered 503, or its client is gone) or its connection gave up on
+/// it while it waited. Then the application never sees it (ARCHITECTURE.md §4, "Admission
+/// control"); one compare-and-swap decides.
+#[inline]
+fn take(gil: Gil<'_>, worker: &Worker, ctx: &ThreadCtx, watch: &ThreadWatch, request: Request) {
+    ctx.capacity.record_take(request.queued);
+    if !request.reply.exchange.start() {
+        crate::metrics::request_skipped();
+        return;
+    }
+    watch.busy();
+    ctx.capacity.app_enters();
+    worker.handle(gil, request);
+    ctx.capacity.app_leaves();
+    watch.idle();
 }
 
 pub(super) fn end_thread_state(tstate: *mut ffi::PyThreadState) {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 
+use super::admission::note_shed;
 use super::ctx::{ConnInbox, IoCtx};
+use super::event::{race, Either};
 use super::stream::Stream;
 use crate::handoff::{
     BodyChunk, BodyError, ConnToken, Endpoint, Exchange, ReplyMsg, ReplyTo, Request, RequestBody,
@@ -25,6 +27,7 @@ use crate::http::response::{self};
 use crate::http::{
     parse_head, BodyDecoder, BodyFraming, ConnectionEnd, HttpError, ParsedHead, Persistence,
 };
+use crate::metrics::ShedReason;
 use crate::{log_debug, log_warn};
 
 /// At most this many pipelined requests of one connection are in flight at once.
@@ -36,8 +39,13 @@ const DIRECT_WRITE: usize = 16 * 1024;
 const COALESCE_LIMIT: usize = 64 * 1024;
 /// Initial read buffer per connection.
 const READ_BUFFER: usize = 8 * 1024;
-/// How long a full request queue may hold a request back before the client gets 503.
-const QUEUE_WAIT_LIMIT: Duration = Duration::from_secs(30);
+/// A request still queued after this long has its connection watched (admission control,
+/// ARCHITECTURE.md §4): the socket for a client that left, a timer for `--max-queue-wait`.
+/// Before, the wait for its reply is the plain one, with the one timer it always had.
+const QUEUE_LOOK: Duration = Duration::from_millis(20);
+/// While a request is queued, bytes the client sends meanwhile (pipelined requests) are
+/// buffered up to this much; beyond, the socket is no longer watched, never read unbounded.
+const WATCH_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// Why a read for more request bytes ended.
 pub(super) enum ReadOutcome {
@@ -75,6 +83,11 @@ struct CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if self.armed {
+            // Still queued: no Python thread will run it now (its client left, or was
+            // answered by the server itself).
+            if self.exchange.shed() {
+                note_shed(ShedReason::ClientGone);
+            }
             self.exchange.cancel();
         }
     }
@@ -83,6 +96,9 @@ impl Drop for CancelOnDrop {
 /// One request handed to Python whose response is not written completely yet.
 pub(super) struct InFlight {
     seq: u32,
+    /// When its wait for a Python thread began (its head read, or its pre-read body):
+    /// `--max-queue-wait` counts from here, the time a full queue held it back included.
+    handed: Instant,
     /// Holds the exchange; cancels it if the connection gives up before its end.
     guard: CancelOnDrop,
     /// Whether the connection may carry the requests behind this one: what the request and
@@ -313,6 +329,9 @@ impl Conn {
         // before sending, which goes out when the app first reads.
         let mut pending = Vec::new();
         let mut body_done = false;
+        // When the wait for a Python thread begins: after a body read from the socket, else
+        // when the head was read (no clock read of its own on the common path).
+        let mut handed = started;
         let body = match raw_len {
             Some(0) => {
                 body_done = true;
@@ -325,10 +344,14 @@ impl Conn {
             _ if expect_continue => RequestBody::Stream,
             _ => match self.prebuffer(&mut decoder, &mut pending).await {
                 Ok(true) => {
+                    handed = Instant::now();
                     body_done = true;
                     RequestBody::Complete(Bytes::from(std::mem::take(&mut pending)))
                 }
-                Ok(false) => RequestBody::Stream,
+                Ok(false) => {
+                    handed = Instant::now();
+                    RequestBody::Stream
+                }
                 Err(status) => return Err(status),
             },
         };
@@ -353,9 +376,15 @@ impl Conn {
                 exchange,
             },
         };
-        self.hand_off(request).await.map_err(Some)?;
+        if let Err(status) = self.hand_off(request, handed).await {
+            // Never queued: nothing to shed or cancel.
+            let mut guard = guard;
+            guard.armed = false;
+            return Err(status);
+        }
         Ok(InFlight {
             seq,
+            handed,
             guard,
             may_persist,
             body_done,
@@ -472,24 +501,9 @@ impl Conn {
                                 if self.flush(out, batch, to_release).await.is_err() {
                                     return ConnectionEnd::Close;
                                 }
-                                match self.ctx.shared.config.timeout {
-                                    None => self.inbox.recv().await,
-                                    Some(limit) => {
-                                        let next = self.inbox.recv();
-                                        match monoio::time::timeout(limit, next).await {
-                                            Ok(next) => next,
-                                            Err(_elapsed) => {
-                                                let fastcgi = batch[idx].fastcgi;
-                                                return self
-                                                    .application_timed_out(
-                                                        limit,
-                                                        response_started,
-                                                        fastcgi,
-                                                    )
-                                                    .await;
-                                            }
-                                        }
-                                    }
+                                match self.wait_reply(&batch[idx], response_started).await {
+                                    Ok(next) => next,
+                                    Err(end) => return end,
                                 }
                             }
                         };
@@ -643,6 +657,209 @@ impl Conn {
         ConnectionEnd::KeepAlive
     }
 
+    /// Waits for the next reply to this connection. `Err`: the connection ends instead:
+    /// `--timeout` passed without a reply, or admission control shed the request `current`
+    /// while it was still queued (its client left, or it waited past `--max-queue-wait`).
+    async fn wait_reply(
+        &mut self,
+        current: &InFlight,
+        response_started: bool,
+    ) -> Result<(u32, ReplyMsg), ConnectionEnd> {
+        let timeout = self.ctx.shared.config.timeout;
+        let exchange = &current.guard.exchange;
+        // The one timer the wait always had (--timeout's), cut to QUEUE_LOOK while the
+        // request is queued: most replies come before either ends, at no extra cost.
+        let first = match timeout {
+            Some(limit) if !exchange.is_queued() => limit,
+            Some(limit) => limit.min(QUEUE_LOOK),
+            None if !exchange.is_queued() => return Ok(self.inbox.recv().await),
+            None => QUEUE_LOOK,
+        };
+        let began = Instant::now();
+        if let Ok(next) = monoio::time::timeout(first, self.inbox.recv()).await {
+            return Ok(next);
+        }
+        if exchange.is_queued() {
+            let timeout_at = timeout.map(|limit| began + limit);
+            match self.watch_queued(current, timeout_at).await? {
+                Watched::Reply(next) => return Ok(next),
+                Watched::Started => {}
+                Watched::TimedOut => {
+                    let limit = timeout.unwrap_or_default();
+                    return Err(self
+                        .application_timed_out(limit, response_started, current.fastcgi)
+                        .await);
+                }
+            }
+        }
+        // A Python thread has it: the rest of --timeout, counted from the wait's start.
+        let Some(limit) = timeout else {
+            return Ok(self.inbox.recv().await);
+        };
+        let deadline = began + limit;
+        match monoio::time::timeout_at(deadline.into(), self.inbox.recv()).await {
+            Ok(next) => Ok(next),
+            Err(_elapsed) => Err(self
+                .application_timed_out(limit, response_started, current.fastcgi)
+                .await),
+        }
+    }
+
+    /// Admission control for the queued request `current` (ARCHITECTURE.md §4): waits for
+    /// a reply while watching the socket and `--max-queue-wait`. A client that left (EOF or
+    /// an error on its socket; a half-close looks the same, and nginx too takes it for an
+    /// abort) or a wait past the limit makes this thread claim the request ([`Exchange::shed`]);
+    /// if a Python thread claimed it first, the reply comes as usual (`Started`).
+    /// `--timeout` (`timeout_at`) still holds while it waits: past it, the request is taken
+    /// out of the queue (uncounted: it is answered 504, not shed) and `TimedOut` says so.
+    /// `Err`: the connection ends here.
+    async fn watch_queued(
+        &mut self,
+        current: &InFlight,
+        timeout_at: Option<Instant>,
+    ) -> Result<Watched, ConnectionEnd> {
+        let exchange = current.guard.exchange.clone();
+        let queue_deadline = self
+            .ctx
+            .shared
+            .config
+            .max_queue_wait
+            .map(|limit| current.handed + limit);
+        // The first of the two limits; which one it is, is decided when it passes.
+        let deadline = match (queue_deadline, timeout_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // A reply, bytes (or the end) on the socket, or the limit: whichever comes first.
+        enum Woke {
+            Reply((u32, ReplyMsg)),
+            Readable,
+            Limit,
+        }
+        let mut watching = true;
+        let mut stopped_watching_logged = false;
+        loop {
+            if !exchange.is_queued() {
+                return Ok(Watched::Started);
+            }
+            if watching && self.buf.len() >= WATCH_BUFFER_LIMIT {
+                // Never read unbounded: stop watching (the buffer is the client's next
+                // requests; the queue limit still holds).
+                watching = false;
+                if !stopped_watching_logged {
+                    stopped_watching_logged = true;
+                    log_debug!(
+                        "{}: read buffer full while queued: socket no longer watched",
+                        self.peer
+                    );
+                }
+            }
+            let woke = {
+                let reply = self.inbox.recv();
+                let limit = async {
+                    match deadline {
+                        Some(at) => monoio::time::sleep_until(at.into()).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                let readable = async {
+                    if watching {
+                        // An error of the wait itself reads as "look at the socket".
+                        let _ = self.stream.readable().await;
+                    } else {
+                        std::future::pending::<()>().await
+                    }
+                };
+                match race(reply, race(readable, limit)).await {
+                    Either::Left(next) => Woke::Reply(next),
+                    Either::Right(Either::Left(())) => Woke::Readable,
+                    Either::Right(Either::Right(())) => Woke::Limit,
+                }
+            };
+            match woke {
+                Woke::Reply(next) => return Ok(Watched::Reply(next)),
+                Woke::Limit if queue_deadline.is_none_or(|at| Instant::now() < at) => {
+                    // --timeout came first: a 504, and the app never runs the request.
+                    if !exchange.shed() {
+                        return Ok(Watched::Started);
+                    }
+                    return Ok(Watched::TimedOut);
+                }
+                Woke::Limit => {
+                    if !exchange.shed() {
+                        return Ok(Watched::Started);
+                    }
+                    note_shed(ShedReason::QueueWait);
+                    log_debug!(
+                        "{}: no Python thread within --max-queue-wait: answering 503",
+                        self.peer
+                    );
+                    self.fail_request(current.fastcgi, 503).await;
+                    return Err(ConnectionEnd::Close);
+                }
+                Woke::Readable => match self.take_readable() {
+                    Ok(()) => {}
+                    Err(gone) => {
+                        if exchange.shed() {
+                            note_shed(ShedReason::ClientGone);
+                            log_debug!(
+                                "{}: client gone while its request was queued ({gone}): dropped",
+                                self.peer
+                            );
+                            return Err(ConnectionEnd::Close);
+                        }
+                        return Ok(Watched::Started);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// How [`Conn::watch_queued`] ended without ending the connection.
+enum Watched {
+    /// A reply came (for this request or a later one of the batch).
+    Reply((u32, ReplyMsg)),
+    /// A Python thread started the request: wait for its reply as usual.
+    Started,
+    /// `--timeout` passed while it was still queued; it is out of the queue.
+    TimedOut,
+}
+
+impl Conn {
+    /// Takes what the socket holds now into the read buffer (bounded by
+    /// [`WATCH_BUFFER_LIMIT`]). `Err`: the client closed its side or the connection broke.
+    fn take_readable(&mut self) -> Result<(), &'static str> {
+        let room = WATCH_BUFFER_LIMIT.saturating_sub(self.buf.len());
+        if room == 0 {
+            return Ok(());
+        }
+        self.buf.reserve(room.min(READ_BUFFER));
+        let start = self.buf.len();
+        let spare = self.buf.spare_capacity_mut();
+        let take = spare.len().min(room);
+        // Zero the spare bytes we read into (cheap next to the syscall; no unsafe here).
+        self.buf.resize(start + take, 0);
+        match super::sys::recv_now(&self.stream, &mut self.buf[start..]) {
+            Ok(0) => {
+                self.buf.truncate(start);
+                Err("end of stream")
+            }
+            Ok(n) => {
+                crate::metrics::received(n);
+                self.buf.truncate(start + n);
+                Ok(())
+            }
+            Err(err) => {
+                self.buf.truncate(start);
+                match err.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(()),
+                    _ => Err("connection reset"),
+                }
+            }
+        }
+    }
+
     /// `--timeout`: the application gave this connection nothing for `limit` (no response
     /// yet, or no next piece of it). The client is answered 504 when nothing of the response
     /// was sent, or the connection is closed in the middle of it (the response is visibly
@@ -701,10 +918,12 @@ impl Conn {
     }
 
     /// Queues the request for a Python thread. A full queue holds the connection back
-    /// (back-pressure) for a while; `Err(503)`: it stayed full, or the server is stopping.
-    async fn hand_off(&mut self, request: Request) -> Result<(), u16> {
+    /// (back-pressure) for up to `--max-queue-wait` from `since`; `Err(503)`: it stayed
+    /// full (the request is shed), or the server is stopping; `Err(None)`: the client left
+    /// meanwhile (the socket is watched as for a queued request).
+    async fn hand_off(&mut self, request: Request, since: Instant) -> Result<(), Option<u16>> {
         let mut request = request;
-        let mut waited = Duration::ZERO;
+        let limit = self.ctx.shared.config.max_queue_wait;
         let mut backoff = Duration::from_micros(200);
         loop {
             let sent = match self.ctx.requests.borrow().as_ref() {
@@ -721,16 +940,37 @@ impl Conn {
                     return Ok(());
                 }
                 Err(TrySendError::Full(back)) => {
-                    if waited >= QUEUE_WAIT_LIMIT {
-                        log_warn!("request queue full for {QUEUE_WAIT_LIMIT:?}: answering 503");
-                        return Err(503);
+                    if limit.is_some_and(|limit| since.elapsed() >= limit) {
+                        // Shed: the queue stayed full for --max-queue-wait.
+                        log_debug!(
+                            "{}: request queue full past --max-queue-wait: answering 503",
+                            self.peer
+                        );
+                        note_shed(ShedReason::QueueWait);
+                        return Err(Some(503));
                     }
                     request = back;
-                    monoio::time::sleep(backoff).await;
-                    waited += backoff;
+                    // Held back, the request is watched as a queued one is: a client that
+                    // leaves meanwhile is not answered, nor its request queued later.
+                    if self.buf.len() < WATCH_BUFFER_LIMIT {
+                        let sleep = monoio::time::sleep(backoff);
+                        if let Either::Right(_) = race(sleep, self.stream.readable()).await {
+                            if let Err(gone) = self.take_readable() {
+                                note_shed(ShedReason::ClientGone);
+                                log_debug!(
+                                    "{}: client gone while its request was held back by a full queue ({gone}): dropped",
+                                    self.peer
+                                );
+                                return Err(None);
+                            }
+                            continue;
+                        }
+                    } else {
+                        monoio::time::sleep(backoff).await;
+                    }
                     backoff = (backoff * 2).min(Duration::from_millis(20));
                 }
-                Err(TrySendError::Disconnected(_)) => return Err(503),
+                Err(TrySendError::Disconnected(_)) => return Err(Some(503)),
             }
         }
     }

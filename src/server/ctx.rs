@@ -67,6 +67,8 @@ pub(super) struct IoCtx {
     pub(super) date: RefCell<DateCache>,
     pub(super) stop: LocalEvent,
     pub(super) live_conns: Cell<usize>,
+    /// Connections refused past `--worker-connections` whose 503 is still lingering.
+    pub(super) refusing: Cell<usize>,
     pub(super) all_closed: RefCell<Option<Waker>>,
     pub(super) stats: Cell<Stats>,
 }
@@ -139,6 +141,14 @@ impl IoCtx {
                 .shared
                 .stopping
                 .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this process holds all the connections it may (`--worker-connections`).
+    pub(super) fn at_connection_limit(&self) -> bool {
+        self.shared
+            .open_conns
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= self.shared.connection_limit
     }
 
     /// Whether every Python thread is inside an application call (false once stopped).

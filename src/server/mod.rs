@@ -3,6 +3,7 @@
 //! requests to `py` through `handoff`. This module knows neither Python nor the process's
 //! life (signals, start-up order): `run` starts and stops it.
 
+mod admission;
 mod body;
 mod conn;
 mod ctx;
@@ -15,7 +16,7 @@ mod stream;
 mod sys;
 mod thread;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -67,6 +68,10 @@ pub(crate) struct Shared {
     pub drain_queue: AtomicBool,
     /// Requests handed to Python, one counter per I/O thread (each writes only its own).
     pub served: Vec<AtomicU64>,
+    /// Client connections open in this process, all I/O threads together, and the most it
+    /// holds (`--worker-connections`): past it, new ones are refused (`admission.rs`).
+    pub open_conns: AtomicUsize,
+    pub connection_limit: usize,
 }
 
 /// The running I/O threads.
@@ -88,12 +93,15 @@ impl IoThreads {
         requests: RequestSender,
         thread_init: fn(),
     ) -> anyhow::Result<IoThreads> {
+        let connection_limit = admission::connection_limit(&config);
         let shared = Arc::new(Shared {
             config,
             driver,
             stopping: AtomicBool::new(false),
             drain_queue: AtomicBool::new(true),
             served: (0..listeners.len()).map(|_| AtomicU64::new(0)).collect(),
+            open_conns: AtomicUsize::new(0),
+            connection_limit,
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut handles = Vec::new();

@@ -210,6 +210,16 @@ impl Stream {
         }
     }
 
+    /// Until the socket has bytes (or an EOF, or an error) to read; checked with `poll(2)`
+    /// on the epoll driver (not `relaxed`), so it is never a stale readiness. Dropping the
+    /// wait loses nothing: no bytes are taken (admission control, `conn.rs`).
+    pub(super) async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable(false).await,
+            Stream::Unix(s) => s.readable(false).await,
+        }
+    }
+
     /// Until the socket can take more bytes (see `socket.rs`'s sendfile).
     pub(super) async fn writable(&self, relaxed: bool) -> io::Result<()> {
         match self {

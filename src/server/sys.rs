@@ -1,7 +1,8 @@
 //! The few raw system calls the I/O threads make, behind safe functions: `sendfile(2)`
 //! from a regular file to a non-blocking socket (the bytes of `wsgi.file_wrapper`
 //! responses go from the page cache to the socket without passing through user space or
-//! Python), the socket flags it needs, a half-close, and a look at a listener's queue.
+//! Python), the socket flags it needs, a half-close, a look at a listener's queue, a read
+//! and a write that never wait (admission control), and the open-files limit.
 
 use std::fs::File;
 use std::io;
@@ -71,4 +72,57 @@ pub fn has_queued_connection(listener: &impl AsRawFd) -> bool {
     // and the descriptor stays open (borrowed); a zero timeout never blocks.
     let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
     ready == 1 && pollfd.revents & libc::POLLIN != 0
+}
+
+/// Reads what the socket holds now into `buf` without waiting (`MSG_DONTWAIT`, whether the
+/// descriptor is blocking, as under io_uring, or not): `Ok(0)` is the peer's EOF,
+/// `WouldBlock` that nothing is there.
+pub fn recv_now(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call,
+    // and the descriptor is kept open by the caller.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// The soft limit on open files (`RLIMIT_NOFILE`); `None` when it cannot be read or is
+/// unlimited.
+pub fn open_files_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the struct we own.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY)
+        .then(|| usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// Writes what the socket takes now of `buf` without waiting (`MSG_DONTWAIT`).
+pub fn send_now(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration of the call,
+    // and the descriptor is kept open by the caller.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }

@@ -31,6 +31,10 @@ pub(super) struct LiveGuard(Rc<IoCtx>);
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         crate::metrics::connection_closed();
+        self.0
+            .shared
+            .open_conns
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let n = self.0.live_conns.get() - 1;
         self.0.live_conns.set(n);
         if n == 0 {
@@ -58,6 +62,7 @@ pub(super) async fn io_main(
         date: RefCell::new(DateCache::new()),
         stop: LocalEvent::default(),
         live_conns: Cell::new(0),
+        refusing: Cell::new(0),
         all_closed: RefCell::new(None),
         stats: Cell::new(Stats::default()),
     });
@@ -78,6 +83,10 @@ pub(super) async fn io_main(
         })
         .await
     });
+
+    if idx == 0 {
+        monoio::spawn(super::admission::log_summaries(ctx.clone()));
+    }
 
     for listener in listeners {
         let ctx = ctx.clone();
@@ -157,7 +166,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
             }
             Either::Right(()) => break,
         }
-        if shares_listeners && ctx.python_threads_held() {
+        if shares_listeners && worker_busy(&ctx) {
             // The looks at the queue must not be woken by arrivals, or each would find the
             // connection that woke it, which an idle worker is about to take: stop watching
             // the listener meanwhile (with epoll it stays registered, and every arrival
@@ -173,7 +182,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
             match listener.accept(nonblocking) {
                 Ok((stream, peer)) => {
                     serve_connection(&ctx, stream, peer, fixed_local);
-                    if shares_listeners && ctx.python_threads_held() {
+                    if shares_listeners && worker_busy(&ctx) {
                         break;
                     }
                 }
@@ -232,7 +241,7 @@ const BUSY_LOOK_EVERY: Duration = Duration::from_millis(1);
 async fn leave_connections_to_idle_workers(ctx: &IoCtx, listener: &Listener) -> bool {
     let since = std::time::Instant::now();
     loop {
-        if !ctx.python_threads_held() || ctx.stop.is_set() {
+        if !worker_busy(ctx) || ctx.stop.is_set() {
             return true;
         }
         if !sys::has_queued_connection(listener) {
@@ -243,6 +252,13 @@ async fn leave_connections_to_idle_workers(ctx: &IoCtx, listener: &Listener) -> 
         }
         monoio::time::sleep(BUSY_LOOK_EVERY).await;
     }
+}
+
+/// Whether this worker should let other workers sharing its listeners take new
+/// connections first: every Python thread is inside an application call, or it holds all
+/// the connections it may (`--worker-connections`; what it accepts then is refused).
+fn worker_busy(ctx: &IoCtx) -> bool {
+    ctx.python_threads_held() || ctx.at_connection_limit()
 }
 
 /// Starts serving an accepted connection; one that cannot be set up (no memory for its
@@ -261,6 +277,17 @@ fn serve_connection(
             return;
         }
     };
+    let open = ctx
+        .shared
+        .open_conns
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if open >= ctx.shared.connection_limit {
+        ctx.shared
+            .open_conns
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        super::admission::refuse(ctx, stream);
+        return;
+    }
     ctx.live_conns.set(ctx.live_conns.get() + 1);
     crate::metrics::connection_opened();
     let guard = LiveGuard(ctx.clone());
