@@ -62,6 +62,11 @@ pub enum InterpreterChoice {
     Main,
 }
 
+/// `--max-response-buffer`'s default, in MiB: the whole windows (1 MiB each) of 64 slow
+/// clients, or a piece each of a few hundred, held per worker; small beside what a
+/// worker's interpreters cost (ARCHITECTURE.md §4, "Bounded everything").
+pub const DEFAULT_MAX_RESPONSE_BUFFER_MIB: u32 = 64;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "spindle",
@@ -327,6 +332,14 @@ struct Args {
     /// Most requests waiting for a Python thread; when full, I/O threads stop reading.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     queue_size: usize,
+
+    /// MiB of streamed response bytes a worker may hold for clients that have not read
+    /// them yet, all connections together; past it no more is pulled from the
+    /// applications' iterators until clients read (each response may still have one piece
+    /// queued).
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MAX_RESPONSE_BUFFER_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    max_response_buffer: u32,
 
     /// Expect the PROXY protocol (HAProxy's, v1 text or v2 binary) on every connection: its
     /// header gives the client's address (REMOTE_ADDR, REMOTE_PORT, the access log). A
@@ -639,6 +652,8 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub root_path: String,
     pub queue_size: usize,
+    /// `--max-response-buffer`, in bytes: the worker's budget of response bytes in flight.
+    pub max_response_buffer: usize,
     /// `--protocol`: what every listener speaks.
     pub protocol: Protocol,
     /// `--uwsgi-allow-ips`: who may connect when `protocol` is not HTTP.
@@ -939,6 +954,7 @@ impl Config {
             graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
             root_path: args.root_path,
             queue_size: args.queue_size.max(1),
+            max_response_buffer: (args.max_response_buffer as usize) << 20,
             protocol: args.protocol,
             gateway_allow: TrustedAddrs::parse(&args.uwsgi_allow_ips)
                 .map_err(|e| format!("--uwsgi-allow-ips {e}"))?,
