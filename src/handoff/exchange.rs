@@ -48,13 +48,13 @@ struct Window {
     parked: Option<Sender<()>>,
 }
 
-/// What [`Exchange::reserve_or_park`] did.
+/// What [`Exchange::room_or_park`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reserve {
-    /// The bytes are counted: send them.
+    /// There is room: pull the next piece and [`Exchange::charge`] it.
     Reserved,
     /// No room: the waker is registered and gets a message when there is (or the exchange
-    /// is cancelled). Nothing was counted.
+    /// is cancelled).
     Parked,
     /// The client is gone.
     Cancelled,
@@ -158,10 +158,12 @@ impl Exchange {
         true
     }
 
-    /// Python side, never blocks: accounts for `n` bytes if there is room now; otherwise
-    /// registers `wake`, which gets a message once there is room or the exchange is
-    /// cancelled (checked and registered under one lock: no wake-up is lost).
-    pub fn reserve_or_park(&self, n: usize, wake: &Sender<()>) -> Reserve {
+    /// Python side, never blocks: whether the response may queue another piece now. If
+    /// not, `wake` is registered and gets a message once it may (or the exchange is
+    /// cancelled): checked and registered under one lock, so no wake-up is lost. Asked
+    /// *before* the next piece is pulled from the application, which is then counted with
+    /// [`Exchange::charge`]: nothing is pulled for a response that may not take more.
+    pub fn room_or_park(&self, wake: &Sender<()>) -> Reserve {
         let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_cancelled() {
             return Reserve::Cancelled;
@@ -171,8 +173,15 @@ impl Exchange {
             return Reserve::Parked;
         }
         window.parked = None;
-        self.take(&mut window, n);
         Reserve::Reserved
+    }
+
+    /// Python side: counts `n` bytes pulled after [`Exchange::room_or_park`] said there was
+    /// room. Taken even if the budget filled meanwhile (other threads' pieces): the overshoot
+    /// is a piece per Python thread at most.
+    pub fn charge(&self, n: usize) {
+        let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        self.take(&mut window, n);
     }
 
     /// Whether a parked response would get room now, or must end (cancelled): worth
@@ -228,17 +237,15 @@ mod tests {
     fn a_full_window_parks_and_its_release_wakes() {
         let exchange = Exchange::with_budget(false, budget(usize::MAX));
         let (tx, rx) = crossbeam_channel::bounded(1);
-        assert_eq!(
-            exchange.reserve_or_park(RESPONSE_WINDOW, &tx),
-            Reserve::Reserved
-        );
-        assert_eq!(exchange.reserve_or_park(10, &tx), Reserve::Parked);
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Reserved);
+        exchange.charge(RESPONSE_WINDOW);
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Parked);
         assert!(!exchange.poll_resume(&tx));
         assert!(rx.try_recv().is_err());
         exchange.release(1);
         assert!(rx.try_recv().is_ok(), "woken once the window has room");
         assert!(exchange.poll_resume(&tx));
-        assert_eq!(exchange.reserve_or_park(10, &tx), Reserve::Reserved);
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Reserved);
     }
 
     #[test]
@@ -247,11 +254,13 @@ mod tests {
         let slow = Exchange::with_budget(false, budget);
         let other = Exchange::with_budget(false, budget);
         let (tx, rx) = crossbeam_channel::bounded(1);
-        assert_eq!(slow.reserve_or_park(150, &tx), Reserve::Reserved);
-        assert_eq!(slow.reserve_or_park(10, &tx), Reserve::Parked);
+        assert_eq!(slow.room_or_park(&tx), Reserve::Reserved);
+        slow.charge(150);
+        assert_eq!(slow.room_or_park(&tx), Reserve::Parked);
         // A response with nothing queued always gets one piece: no starvation.
-        assert_eq!(other.reserve_or_park(10, &tx), Reserve::Reserved);
-        assert_eq!(other.reserve_or_park(10, &tx), Reserve::Parked);
+        assert_eq!(other.room_or_park(&tx), Reserve::Reserved);
+        other.charge(10);
+        assert_eq!(other.room_or_park(&tx), Reserve::Parked);
         assert_eq!(budget.used(), 160);
         other.release(10);
         assert!(rx.try_recv().is_ok(), "its own release wakes it");
@@ -263,12 +272,32 @@ mod tests {
     fn cancel_wakes_a_parked_response() {
         let exchange = Exchange::with_budget(false, budget(usize::MAX));
         let (tx, rx) = crossbeam_channel::bounded(1);
-        exchange.reserve_or_park(RESPONSE_WINDOW, &tx);
-        assert_eq!(exchange.reserve_or_park(1, &tx), Reserve::Parked);
+        exchange.charge(RESPONSE_WINDOW);
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Parked);
         exchange.cancel();
         assert!(rx.try_recv().is_ok());
         assert!(exchange.poll_resume(&tx));
-        assert_eq!(exchange.reserve_or_park(1, &tx), Reserve::Cancelled);
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Cancelled);
+    }
+
+    #[test]
+    fn a_response_woken_whose_room_was_taken_is_told_again() {
+        let budget = budget(100);
+        let parked = Exchange::with_budget(false, budget);
+        let other = Exchange::with_budget(false, budget);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        parked.charge(60);
+        other.charge(60);
+        assert_eq!(parked.room_or_park(&tx), Reserve::Parked);
+        other.release(60);
+        // The budget has room, but nothing woke `parked` (its own window did not move);
+        // its own release does, and a re-check that finds the room gone registers again.
+        parked.release(10);
+        assert!(rx.try_recv().is_ok());
+        other.charge(60);
+        assert!(!parked.poll_resume(&tx), "the budget filled again");
+        parked.release(50);
+        assert!(rx.try_recv().is_ok(), "registered again, woken again");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::object::Held;
 use super::response::Response;
-use crate::handoff::{ReplyMsg, RequestHead};
+use crate::handoff::RequestHead;
 
 /// One response waiting for room: everything `Worker::conclude` needs at its end.
 pub(super) struct Parked {
@@ -27,9 +27,7 @@ pub(super) struct Parked {
     /// The iterator over `result`, where the next piece comes from.
     pub(super) iter: Held,
     pub(super) response: Response,
-    /// The piece that found no room, built and not counted; sent first on resuming.
-    pub(super) pending: Option<ReplyMsg>,
-    /// A HEAD response: nothing follows the pending piece but the end.
+    /// A HEAD response: it ends after its first piece.
     pub(super) is_head: bool,
 }
 

@@ -237,26 +237,24 @@ pub(super) struct ResultSink<'a> {
 pub(super) enum Sent<'py> {
     /// The response ended: `true` sent whole, `false` the client went away first.
     Ended(bool),
-    /// The iterator waits for room (ARCHITECTURE.md §4): `pending` is its next piece,
-    /// built and not counted; `is_head`: a HEAD response, which stops after its head.
-    Parked {
-        iter: Obj<'py>,
-        pending: ReplyMsg,
-        is_head: bool,
-    },
+    /// The iterator waits for room (ARCHITECTURE.md §4) before its next piece is pulled;
+    /// `is_head`: a HEAD response, which stops after its head.
+    Parked { iter: Obj<'py>, is_head: bool },
 }
 
 /// What pulling pieces of a response came to.
 pub(super) enum Pumped {
     /// The response ended: `true` sent whole, `false` the client went away first.
     Ended(bool),
-    /// No room for this piece, built and not counted; the exchange will wake the thread.
-    Parked(ReplyMsg),
+    /// No room for another piece: nothing more was pulled; the exchange will wake the
+    /// thread.
+    Parked,
 }
 
-/// Pulls pieces of the response from `iter` and sends them, until it ends or a piece
-/// finds no room (the window full, or the worker's budget spent): then the piece is
-/// returned to wait with the parked iterator, instead of the thread waiting with it.
+/// Pulls pieces of the response from `iter` and sends them, until it ends or there is no
+/// room for another (the window full, or the worker's budget spent): room is checked
+/// *before* a piece is pulled, so a parked response holds no piece of its own, and the
+/// thread does not wait with it.
 pub(super) fn pump<'py>(
     gil: Gil<'py>,
     cb: &Callbacks,
@@ -265,7 +263,13 @@ pub(super) fn pump<'py>(
     is_head: bool,
     wake: &Sender<()>,
 ) -> PyResult<'py, Pumped> {
-    while let Some(chunk) = iter.next()? {
+    loop {
+        match exchange.room_or_park(wake) {
+            Reserve::Reserved => {}
+            Reserve::Parked => return Ok(Pumped::Parked),
+            Reserve::Cancelled => return Ok(Pumped::Ended(false)),
+        }
+        let Some(chunk) = iter.next()? else { break };
         if exchange.is_cancelled() {
             return Ok(Pumped::Ended(false));
         }
@@ -281,10 +285,8 @@ pub(super) fn pump<'py>(
         if bytes.is_empty() {
             continue;
         }
-        match emit_or_park(gil, cb, bytes, wake)? {
-            Emitted::Sent => {}
-            Emitted::Gone => return Ok(Pumped::Ended(false)),
-            Emitted::Park(pending) => return Ok(Pumped::Parked(pending)),
+        if !emit_piece(gil, cb, bytes)? {
+            return Ok(Pumped::Ended(false));
         }
         if is_head {
             // The head is out and no body may follow: stop pulling.
@@ -299,29 +301,6 @@ pub(super) fn pump<'py>(
     emit(gil, cb, &[], true, nothing_sent.then_some(0)).map(Pumped::Ended)
 }
 
-/// Sends the piece a parked response waited with, if there is room now: `Reserved` (sent),
-/// `Parked` (still no room; the exchange will wake the thread again) or `Cancelled`.
-pub(super) fn send_pending(
-    cb: &Callbacks,
-    pending: &mut Option<ReplyMsg>,
-    wake: &Sender<()>,
-) -> Reserve {
-    let current = cb.current.borrow();
-    let Some(resp) = current.as_ref() else {
-        return Reserve::Cancelled;
-    };
-    let Some(msg) = pending.take() else {
-        return Reserve::Reserved;
-    };
-    let outcome = resp.reply.exchange.reserve_or_park(counted_len(&msg), wake);
-    match outcome {
-        Reserve::Reserved => resp.reply.send(msg),
-        Reserve::Parked => *pending = Some(msg),
-        Reserve::Cancelled => {}
-    }
-    outcome
-}
-
 fn counted_len(msg: &ReplyMsg) -> usize {
     match msg {
         ReplyMsg::Data {
@@ -333,20 +312,9 @@ fn counted_len(msg: &ReplyMsg) -> usize {
     }
 }
 
-enum Emitted {
-    Sent,
-    Gone,
-    /// No room: the built piece, not counted, with the thread's waker registered.
-    Park(ReplyMsg),
-}
-
-/// [`emit`] of one body piece of an iterated response, which parks instead of waiting.
-fn emit_or_park<'py>(
-    gil: Gil<'py>,
-    cb: &Callbacks,
-    bytes: &[u8],
-    wake: &Sender<()>,
-) -> PyResult<'py, Emitted> {
+/// [`emit`] of one body piece of an iterated response, pulled after its exchange said
+/// there was room: counted without a wait. `Ok(false)`: the client is gone.
+fn emit_piece<'py>(gil: Gil<'py>, cb: &Callbacks, bytes: &[u8]) -> PyResult<'py, bool> {
     super::watch::progress();
     let Ok(mut current) = cb.current.try_borrow_mut() else {
         return Err(runtime_error(gil, "response written re-entrantly"));
@@ -355,22 +323,15 @@ fn emit_or_park<'py>(
         return Err(runtime_error(gil, "the request ended while writing"));
     };
     if resp.reply.exchange.is_cancelled() {
-        return Ok(Emitted::Gone);
+        return Ok(false);
     }
     let msg = match resp.build(&[bytes], false, None, &mut cb.date.borrow_mut()) {
         Ok(msg) => msg,
         Err(err) => return Err(build_error(gil, err)),
     };
-    Ok(
-        match resp.reply.exchange.reserve_or_park(counted_len(&msg), wake) {
-            Reserve::Reserved => {
-                resp.reply.send(msg);
-                Emitted::Sent
-            }
-            Reserve::Parked => Emitted::Park(msg),
-            Reserve::Cancelled => Emitted::Gone,
-        },
-    )
+    resp.reply.exchange.charge(counted_len(&msg));
+    resp.reply.send(msg);
+    Ok(true)
 }
 
 fn build_error(gil: Gil<'_>, err: BuildError) -> PyErr<'_> {
@@ -478,11 +439,7 @@ impl ResultSink<'_> {
         Ok(
             match pump(gil, self.cb, &iter, exchange, is_head, self.wake)? {
                 Pumped::Ended(sent) => Sent::Ended(sent),
-                Pumped::Parked(pending) => Sent::Parked {
-                    iter,
-                    pending,
-                    is_head,
-                },
+                Pumped::Parked => Sent::Parked { iter, is_head },
             },
         )
     }

@@ -15,8 +15,8 @@ use super::object::new_function;
 use super::object::{Gil, Held, Obj, PyErr, PyResult, ReleaseQueue};
 use super::parked::{Parked, ParkedSet};
 use super::response::Callbacks;
-use super::response::{close_result, emit, pump, send_pending, Pumped, Response, ResultSink, Sent};
-use crate::handoff::{Exchange, ReplyMsg, Request, RequestBody, RequestHead, Reserve};
+use super::response::{close_result, pump, Pumped, Response, ResultSink, Sent};
+use crate::handoff::{Exchange, ReplyMsg, Request, RequestBody, RequestHead};
 use crate::http::date::DateCache;
 use crate::log_debug;
 
@@ -173,11 +173,7 @@ impl Worker {
                     let outcome = match sink.send(gil, &result, &exchange) {
                         Ok(Sent::Ended(true)) => Outcome::Done,
                         Ok(Sent::Ended(false)) => Outcome::Cancelled,
-                        Ok(Sent::Parked {
-                            iter,
-                            pending,
-                            is_head,
-                        }) => {
+                        Ok(Sent::Parked { iter, is_head }) => {
                             let response = self.cb().current.borrow_mut().take();
                             let Some(response) = response else {
                                 unreachable!("a parked response has its state")
@@ -190,7 +186,6 @@ impl Worker {
                                 result: result.hold(),
                                 iter: iter.hold(),
                                 response,
-                                pending: Some(pending),
                                 is_head,
                             });
                             return;
@@ -325,27 +320,20 @@ impl Worker {
         let Some(mut parked) = parked else { return };
         let exchange = parked.response.reply.exchange.clone();
         *self.cb().current.borrow_mut() = Some(parked.response);
-        let wake = &self.parked.wake_tx;
-        let pumped = match send_pending(self.cb(), &mut parked.pending, wake) {
-            Reserve::Cancelled => Ok(Pumped::Ended(false)),
-            Reserve::Parked => Ok(Pumped::Parked(
-                parked.pending.take().expect("kept while parked"),
-            )),
-            Reserve::Reserved => {
-                if parked.is_head {
-                    // The head went out with the pending piece: nothing more may follow.
-                    emit(gil, self.cb(), &[], true, None).map(Pumped::Ended)
-                } else {
-                    let iter = parked.iter.bind(gil);
-                    pump(gil, self.cb(), &iter, &exchange, false, wake)
-                }
-            }
-        };
+        let iter = parked.iter.bind(gil);
+        let pumped = pump(
+            gil,
+            self.cb(),
+            &iter,
+            &exchange,
+            parked.is_head,
+            &self.parked.wake_tx,
+        );
+        drop(iter);
         let outcome = match pumped {
-            Ok(Pumped::Parked(pending)) => {
+            Ok(Pumped::Parked) => {
                 let response = self.cb().current.borrow_mut().take();
                 parked.response = response.expect("a parked response has its state");
-                parked.pending = Some(pending);
                 self.parked.park(parked);
                 return;
             }
