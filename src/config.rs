@@ -62,10 +62,11 @@ pub enum InterpreterChoice {
     Main,
 }
 
-/// `--max-response-buffer`'s default, in MiB: the whole windows (1 MiB each) of 64 slow
-/// clients, or a piece each of a few hundred, held per worker; small beside what a
-/// worker's interpreters cost (ARCHITECTURE.md §4, "Bounded everything").
-pub const DEFAULT_MAX_RESPONSE_BUFFER_MIB: u32 = 64;
+/// `--max-response-buffer`'s default, in MiB: the whole windows (1 MiB each) of 32 slow
+/// clients, or a 64 KiB piece each of 500, held per worker; with what every connection
+/// costs beside it, 300 clients that read nothing of 16 MiB streams stay near +100 MiB
+/// (ARCHITECTURE.md §4, "Bounded everything"). Clients that read never come near it.
+pub const DEFAULT_MAX_RESPONSE_BUFFER_MIB: u32 = 32;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,6 +1,7 @@
 //! The connection's socket: reads until a deadline, writes under `--write-timeout`,
 //! gathered writes, sendfile, and the lingering close after an error response.
 
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,8 +72,15 @@ impl Conn {
         let mut buf = buf;
         let mut written = 0;
         while written < len {
-            let write = monoio::time::timeout(timeout, self.stream.write(buf.slice(written..len)));
-            let Either::Left(result) = race(write, stop_cut(&self.ctx)).await else {
+            // Both pinned where they are: `race` then moves two pointers, not the futures
+            // (moving them cost ~700 instructions per write in memcpy, measured with
+            // callgrind on hello).
+            let write = pin!(monoio::time::timeout(
+                timeout,
+                self.stream.write(buf.slice(written..len))
+            ));
+            let cut = pin!(stop_cut(&self.ctx));
+            let Either::Left(result) = race(write, cut).await else {
                 return (Err(stop_cut_error()), None);
             };
             match result {
@@ -108,8 +116,9 @@ impl Conn {
         let timeout = self.ctx.shared.config.write_timeout;
         let mut gather = Gather::new(bufs);
         while gather.remaining() > 0 {
-            let write = monoio::time::timeout(timeout, self.stream.writev(gather));
-            let Either::Left(result) = race(write, stop_cut(&self.ctx)).await else {
+            let write = pin!(monoio::time::timeout(timeout, self.stream.writev(gather)));
+            let cut = pin!(stop_cut(&self.ctx));
+            let Either::Left(result) = race(write, cut).await else {
                 return Err(stop_cut_error());
             };
             match result {
