@@ -62,6 +62,12 @@ pub enum InterpreterChoice {
     Main,
 }
 
+/// `--max-response-buffer`'s default, in MiB: the whole windows (1 MiB each) of 32 slow
+/// clients, or a 64 KiB piece each of 500, held per worker; with what every connection
+/// costs beside it, 300 clients that read nothing of 16 MiB streams stay near +100 MiB
+/// (ARCHITECTURE.md §4, "Bounded everything"). Clients that read never come near it.
+pub const DEFAULT_MAX_RESPONSE_BUFFER_MIB: u32 = 32;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "spindle",
@@ -340,6 +346,13 @@ struct Args {
     /// open-files limit (RLIMIT_NOFILE) less a reserve of a quarter, 64 to 1024]
     #[arg(long, value_name = "N")]
     worker_connections: Option<usize>,
+    /// MiB of streamed response bytes a worker may hold for clients that have not read
+    /// them yet, all connections together; past it no more is pulled from the
+    /// applications' iterators until clients read (each response may still have one piece
+    /// queued).
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MAX_RESPONSE_BUFFER_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    max_response_buffer: u32,
 
     /// Expect the PROXY protocol (HAProxy's, v1 text or v2 binary) on every connection: its
     /// header gives the client's address (REMOTE_ADDR, REMOTE_PORT, the access log). A
@@ -658,6 +671,8 @@ pub struct Config {
     /// `--worker-connections`: the most client connections this process holds open;
     /// `None`: derived from the open-files limit when the I/O threads start.
     pub worker_connections: Option<usize>,
+    /// `--max-response-buffer`, in bytes: the worker's budget of response bytes in flight.
+    pub max_response_buffer: usize,
     /// `--protocol`: what every listener speaks.
     pub protocol: Protocol,
     /// `--uwsgi-allow-ips`: who may connect when `protocol` is not HTTP.
@@ -966,6 +981,7 @@ impl Config {
                 Some(0) => return Err("--worker-connections must be at least 1".into()),
                 other => other,
             },
+            max_response_buffer: (args.max_response_buffer as usize) << 20,
             protocol: args.protocol,
             gateway_allow: TrustedAddrs::parse(&args.uwsgi_allow_ips)
                 .map_err(|e| format!("--uwsgi-allow-ips {e}"))?,

@@ -1,12 +1,20 @@
 //! [`Exchange`]: the per-request state both sides touch: cancellation, the response window
 //! that bounds the bytes queued for one connection, and the channel a streamed request
 //! body comes through.
+//!
+//! A response may take more only while its window has room and, unless it has nothing
+//! queued at all, the worker's [`ResponseBudget`] has room too. That floor (a response with
+//! nothing queued may always queue one piece) keeps every response moving when slow
+//! readers hold the whole budget, and it is why nothing but the exchange's own release (or
+//! its cancellation) has to wake a response that waits: it waits only while it has bytes
+//! queued, and their release, once its client drained them, lets it go on.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::budget::ResponseBudget;
 use super::{BodyChunk, BodyError};
 
 /// Per-request state that both sides touch.
@@ -14,10 +22,13 @@ pub struct Exchange {
     /// Set by the I/O thread when the client is gone (a write failed) or the server stops
     /// waiting; the Python thread stops iterating the response and calls `close()`.
     cancelled: AtomicBool,
-    /// Bytes of a streamed response queued but not yet written, with a condvar the Python
-    /// thread sleeps on (GIL released) while the window is full.
-    in_flight: Mutex<usize>,
+    /// Bytes of a streamed response queued but not yet written, and who waits for room: a
+    /// condvar the Python thread sleeps on (GIL released) in `write()`, or the wake channel
+    /// of the Python thread that parked the response.
+    in_flight: Mutex<Window>,
     window_open: Condvar,
+    /// The worker's budget, charged and credited with the window.
+    budget: &'static ResponseBudget,
     /// Streamed request body, I/O thread -> Python thread, one chunk per `ReadBody`; only
     /// made for streamed bodies (a channel costs ~100 ns per request; most have none).
     body: Option<(Sender<BodyChunk>, Receiver<BodyChunk>)>,
@@ -36,13 +47,41 @@ const ADMISSION_SHED: u8 = 2;
 /// for the I/O thread to write them: bounds memory with slow clients.
 pub const RESPONSE_WINDOW: usize = 1 << 20;
 
+/// A response's queued bytes and who waits for room.
+#[derive(Default)]
+struct Window {
+    bytes: usize,
+    /// A Python thread sleeps on `window_open` (a `write()` call, which cannot park).
+    blocked: bool,
+    /// The wake channel of the Python thread that parked this response.
+    parked: Option<Sender<()>>,
+}
+
+/// What [`Exchange::room_or_park`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reserve {
+    /// There is room: pull the next piece and [`Exchange::charge`] it.
+    Reserved,
+    /// No room: the waker is registered and gets a message when there is (or the exchange
+    /// is cancelled).
+    Parked,
+    /// The client is gone.
+    Cancelled,
+}
+
 impl Exchange {
     /// `streamed_body`: the request body will be pulled with `ReadBody`.
     pub fn new(streamed_body: bool) -> Arc<Exchange> {
+        Exchange::with_budget(streamed_body, ResponseBudget::worker())
+    }
+
+    /// An exchange charged to `budget` instead of the worker's.
+    pub fn with_budget(streamed_body: bool, budget: &'static ResponseBudget) -> Arc<Exchange> {
         Arc::new(Exchange {
             cancelled: AtomicBool::new(false),
-            in_flight: Mutex::new(0),
+            in_flight: Mutex::new(Window::default()),
             window_open: Condvar::new(),
+            budget,
             body: streamed_body.then(|| crossbeam_channel::bounded(1)),
             admission: AtomicU8::new(ADMISSION_QUEUED),
         })
@@ -90,6 +129,18 @@ impl Exchange {
         self.admission.load(Ordering::Acquire) == ADMISSION_QUEUED
     }
 
+    /// Whether a response with `queued` bytes in its window may queue another piece.
+    #[inline]
+    fn has_room(&self, queued: usize) -> bool {
+        queued < RESPONSE_WINDOW && (queued == 0 || self.budget.has_room())
+    }
+
+    #[inline]
+    fn take(&self, window: &mut Window, n: usize) {
+        window.bytes += n;
+        self.budget.charge(n);
+    }
+
     /// I/O side: hands the Python thread the piece of body it asked for.
     pub fn send_body(&self, chunk: BodyChunk) {
         if let Some((tx, _)) = &self.body {
@@ -116,47 +167,112 @@ impl Exchange {
         self.cancelled.load(Ordering::Acquire)
     }
 
-    /// Marks the exchange dead and wakes a Python thread waiting for window or body.
+    /// Marks the exchange dead and wakes a Python thread waiting for window or body, or
+    /// the one that parked the response (it then calls `close()`).
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
-        let _guard = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         self.window_open.notify_all();
-        drop(_guard);
+        let parked = window.parked.take();
+        drop(window);
+        if let Some(wake) = parked {
+            let _ = wake.try_send(());
+        }
         self.send_body(BodyChunk::Error(BodyError::Disconnected));
     }
 
     /// Python side: account for `n` bytes about to be queued; blocks (the caller has
-    /// released its GIL) while the window is full. Returns false when cancelled.
+    /// released its GIL) while the window, or the worker's budget, has no room. Returns
+    /// false when cancelled. For `write()`, which cannot park: the application's stack is
+    /// live under it.
     pub fn reserve(&self, n: usize) -> bool {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        while *in_flight >= RESPONSE_WINDOW && !self.is_cancelled() {
-            in_flight = self
+        let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while !self.has_room(window.bytes) && !self.is_cancelled() {
+            window.blocked = true;
+            window = self
                 .window_open
-                .wait(in_flight)
+                .wait(window)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        *in_flight += n;
+        window.blocked = false;
+        self.take(&mut window, n);
         !self.is_cancelled()
     }
 
-    /// Accounts for `n` bytes only if the window has room now (one lock, never blocks), so
-    /// the caller can keep its GIL; `false`: call `reserve` with the GIL released.
+    /// Accounts for `n` bytes only if there is room now (one lock, never blocks), so
+    /// the caller can keep its GIL; `false`: call `reserve` with the GIL released, or park.
     pub fn try_reserve(&self, n: usize) -> bool {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if *in_flight >= RESPONSE_WINDOW {
+        let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.has_room(window.bytes) {
             return false;
         }
-        *in_flight += n;
+        self.take(&mut window, n);
         true
     }
 
-    /// I/O side: `n` counted bytes were written.
+    /// Python side, never blocks: whether the response may queue another piece now. If
+    /// not, `wake` is registered and gets a message once it may (or the exchange is
+    /// cancelled): checked and registered under one lock, so no wake-up is lost. Asked
+    /// *before* the next piece is pulled from the application, which is then counted with
+    /// [`Exchange::charge`]: nothing is pulled for a response that may not take more.
+    pub fn room_or_park(&self, wake: &Sender<()>) -> Reserve {
+        let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_cancelled() {
+            return Reserve::Cancelled;
+        }
+        if !self.has_room(window.bytes) {
+            window.parked = Some(wake.clone());
+            return Reserve::Parked;
+        }
+        window.parked = None;
+        Reserve::Reserved
+    }
+
+    /// Python side: counts `n` bytes pulled after [`Exchange::room_or_park`] said there was
+    /// room. Taken even if the budget filled meanwhile (other threads' pieces): the overshoot
+    /// is a piece per Python thread at most.
+    pub fn charge(&self, n: usize) {
+        let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        self.take(&mut window, n);
+    }
+
+    /// Whether a parked response would get room now, or must end (cancelled): worth
+    /// resuming. If not, `wake` is registered (again: the wake-up that led here may have
+    /// found room that another response's piece took since).
+    pub fn poll_resume(&self, wake: &Sender<()>) -> bool {
+        let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_cancelled() || self.has_room(window.bytes) {
+            return true;
+        }
+        window.parked = Some(wake.clone());
+        false
+    }
+
+    /// I/O side: `n` counted bytes were written (or dropped); wakes whoever waits for room
+    /// once there is.
     pub fn release(&self, n: usize) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let was_full = *in_flight >= RESPONSE_WINDOW;
-        *in_flight = in_flight.saturating_sub(n);
-        if was_full && *in_flight < RESPONSE_WINDOW {
-            self.window_open.notify_all();
+        let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let n = n.min(window.bytes);
+        window.bytes -= n;
+        self.budget.credit(n);
+        if (window.blocked || window.parked.is_some()) && self.has_room(window.bytes) {
+            if window.blocked {
+                self.window_open.notify_all();
+            }
+            if let Some(wake) = window.parked.take() {
+                let _ = wake.try_send(());
+            }
+        }
+    }
+}
+
+impl Drop for Exchange {
+    /// Bytes queued for a connection that closed before writing them were never released:
+    /// give them back to the budget.
+    fn drop(&mut self) {
+        let window = self.in_flight.get_mut().unwrap_or_else(|e| e.into_inner());
+        if window.bytes > 0 {
+            self.budget.credit(window.bytes);
         }
     }
 }
@@ -200,5 +316,104 @@ mod tests {
             let py = py.join().unwrap();
             assert!(py != io, "python started: {py}, I/O shed: {io}");
         }
+    }
+
+    fn budget(limit: usize) -> &'static ResponseBudget {
+        Box::leak(Box::new(ResponseBudget::new(limit)))
+    }
+
+    #[test]
+    fn a_full_window_parks_and_its_release_wakes() {
+        let exchange = Exchange::with_budget(false, budget(usize::MAX));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Reserved);
+        exchange.charge(RESPONSE_WINDOW);
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Parked);
+        assert!(!exchange.poll_resume(&tx));
+        assert!(rx.try_recv().is_err());
+        exchange.release(1);
+        assert!(rx.try_recv().is_ok(), "woken once the window has room");
+        assert!(exchange.poll_resume(&tx));
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Reserved);
+    }
+
+    #[test]
+    fn an_exhausted_budget_parks_all_but_empty_windows() {
+        let budget = budget(100);
+        let slow = Exchange::with_budget(false, budget);
+        let other = Exchange::with_budget(false, budget);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        assert_eq!(slow.room_or_park(&tx), Reserve::Reserved);
+        slow.charge(150);
+        assert_eq!(slow.room_or_park(&tx), Reserve::Parked);
+        // A response with nothing queued always gets one piece: no starvation.
+        assert_eq!(other.room_or_park(&tx), Reserve::Reserved);
+        other.charge(10);
+        assert_eq!(other.room_or_park(&tx), Reserve::Parked);
+        assert_eq!(budget.used(), 160);
+        other.release(10);
+        assert!(rx.try_recv().is_ok(), "its own release wakes it");
+        slow.release(150);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn cancel_wakes_a_parked_response() {
+        let exchange = Exchange::with_budget(false, budget(usize::MAX));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        exchange.charge(RESPONSE_WINDOW);
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Parked);
+        exchange.cancel();
+        assert!(rx.try_recv().is_ok());
+        assert!(exchange.poll_resume(&tx));
+        assert_eq!(exchange.room_or_park(&tx), Reserve::Cancelled);
+    }
+
+    #[test]
+    fn a_response_woken_whose_room_was_taken_is_told_again() {
+        let budget = budget(100);
+        let parked = Exchange::with_budget(false, budget);
+        let other = Exchange::with_budget(false, budget);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        parked.charge(60);
+        other.charge(60);
+        assert_eq!(parked.room_or_park(&tx), Reserve::Parked);
+        other.release(60);
+        // The budget has room, but nothing woke `parked` (its own window did not move);
+        // its own release does, and a re-check that finds the room gone registers again.
+        parked.release(10);
+        assert!(rx.try_recv().is_ok());
+        other.charge(60);
+        assert!(!parked.poll_resume(&tx), "the budget filled again");
+        parked.release(50);
+        assert!(rx.try_recv().is_ok(), "registered again, woken again");
+    }
+
+    #[test]
+    fn bytes_never_written_go_back_to_the_budget() {
+        let budget = budget(usize::MAX);
+        let exchange = Exchange::with_budget(false, budget);
+        assert!(exchange.try_reserve(1000));
+        exchange.release(400);
+        drop(exchange);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_blocked_writer_wakes_when_its_window_drains() {
+        let budget = budget(100);
+        let exchange = Exchange::with_budget(false, budget);
+        assert!(exchange.try_reserve(200));
+        let writer = {
+            let exchange = exchange.clone();
+            std::thread::spawn(move || exchange.reserve(5))
+        };
+        // Blocked until the release (budget exhausted, its own window not empty).
+        while !exchange.in_flight.lock().unwrap().blocked {
+            std::thread::yield_now();
+        }
+        exchange.release(200);
+        assert!(writer.join().unwrap());
+        assert_eq!(budget.used(), 5);
     }
 }

@@ -18,6 +18,7 @@
 //!   reply pushed after the I/O thread began draining sets `notified` and wakes it; later
 //!   pushes see the flag and only enqueue.
 
+mod budget;
 mod encoder;
 mod exchange;
 mod head;
@@ -31,8 +32,9 @@ use bytes::Bytes;
 
 use crate::http::Persistence;
 
+pub use budget::ResponseBudget;
 pub use encoder::ResponseEncoder;
-pub use exchange::{Exchange, RESPONSE_WINDOW};
+pub use exchange::{Exchange, Reserve, RESPONSE_WINDOW};
 pub use head::{Endpoint, RequestHead};
 pub use mailbox::IoMailbox;
 pub use queue::{request_queue, Capacity, RequestSender};

@@ -37,6 +37,7 @@ mod environ;
 mod host;
 mod interp;
 pub mod object;
+mod parked;
 mod pool;
 mod response;
 mod thread;

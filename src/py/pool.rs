@@ -133,6 +133,9 @@ impl Pool {
             capacity.count_free_threads();
         }
         let (sender, receiver) = request_queue(config.queue_size, capacity.clone());
+        // The worker's budget of response bytes in flight (ARCHITECTURE.md §4): one per
+        // process, charged by these threads' responses.
+        crate::handoff::ResponseBudget::worker().set_limit(config.max_response_buffer);
         let shared = Arc::new(Shared {
             requests: receiver,
             capacity,

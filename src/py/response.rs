@@ -8,11 +8,14 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
+use crossbeam_channel::Sender;
 use pyo3_ffi as ffi;
 
 use super::interp::Interp;
-use super::object::{raise, runtime_error, type_error, Borrowed, Gil, Obj, PyResult, ReleaseQueue};
-use crate::handoff::{ReplyMsg, ReplyTo, ResponseEncoder};
+use super::object::{
+    raise, runtime_error, type_error, Borrowed, Gil, Obj, PyErr, PyResult, ReleaseQueue,
+};
+use crate::handoff::{Exchange, ReplyMsg, ReplyTo, Reserve, ResponseEncoder};
 use crate::http::date::DateCache;
 use crate::http::response::{status_allows_body, Encoded, LengthMismatch, NotStarted};
 use crate::http::Persistence;
@@ -134,7 +137,9 @@ fn log_mismatch(encoded: &Encoded) {
 }
 
 /// Sends body bytes (and the head first, if not yet sent). Blocks, with the GIL released,
-/// while the exchange's window is full. `Ok(false)`: the client is gone.
+/// while the exchange's window (or the worker's budget) has no room: `write()` and the
+/// head of a file cannot park, since the application's stack is live under them (an
+/// iterated response parks instead: [`pump`]). `Ok(false)`: the client is gone.
 pub(super) fn emit<'py>(
     gil: Gil<'py>,
     cb: &Callbacks,
@@ -155,29 +160,9 @@ pub(super) fn emit<'py>(
         }
         let msg = match resp.build(parts, end, known_total, &mut cb.date.borrow_mut()) {
             Ok(msg) => msg,
-            Err(BuildError::NoStartResponse) => {
-                // SAFETY: a builtin exception type.
-                return Err(raise(
-                    gil,
-                    unsafe { gil.builtin(ffi::PyExc_AssertionError) },
-                    "the application produced body data before calling start_response()",
-                ));
-            }
-            Err(BuildError::Ended) => {
-                return Err(runtime_error(
-                    gil,
-                    "write() called after the response ended",
-                ));
-            }
+            Err(err) => return Err(build_error(gil, err)),
         };
-        let len = match &msg {
-            ReplyMsg::Data {
-                bytes,
-                counted: true,
-                ..
-            } => bytes.len(),
-            _ => 0,
-        };
+        let len = counted_len(&msg);
         // Only counted bytes wait for the window, and only ever with the GIL released
         // (below): the end of a response never waits.
         if len == 0 {
@@ -190,10 +175,7 @@ pub(super) fn emit<'py>(
         }
         (msg, resp.reply.exchange.clone())
     };
-    let len = match &msg {
-        ReplyMsg::Data { bytes, .. } => bytes.len(),
-        _ => 0,
-    };
+    let len = counted_len(&msg);
     if !super::watch::paused(|| gil.allow_threads(|| exchange.reserve(len))) {
         return Ok(false);
     }
@@ -247,6 +229,121 @@ pub(super) struct ResultSink<'a> {
     pub cb: &'a Callbacks,
     pub interp: &'a Interp,
     pub releases: &'a Arc<ReleaseQueue>,
+    /// The thread's wake channel, which a parked response's exchange is given.
+    pub wake: &'a Sender<()>,
+}
+
+/// What became of an application's result.
+pub(super) enum Sent<'py> {
+    /// The response ended: `true` sent whole, `false` the client went away first.
+    Ended(bool),
+    /// The iterator waits for room (ARCHITECTURE.md §4) before its next piece is pulled;
+    /// `is_head`: a HEAD response, which stops after its head.
+    Parked { iter: Obj<'py>, is_head: bool },
+}
+
+/// What pulling pieces of a response came to.
+pub(super) enum Pumped {
+    /// The response ended: `true` sent whole, `false` the client went away first.
+    Ended(bool),
+    /// No room for another piece: nothing more was pulled; the exchange will wake the
+    /// thread.
+    Parked,
+}
+
+/// Pulls pieces of the response from `iter` and sends them, until it ends or there is no
+/// room for another (the window full, or the worker's budget spent): room is checked
+/// *before* a piece is pulled, so a parked response holds no piece of its own, and the
+/// thread does not wait with it.
+pub(super) fn pump<'py>(
+    gil: Gil<'py>,
+    cb: &Callbacks,
+    iter: &Obj<'py>,
+    exchange: &Exchange,
+    is_head: bool,
+    wake: &Sender<()>,
+) -> PyResult<'py, Pumped> {
+    loop {
+        match exchange.room_or_park(wake) {
+            Reserve::Reserved => {}
+            Reserve::Parked => return Ok(Pumped::Parked),
+            Reserve::Cancelled => return Ok(Pumped::Ended(false)),
+        }
+        let Some(chunk) = iter.next()? else { break };
+        if exchange.is_cancelled() {
+            return Ok(Pumped::Ended(false));
+        }
+        let Some(bytes) = chunk.as_bytes() else {
+            return Err(type_error(
+                gil,
+                &format!(
+                    "the response iterable must yield bytes, not {}",
+                    chunk.type_name()
+                ),
+            ));
+        };
+        if bytes.is_empty() {
+            continue;
+        }
+        if !emit_piece(gil, cb, bytes)? {
+            return Ok(Pumped::Ended(false));
+        }
+        if is_head {
+            // The head is out and no body may follow: stop pulling.
+            break;
+        }
+    }
+    let nothing_sent = cb
+        .current
+        .borrow()
+        .as_ref()
+        .is_some_and(|r| !r.encoder.headers_sent());
+    emit(gil, cb, &[], true, nothing_sent.then_some(0)).map(Pumped::Ended)
+}
+
+fn counted_len(msg: &ReplyMsg) -> usize {
+    match msg {
+        ReplyMsg::Data {
+            bytes,
+            counted: true,
+            ..
+        } => bytes.len(),
+        _ => 0,
+    }
+}
+
+/// [`emit`] of one body piece of an iterated response, pulled after its exchange said
+/// there was room: counted without a wait. `Ok(false)`: the client is gone.
+fn emit_piece<'py>(gil: Gil<'py>, cb: &Callbacks, bytes: &[u8]) -> PyResult<'py, bool> {
+    super::watch::progress();
+    let Ok(mut current) = cb.current.try_borrow_mut() else {
+        return Err(runtime_error(gil, "response written re-entrantly"));
+    };
+    let Some(resp) = current.as_mut() else {
+        return Err(runtime_error(gil, "the request ended while writing"));
+    };
+    if resp.reply.exchange.is_cancelled() {
+        return Ok(false);
+    }
+    let msg = match resp.build(&[bytes], false, None, &mut cb.date.borrow_mut()) {
+        Ok(msg) => msg,
+        Err(err) => return Err(build_error(gil, err)),
+    };
+    resp.reply.exchange.charge(counted_len(&msg));
+    resp.reply.send(msg);
+    Ok(true)
+}
+
+fn build_error(gil: Gil<'_>, err: BuildError) -> PyErr<'_> {
+    match err {
+        // SAFETY: a builtin exception type.
+        BuildError::NoStartResponse => raise(
+            gil,
+            unsafe { gil.builtin(ffi::PyExc_AssertionError) },
+            "the application produced body data before calling start_response()",
+        ),
+        BuildError::Ended => runtime_error(gil, "write() called after the response ended"),
+    }
 }
 
 impl ResultSink<'_> {
@@ -288,14 +385,14 @@ impl ResultSink<'_> {
         Ok(Some(true))
     }
 
-    /// Sends the application's result: `Ok(true)` when the response went out whole,
-    /// `Ok(false)` when the client went away first.
+    /// Sends the application's result, or as much of it as there is room for: an iterator
+    /// whose next piece finds its window full (or the worker's budget spent) is parked.
     pub(super) fn send<'py>(
         &self,
         gil: Gil<'py>,
         result: &Obj<'py>,
-        exchange: &crate::handoff::Exchange,
-    ) -> PyResult<'py, bool> {
+        exchange: &Exchange,
+    ) -> PyResult<'py, Sent<'py>> {
         // Fast path: a list or tuple of bytes (`return [body]`): one message, head and body
         // together, with a Content-Length the app did not have to compute.
         if let Some(items) = result.sequence_items() {
@@ -317,18 +414,18 @@ impl ResultSink<'_> {
             if let [only] = items.as_slice() {
                 if parts[0].len() >= SHARE_BODY_MIN {
                     if let Some(sent) = self.emit_shared(only)? {
-                        return Ok(sent);
+                        return Ok(Sent::Ended(sent));
                     }
                 }
             }
             let total = parts.iter().map(|p| p.len() as u64).sum();
-            return emit(gil, self.cb, &parts, true, Some(total));
+            return emit(gil, self.cb, &parts, true, Some(total)).map(Sent::Ended);
         }
 
         if result.is_exact_instance(self.interp.file_wrapper.ptr(gil)) {
             let source = self.interp.file_source.bind(gil).call(&[result.borrow()])?;
             if !source.is_none() {
-                return self.send_file(gil, &source);
+                return self.send_file(gil, &source).map(Sent::Ended);
             }
         }
 
@@ -339,37 +436,12 @@ impl ResultSink<'_> {
             .borrow()
             .as_ref()
             .is_some_and(|r| r.encoder.is_head());
-        while let Some(chunk) = iter.next()? {
-            if exchange.is_cancelled() {
-                return Ok(false);
-            }
-            let Some(bytes) = chunk.as_bytes() else {
-                return Err(type_error(
-                    gil,
-                    &format!(
-                        "the response iterable must yield bytes, not {}",
-                        chunk.type_name()
-                    ),
-                ));
-            };
-            if bytes.is_empty() {
-                continue;
-            }
-            if !emit(gil, self.cb, &[bytes], false, None)? {
-                return Ok(false);
-            }
-            if is_head {
-                // The head is out and no body may follow: stop pulling.
-                break;
-            }
-        }
-        let nothing_sent = self
-            .cb
-            .current
-            .borrow()
-            .as_ref()
-            .is_some_and(|r| !r.encoder.headers_sent());
-        emit(gil, self.cb, &[], true, nothing_sent.then_some(0))
+        Ok(
+            match pump(gil, self.cb, &iter, exchange, is_head, self.wake)? {
+                Pumped::Ended(sent) => Sent::Ended(sent),
+                Pumped::Parked => Sent::Parked { iter, is_head },
+            },
+        )
     }
 
     /// `wsgi.file_wrapper` over a regular file: the head, then the file by sendfile on the

@@ -230,8 +230,26 @@ fn serve(
     ctx.capacity.thread_joins();
     let mut idle_since = Instant::now();
     let mut left = false;
+    // The queue closed: serve the parked responses to their end (or their clients'), then
+    // stop.
+    let mut closed = false;
     // Take every queued request before sleeping again: under load one wake-up serves many.
     loop {
+        resume_parked(gil, &worker, ctx, &watch);
+        if closed {
+            if worker.parked.is_empty() {
+                break;
+            }
+            let wake = worker.parked.wake_rx();
+            gil.allow_threads(|| {
+                // Waits without taking the wake-up: `resume_parked` takes it.
+                let mut select = crossbeam_channel::Select::new();
+                select.recv(wake);
+                let _ = select.ready_timeout(RELEASE_INTERVAL);
+            });
+            worker.release_written(gil);
+            continue;
+        }
         // While shared bodies are out, wake now and then to release them even when idle.
         let wait = if worker.releases.has_outstanding() {
             Some(RELEASE_INTERVAL)
@@ -240,14 +258,19 @@ fn serve(
         } else {
             None
         };
+        // With parked responses, their wake-up ends the wait too (as a timeout).
+        let wake = (!worker.parked.is_empty()).then(|| worker.parked.wake_rx());
         let got = gil.allow_threads(|| {
             ctx.capacity.thread_idle();
-            let got = match wait {
-                Some(wait) => ctx.requests.recv_timeout(wait),
-                None => ctx
-                    .requests
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
+            let got = match wake {
+                Some(wake) => next_request_or_wake(&ctx.requests, wake, wait),
+                None => match wait {
+                    Some(wait) => ctx.requests.recv_timeout(wait),
+                    None => ctx
+                        .requests
+                        .recv()
+                        .map_err(|_| RecvTimeoutError::Disconnected),
+                },
             };
             ctx.capacity.thread_busy(|| !ctx.requests.is_empty());
             if got.is_ok() {
@@ -260,6 +283,8 @@ fn serve(
                 ctx.host.gil_wait_ends();
                 take(gil, &worker, ctx, &watch, first);
                 while let Ok(next) = ctx.requests.try_recv() {
+                    // Parked responses that may go on take turns with new requests.
+                    resume_parked(gil, &worker, ctx, &watch);
                     // A batch can last as long as requests keep coming: every request says
                     // how long it waited (one clock read, ~20 ns).
                     take(gil, &worker, ctx, &watch, next);
@@ -269,7 +294,11 @@ fn serve(
             }
             Err(RecvTimeoutError::Timeout) => {
                 worker.release_written(gil);
-                if may_leave && idle_since.elapsed() >= ctx.idle_leave && ctx.host.may_leave() {
+                if may_leave
+                    && worker.parked.is_empty()
+                    && idle_since.elapsed() >= ctx.idle_leave
+                    && ctx.host.may_leave()
+                {
                     crate::log_debug!(
                         "Python pool: a thread left after {:?} idle ({} in its interpreter)",
                         ctx.idle_leave,
@@ -279,7 +308,7 @@ fn serve(
                     break;
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => closed = true,
         }
     }
     worker.release(gil);
@@ -304,6 +333,49 @@ fn take(gil: Gil<'_>, worker: &Worker, ctx: &ThreadCtx, watch: &ThreadWatch, req
     worker.handle(gil, request);
     ctx.capacity.app_leaves();
     watch.idle();
+}
+
+/// Resumes this thread's parked responses that were woken (ARCHITECTURE.md §4): each is
+/// the application's time again while it runs (`--timeout`'s watch, the pool's counts),
+/// and not while it is parked.
+fn resume_parked(gil: Gil<'_>, worker: &Worker, ctx: &ThreadCtx, watch: &ThreadWatch) {
+    if worker.parked.is_empty() {
+        return;
+    }
+    worker.resume_woken(gil, |resume| {
+        watch.busy();
+        ctx.capacity.app_enters();
+        resume();
+        ctx.capacity.app_leaves();
+        watch.idle();
+    });
+}
+
+/// Waits for a request or a parked response's wake-up, whichever comes first; a wake-up
+/// returns as a timeout (not consumed: `resume_parked` takes it).
+fn next_request_or_wake(
+    requests: &Receiver<Request>,
+    wake: &Receiver<()>,
+    wait: Option<Duration>,
+) -> Result<Request, RecvTimeoutError> {
+    let mut select = crossbeam_channel::Select::new();
+    let queue = select.recv(requests);
+    select.recv(wake);
+    let ready = match wait {
+        Some(wait) => select
+            .ready_timeout(wait)
+            .map_err(|_| RecvTimeoutError::Timeout)?,
+        None => select.ready(),
+    };
+    if ready != queue {
+        return Err(RecvTimeoutError::Timeout);
+    }
+    match requests.try_recv() {
+        Ok(request) => Ok(request),
+        Err(crossbeam_channel::TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+        // Another thread took it first.
+        Err(crossbeam_channel::TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+    }
 }
 
 pub(super) fn end_thread_state(tstate: *mut ffi::PyThreadState) {

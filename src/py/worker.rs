@@ -13,11 +13,23 @@ use super::callbacks::{CAPSULE_NAME, READ_BODY, START_RESPONSE, WRITE};
 use super::interp::Interp;
 use super::object::new_function;
 use super::object::{Gil, Held, Obj, PyErr, PyResult, ReleaseQueue};
+use super::parked::{Parked, ParkedSet};
 use super::response::Callbacks;
-use super::response::{close_result, Response, ResultSink};
-use crate::handoff::{ReplyMsg, Request, RequestBody};
+use super::response::{close_result, pump, Pumped, Response, ResultSink, Sent};
+use crate::handoff::{Exchange, ReplyMsg, Request, RequestBody, RequestHead};
 use crate::http::date::DateCache;
 use crate::log_debug;
+
+/// A request at its end, for [`Worker::conclude`].
+pub(super) struct Concluding<'a, 'py> {
+    pub(super) head: &'a RequestHead,
+    pub(super) taken: Option<std::time::Instant>,
+    pub(super) started: std::time::Instant,
+    pub(super) exchange: &'a Exchange,
+    pub(super) environ: Option<Obj<'py>>,
+    /// The application's result, closed here; `None` when the call failed.
+    pub(super) result: Option<Obj<'py>>,
+}
 
 /// How serving one request ended.
 pub(super) enum Outcome<'py> {
@@ -39,6 +51,8 @@ pub(super) struct Worker {
     pub(super) access_log: Option<ThreadLog>,
     /// `bytes` objects whose data the I/O threads wrote without a copy, to release here.
     pub(super) releases: Arc<ReleaseQueue>,
+    /// Responses waiting for room, and the thread's wake channel.
+    pub(super) parked: ParkedSet,
 }
 
 impl Worker {
@@ -84,6 +98,7 @@ impl Worker {
             read_body,
             access_log: access_log.map(AccessLog::for_thread),
             releases: Arc::default(),
+            parked: ParkedSet::new(),
         })
     }
 
@@ -100,6 +115,8 @@ impl Worker {
     }
 
     pub(super) fn release(self, gil: Gil<'_>) {
+        // The thread serves until its parked responses end (`thread::serve`).
+        debug_assert!(self.parked.is_empty(), "a thread left parked responses");
         // Bodies still being written when the server stops are left to the interpreter's
         // end: only the ones already written come back here.
         self.releases.drain(gil);
@@ -123,7 +140,6 @@ impl Worker {
             reply,
         } = request;
         let taken = crate::metrics::request_taken();
-        let peer = head.peer;
         let token = self.cb().next_token.get();
         self.cb().next_token.set(token + 1);
         let streaming = matches!(body, RequestBody::Stream);
@@ -137,39 +153,91 @@ impl Worker {
                 .bind(gil)
                 .call(&[self.read_body.borrow(gil), token.borrow()])
         };
-        let (environ, outcome) = match self.interp.environ(gil, &head, &body, stream_input) {
-            Err(err) => (None, Outcome::Failed(err)),
-            Ok(environ) => {
-                let outcome = {
-                    let app = self.interp.app.bind(gil);
-                    match app.call(&[environ.borrow(), self.start_response.borrow(gil)]) {
-                        Err(err) => Outcome::Failed(err),
-                        Ok(result) => {
-                            let sink = ResultSink {
-                                cb: self.cb(),
-                                interp: &self.interp,
-                                releases: &self.releases,
+        let (environ, result, outcome) = match self.interp.environ(gil, &head, &body, stream_input)
+        {
+            Err(err) => (None, None, Outcome::Failed(err)),
+            Ok(environ) => match self
+                .interp
+                .app
+                .bind(gil)
+                .call(&[environ.borrow(), self.start_response.borrow(gil)])
+            {
+                Err(err) => (Some(environ), None, Outcome::Failed(err)),
+                Ok(result) => {
+                    let sink = ResultSink {
+                        cb: self.cb(),
+                        interp: &self.interp,
+                        releases: &self.releases,
+                        wake: &self.parked.wake_tx,
+                    };
+                    let outcome = match sink.send(gil, &result, &exchange) {
+                        Ok(Sent::Ended(true)) => Outcome::Done,
+                        Ok(Sent::Ended(false)) => Outcome::Cancelled,
+                        Ok(Sent::Parked { iter, is_head }) => {
+                            let response = self.cb().current.borrow_mut().take();
+                            let Some(response) = response else {
+                                unreachable!("a parked response has its state")
                             };
-                            let outcome = match sink.send(gil, &result, &exchange) {
-                                Ok(true) => Outcome::Done,
-                                Ok(false) => Outcome::Cancelled,
-                                Err(err) => Outcome::Failed(err),
-                            };
-                            // close() exactly once, on every path (PEP 3333).
-                            match (close_result(&result), outcome) {
-                                (Err(err), Outcome::Done) => Outcome::Failed(err),
-                                (Err(err), other) => {
-                                    self.report(gil, err, "exception in the response's close()");
-                                    other
-                                }
-                                (Ok(()), other) => other,
-                            }
+                            self.parked.park(Parked {
+                                head,
+                                taken,
+                                started,
+                                environ: environ.hold(),
+                                result: result.hold(),
+                                iter: iter.hold(),
+                                response,
+                                is_head,
+                            });
+                            return;
                         }
-                    }
-                };
-                (Some(environ), outcome)
-            }
+                        Err(err) => Outcome::Failed(err),
+                    };
+                    (Some(environ), Some(result), outcome)
+                }
+            },
         };
+        self.conclude(
+            gil,
+            Concluding {
+                head: &head,
+                taken,
+                started,
+                exchange: &exchange,
+                environ,
+                result,
+            },
+            outcome,
+        );
+    }
+
+    /// Ends a request: the result's `close()` exactly once on every path (PEP 3333), the
+    /// 500 or abort when the application failed, the metrics and the access log line.
+    pub(super) fn conclude<'py>(
+        &self,
+        gil: Gil<'py>,
+        req: Concluding<'_, 'py>,
+        outcome: Outcome<'py>,
+    ) {
+        let Concluding {
+            head,
+            taken,
+            started,
+            exchange,
+            environ,
+            result,
+        } = req;
+        let peer = head.peer;
+        let outcome = match result.as_ref().map(close_result) {
+            None | Some(Ok(())) => outcome,
+            Some(Err(err)) => match outcome {
+                Outcome::Done => Outcome::Failed(err),
+                other => {
+                    self.report(gil, err, "exception in the response's close()");
+                    other
+                }
+            },
+        };
+        drop(result);
 
         let request_line = || {
             format!(
@@ -226,7 +294,7 @@ impl Worker {
         crate::metrics::request_done(taken, started, head.get(head.method), status);
         if let (Some(log), Some(resp)) = (&self.access_log, &resp) {
             log.write(&Entry {
-                head: &head,
+                head,
                 status: resp.encoder.status().unwrap_or(0),
                 body_bytes: resp.encoder.body_bytes(),
                 elapsed: started.elapsed(),
@@ -235,6 +303,61 @@ impl Worker {
                 gil,
             });
         }
+    }
+
+    /// Resumes the parked responses that may go on (room in their window and the budget,
+    /// or a client gone), each until it must wait again or ends; `around` runs each resume
+    /// (the thread's watch and counts: a resume is the app's time, parked time is not).
+    /// Cheap when nothing woke: one channel poll.
+    pub(super) fn resume_woken(&self, gil: Gil<'_>, mut around: impl FnMut(&mut dyn FnMut())) {
+        for parked in self.parked.take_woken() {
+            let mut parked = Some(parked);
+            around(&mut || self.resume(gil, parked.take()));
+        }
+    }
+
+    fn resume(&self, gil: Gil<'_>, parked: Option<Parked>) {
+        let Some(mut parked) = parked else { return };
+        let exchange = parked.response.reply.exchange.clone();
+        *self.cb().current.borrow_mut() = Some(parked.response);
+        let iter = parked.iter.bind(gil);
+        let pumped = pump(
+            gil,
+            self.cb(),
+            &iter,
+            &exchange,
+            parked.is_head,
+            &self.parked.wake_tx,
+        );
+        drop(iter);
+        let outcome = match pumped {
+            Ok(Pumped::Parked) => {
+                let response = self.cb().current.borrow_mut().take();
+                parked.response = response.expect("a parked response has its state");
+                self.parked.park(parked);
+                return;
+            }
+            Ok(Pumped::Ended(true)) => Outcome::Done,
+            Ok(Pumped::Ended(false)) => Outcome::Cancelled,
+            Err(err) => Outcome::Failed(err),
+        };
+        parked.iter.release(gil);
+        let environ = parked.environ.bind(gil);
+        parked.environ.release(gil);
+        let result = parked.result.bind(gil);
+        parked.result.release(gil);
+        self.conclude(
+            gil,
+            Concluding {
+                head: &parked.head,
+                taken: parked.taken,
+                started: parked.started,
+                exchange: &exchange,
+                environ: Some(environ),
+                result: Some(result),
+            },
+            outcome,
+        );
     }
 
     pub(super) fn report<'py>(&self, gil: Gil<'py>, err: PyErr<'py>, context: &str) {

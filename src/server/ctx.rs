@@ -66,6 +66,8 @@ pub(super) struct IoCtx {
     pub(super) free_slots: RefCell<Vec<u32>>,
     pub(super) date: RefCell<DateCache>,
     pub(super) stop: LocalEvent,
+    /// When `stop` was triggered: slow clients' writes are cut before the drain's deadline.
+    pub(super) stopped_at: Cell<Option<std::time::Instant>>,
     pub(super) live_conns: Cell<usize>,
     /// Connections refused past `--worker-connections` whose 503 is still lingering.
     pub(super) refusing: Cell<usize>,

@@ -61,6 +61,7 @@ pub(super) async fn io_main(
         free_slots: RefCell::new(Vec::new()),
         date: RefCell::new(DateCache::new()),
         stop: LocalEvent::default(),
+        stopped_at: Cell::new(None),
         live_conns: Cell::new(0),
         refusing: Cell::new(0),
         all_closed: RefCell::new(None),
@@ -77,6 +78,9 @@ pub(super) async fn io_main(
             stats.replies += routed as u64;
             ctx.stats.set(stats);
             if ctx.mailbox.stop_requested() {
+                if !ctx.stop.is_set() {
+                    ctx.stopped_at.set(Some(std::time::Instant::now()));
+                }
                 ctx.stop.trigger();
             }
             pending

@@ -1,0 +1,80 @@
+//! A Python thread's parked responses (ARCHITECTURE.md §4, "Bounded everything"): the
+//! iterators whose next piece found no room (their window full, or the worker's budget
+//! spent), kept with their response state while the thread serves other requests, and the
+//! thread's wake channel, which their exchanges signal once they may go on.
+//!
+//! A parked iterator belongs to this thread's interpreter and is only touched by this
+//! thread, attached (ARCHITECTURE.md §6); its `Held` references are released by
+//! `Worker::resume` when the response ends, never dropped implicitly.
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::object::Held;
+use super::response::Response;
+use crate::handoff::RequestHead;
+
+/// One response waiting for room: everything `Worker::conclude` needs at its end.
+pub(super) struct Parked {
+    pub(super) head: RequestHead,
+    pub(super) taken: Option<Instant>,
+    pub(super) started: Instant,
+    pub(super) environ: Held,
+    /// The application's result: its `close()` is called at the end.
+    pub(super) result: Held,
+    /// The iterator over `result`, where the next piece comes from.
+    pub(super) iter: Held,
+    pub(super) response: Response,
+    /// A HEAD response: it ends after its first piece.
+    pub(super) is_head: bool,
+}
+
+/// The thread's parked responses and its wake channel.
+pub(super) struct ParkedSet {
+    /// Given to the exchanges of parked responses; one message means "look again"
+    /// (capacity 1: wake-ups while one is pending cost nothing more).
+    pub(super) wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+    list: RefCell<Vec<Parked>>,
+}
+
+impl ParkedSet {
+    pub(super) fn new() -> ParkedSet {
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        ParkedSet {
+            wake_tx,
+            wake_rx,
+            list: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn park(&self, parked: Parked) {
+        self.list.borrow_mut().push(parked);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.list.borrow().is_empty()
+    }
+
+    /// What the thread waits on besides the request queue while it has parked responses.
+    pub(super) fn wake_rx(&self) -> &Receiver<()> {
+        &self.wake_rx
+    }
+
+    /// The parked responses that may go on, taken out of the list, in the order they
+    /// parked; nothing (and no allocation) unless a wake-up came. Those that may not go on
+    /// stay, their exchanges told to wake this thread again.
+    pub(super) fn take_woken(&self) -> Vec<Parked> {
+        if self.wake_rx.try_recv().is_err() {
+            return Vec::new();
+        }
+        let mut list = self.list.borrow_mut();
+        let (woken, waiting): (Vec<Parked>, Vec<Parked>) = list
+            .drain(..)
+            .partition(|p| p.response.reply.exchange.poll_resume(&self.wake_tx));
+        *list = waiting;
+        woken
+    }
+}
