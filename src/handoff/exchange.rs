@@ -2,11 +2,10 @@
 //! that bounds the bytes queued for one connection, and the channel a streamed request
 //! body comes through.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
-
+use super::sync::channel::{self, Receiver, Sender};
+use super::sync::{AtomicBool, Condvar, Mutex, Ordering};
 use super::{BodyChunk, BodyError};
 
 /// Per-request state that both sides touch.
@@ -34,7 +33,7 @@ impl Exchange {
             cancelled: AtomicBool::new(false),
             in_flight: Mutex::new(0),
             window_open: Condvar::new(),
-            body: streamed_body.then(|| crossbeam_channel::bounded(1)),
+            body: streamed_body.then(|| channel::bounded(1)),
         })
     }
 
@@ -51,8 +50,8 @@ impl Exchange {
         match &self.body {
             Some((_, rx)) => match rx.recv_timeout(timeout) {
                 Ok(chunk) => Some(chunk),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(channel::RecvTimeoutError::Timeout) => None,
+                Err(channel::RecvTimeoutError::Disconnected) => {
                     Some(BodyChunk::Error(BodyError::Disconnected))
                 }
             },

@@ -23,6 +23,8 @@ mod exchange;
 mod head;
 mod mailbox;
 mod queue;
+mod release;
+mod sync;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +38,7 @@ pub use exchange::{Exchange, RESPONSE_WINDOW};
 pub use head::{Endpoint, RequestHead};
 pub use mailbox::IoMailbox;
 pub use queue::{request_queue, Capacity, RequestSender};
+pub use release::ReleaseQueue;
 
 /// A request handed from an I/O thread to a Python thread.
 pub struct Request {
