@@ -281,6 +281,34 @@ fn exchange_body_chunk_racing_cancel_is_received_or_disconnected() {
     });
 }
 
+/// The I/O thread answers the first `ReadBody`, then the client goes away (the connection
+/// is dropped, so the second `ReadBody` is never answered). The Python thread's second
+/// read must end by the cancel's wake-up, not by its 100 ms poll: when the cancel came
+/// while the first chunk still sat in the one-slot channel, its `Disconnected` could not
+/// be queued, and the second read used to wait for a timeout (found by this model).
+#[test]
+fn exchange_second_body_read_after_cancel_ends_without_a_timeout() {
+    loom::model(|| {
+        let exchange = Exchange::new(true);
+        let io = {
+            let exchange = exchange.clone();
+            thread::spawn(move || {
+                exchange.send_body(BodyChunk::Data {
+                    bytes: b"abc".to_vec(),
+                    last: false,
+                });
+                exchange.cancel();
+            })
+        };
+        assert!(matches!(read_body(&exchange), BodyChunk::Data { .. }));
+        assert!(matches!(
+            read_body(&exchange),
+            BodyChunk::Error(BodyError::Disconnected)
+        ));
+        io.join().unwrap();
+    });
+}
+
 /// A stand-in for `py::object::SharedBytes`: an object shared with an I/O thread, which on
 /// drop goes back to its owner's release queue (the Python reference is only released by
 /// the owner, under its GIL).

@@ -48,6 +48,18 @@ impl Exchange {
     /// `None` when none came in time. Without a streamed body there is nothing to wait for.
     pub fn recv_body(&self, timeout: std::time::Duration) -> Option<BodyChunk> {
         match &self.body {
+            // After a cancel no answer may come: the I/O thread drops the `ReadBody` of a
+            // connection that is gone, and the `Disconnected` that `cancel` queues is lost
+            // when the one slot still held an unread chunk. Without this check the read
+            // after that chunk waited for its timeout (tests/loom_handoff.rs,
+            // exchange_second_body_read_after_cancel_ends_without_a_timeout). A cancel
+            // after the check either queues its `Disconnected` or finds a chunk in the slot,
+            // which this read takes: either ends the wait below. (The caller's poll of
+            // `is_cancelled` between timeouts stays as the backstop.)
+            Some((_, rx)) if self.is_cancelled() => Some(
+                rx.try_recv()
+                    .unwrap_or(BodyChunk::Error(BodyError::Disconnected)),
+            ),
             Some((_, rx)) => match rx.recv_timeout(timeout) {
                 Ok(chunk) => Some(chunk),
                 Err(channel::RecvTimeoutError::Timeout) => None,
