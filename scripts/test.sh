@@ -92,8 +92,8 @@ PYO3_PYTHON="$cargo_py" CARGO_TARGET_DIR="target/py$(py_version "$cargo_py")" \
 
 # The hand-off under the model checker (tests/loom_handoff.rs, ARCHITECTURE.md §4): every
 # interleaving of the mailbox, the exchange and the release queue, up to 3 preemptions per
-# run (about 10-20 s for all the models; a first build of its own target dir, since
-# --cfg loom rebuilds every crate, about 1.5 min).
+# run (about 10-20 s for all the models; 137 s in all with a first build of its own target
+# dir, since --cfg loom rebuilds every crate).
 step "loom: the hand-off under the model checker"
 PYO3_PYTHON="$cargo_py" CARGO_TARGET_DIR="target/loom" RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 \
     cargo test --release --quiet --test loom_handoff 2>&1 | tee -a "$log" || failed+=("loom")
