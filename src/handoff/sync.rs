@@ -1,7 +1,10 @@
 //! The synchronisation primitives of the hand-off, in one place, so that a model checker can
 //! take their place: a normal build uses exactly the types it always did (std's atomics,
 //! `Mutex` and `Condvar`, crossbeam's channel, the `atomic-waker` crate), re-exported here
-//! at no cost (a `use` is no code); a build with `--cfg loom` (tests/loom_handoff.rs, run by
+//! at no cost (a `use` is no code: the crate's assembly before and after this module came
+//! in, `--emit asm` without LTO, has every function of `IoMailbox` and `Exchange`
+//! instruction for instruction the same; only the release queue, now generic, is inlined
+//! where its owner calls it); a build with `--cfg loom` (tests/loom_handoff.rs, run by
 //! scripts/test.sh) uses loom's atomics, `Mutex` and `Condvar`, which let loom run every
 //! interleaving of the threads touching them, and two small stand-ins below for the crates
 //! that loom cannot see into. Nothing else in the crate may import this module: it is how
