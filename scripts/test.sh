@@ -2,6 +2,7 @@
 # Runs every test Spindle has. Installs what it needs itself; fails loudly.
 #   1. cargo test: unit tests, the HTTP corpus and the architecture checks (test binaries
 #      embed the CPython scripts/find-python.sh picks);
+#      then the hand-off's loom models (tests/loom_handoff.rs, built with --cfg loom);
 #   2. for each CPython found (the newest 3.13, 3.12 and 3.11: scripts/find-python.sh --all):
 #      build its wheel, install it into a fresh venv with tests/requirements.txt, and run
 #      the integration suite (tests/integration: real processes, real clients) against
@@ -88,6 +89,14 @@ step "cargo test"
 cargo_py=$(scripts/find-python.sh)
 PYO3_PYTHON="$cargo_py" CARGO_TARGET_DIR="target/py$(py_version "$cargo_py")" \
     cargo test --quiet 2>&1 | tee -a "$log" || failed+=("cargo test")
+
+# The hand-off under the model checker (tests/loom_handoff.rs, ARCHITECTURE.md §4): every
+# interleaving of the mailbox, the exchange and the release queue, up to 3 preemptions per
+# run (about 10-20 s for all the models; 137 s in all with a first build of its own target
+# dir, since --cfg loom rebuilds every crate).
+step "loom: the hand-off under the model checker"
+PYO3_PYTHON="$cargo_py" CARGO_TARGET_DIR="target/loom" RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 \
+    cargo test --release --quiet --test loom_handoff 2>&1 | tee -a "$log" || failed+=("loom")
 
 declare -A wheels
 first=1

@@ -9,12 +9,15 @@
 //! its cancellation) has to wake a response that waits: it waits only while it has bytes
 //! queued, and their release, once its client drained them, lets it go on.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-
-use crossbeam_channel::{Receiver, Sender};
+use std::sync::Arc;
 
 use super::budget::ResponseBudget;
+use super::sync::channel::{self, Receiver, Sender};
+use super::sync::{AtomicBool, AtomicU8, Condvar, Mutex, Ordering};
+/// A parked response's wake-up goes to its Python thread's own channel (`py/parked.rs`),
+/// which waits on it beside the request queue with crossbeam's `Select`: crossbeam's in
+/// every build (the loom models do not park).
+type WakeSender = crossbeam_channel::Sender<()>;
 use super::{BodyChunk, BodyError};
 
 /// Per-request state that both sides touch.
@@ -54,7 +57,7 @@ struct Window {
     /// A Python thread sleeps on `window_open` (a `write()` call, which cannot park).
     blocked: bool,
     /// The wake channel of the Python thread that parked this response.
-    parked: Option<Sender<()>>,
+    parked: Option<WakeSender>,
 }
 
 /// What [`Exchange::room_or_park`] found.
@@ -82,7 +85,7 @@ impl Exchange {
             in_flight: Mutex::new(Window::default()),
             window_open: Condvar::new(),
             budget,
-            body: streamed_body.then(|| crossbeam_channel::bounded(1)),
+            body: streamed_body.then(|| channel::bounded(1)),
             admission: AtomicU8::new(ADMISSION_QUEUED),
         })
     }
@@ -152,10 +155,22 @@ impl Exchange {
     /// `None` when none came in time. Without a streamed body there is nothing to wait for.
     pub fn recv_body(&self, timeout: std::time::Duration) -> Option<BodyChunk> {
         match &self.body {
+            // After a cancel no answer may come: the I/O thread drops the `ReadBody` of a
+            // connection that is gone, and the `Disconnected` that `cancel` queues is lost
+            // when the one slot still held an unread chunk. Without this check the read
+            // after that chunk waited for its timeout (tests/loom_handoff.rs,
+            // exchange_second_body_read_after_cancel_ends_without_a_timeout). A cancel
+            // after the check either queues its `Disconnected` or finds a chunk in the slot,
+            // which this read takes: either ends the wait below. (The caller's poll of
+            // `is_cancelled` between timeouts stays as the backstop.)
+            Some((_, rx)) if self.is_cancelled() => Some(
+                rx.try_recv()
+                    .unwrap_or(BodyChunk::Error(BodyError::Disconnected)),
+            ),
             Some((_, rx)) => match rx.recv_timeout(timeout) {
                 Ok(chunk) => Some(chunk),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(channel::RecvTimeoutError::Timeout) => None,
+                Err(channel::RecvTimeoutError::Disconnected) => {
                     Some(BodyChunk::Error(BodyError::Disconnected))
                 }
             },
@@ -215,7 +230,7 @@ impl Exchange {
     /// cancelled): checked and registered under one lock, so no wake-up is lost. Asked
     /// *before* the next piece is pulled from the application, which is then counted with
     /// [`Exchange::charge`]: nothing is pulled for a response that may not take more.
-    pub fn room_or_park(&self, wake: &Sender<()>) -> Reserve {
+    pub fn room_or_park(&self, wake: &WakeSender) -> Reserve {
         let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_cancelled() {
             return Reserve::Cancelled;
@@ -239,7 +254,7 @@ impl Exchange {
     /// Whether a parked response would get room now, or must end (cancelled): worth
     /// resuming. If not, `wake` is registered (again: the wake-up that led here may have
     /// found room that another response's piece took since).
-    pub fn poll_resume(&self, wake: &Sender<()>) -> bool {
+    pub fn poll_resume(&self, wake: &WakeSender) -> bool {
         let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_cancelled() || self.has_room(window.bytes) {
             return true;

@@ -1,17 +1,15 @@
 //! [`IoMailbox`]: an I/O thread's inbox of replies, woken at most once per batch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use atomic_waker::AtomicWaker;
-
+use super::sync::{channel, AtomicBool, AtomicWaker, Ordering};
 use super::Reply;
 
 /// An I/O thread's inbox of replies, with a wake-up that fires at most once per batch.
 pub struct IoMailbox {
-    queue: crossbeam_channel::Sender<Reply>,
-    inbox: crossbeam_channel::Receiver<Reply>,
+    queue: channel::Sender<Reply>,
+    inbox: channel::Receiver<Reply>,
     waker: AtomicWaker,
     /// True from the first push after a drain started until the next drain starts.
     notified: AtomicBool,
@@ -21,7 +19,7 @@ pub struct IoMailbox {
 
 impl IoMailbox {
     pub fn new() -> Arc<IoMailbox> {
-        let (queue, inbox) = crossbeam_channel::unbounded();
+        let (queue, inbox) = channel::unbounded();
         Arc::new(IoMailbox {
             queue,
             inbox,
@@ -54,6 +52,13 @@ impl IoMailbox {
 
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Under the model checker only: how many wake-ups the mailbox asked its waker for
+    /// (tests/loom_handoff.rs checks it is at most one per drain).
+    #[cfg(loom)]
+    pub fn wakes_asked(&self) -> usize {
+        self.waker.wakes_asked()
     }
 
     /// I/O side: hands every queued reply to `route`, then returns `Pending` with the

@@ -1,7 +1,10 @@
 //! What crosses between I/O threads and Python threads, and nothing else: the request
 //! queue, each I/O thread's reply mailbox, and the per-request [`Exchange`]. No sockets
 //! and no Python objects ever cross here: requests carry frozen bytes and offsets, replies
-//! carry bytes and files.
+//! carry bytes and files. (The [`ReleaseQueue`] is generic: py/ sends the references of
+//! shared bodies back through it to the one thread that may release them, never touching
+//! them elsewhere.) Every atomic, lock, channel and waker here comes from `sync.rs`, so the
+//! loom model checker can run this module (tests/loom_handoff.rs, ARCHITECTURE.md §4).
 //!
 //! The hand-off speaks requests, not a wire protocol. A [`RequestHead`] is what any
 //! protocol delivers (request line parts, header fields, CGI variables from a front end,
@@ -24,6 +27,8 @@ mod exchange;
 mod head;
 mod mailbox;
 mod queue;
+mod release;
+mod sync;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +43,7 @@ pub use exchange::{Exchange, Reserve, RESPONSE_WINDOW};
 pub use head::{Endpoint, RequestHead};
 pub use mailbox::IoMailbox;
 pub use queue::{request_queue, Capacity, RequestSender};
+pub use release::ReleaseQueue;
 
 /// A request handed from an I/O thread to a Python thread.
 pub struct Request {

@@ -777,43 +777,10 @@ impl Drop for Attached<'_> {
 }
 
 /// References to release later, by the thread that owns their interpreter: where
-/// [`SharedBytes`] send their object when the I/O thread is done with them.
-#[derive(Default)]
-pub struct ReleaseQueue {
-    queued: std::sync::Mutex<Vec<Held>>,
-    /// References shared and not yet released (queued or still in use).
-    outstanding: std::sync::atomic::AtomicUsize,
-}
-
-impl ReleaseQueue {
-    fn push(&self, obj: Held) {
-        self.queued
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(obj);
-    }
-
-    /// Releases everything queued. The caller is attached to the interpreter whose
-    /// objects this queue collects.
-    pub fn drain(&self, gil: Gil<'_>) {
-        if !self.has_outstanding() {
-            // The common case after a batch: no lock taken.
-            return;
-        }
-        let objs = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|e| e.into_inner()));
-        self.outstanding
-            .fetch_sub(objs.len(), std::sync::atomic::Ordering::Relaxed);
-        for obj in objs {
-            obj.release(gil);
-        }
-    }
-
-    /// Whether some shared references have not come back yet (the owner should drain
-    /// again soon, even when idle).
-    pub fn has_outstanding(&self) -> bool {
-        self.outstanding.load(std::sync::atomic::Ordering::Relaxed) > 0
-    }
-}
+/// [`SharedBytes`] send their object when the I/O thread is done with them. The queue itself
+/// is the hand-off's (knows no Python, checked under loom); its owner drains it with
+/// `releases.drain(|obj| obj.release(gil))`.
+pub type ReleaseQueue = crate::handoff::ReleaseQueue<Held>;
 
 /// The data of a `bytes` object, readable from any thread without its GIL, for as long as
 /// this lives: the object is kept alive by a reference that, on drop, goes to the
@@ -856,9 +823,7 @@ impl Obj<'_> {
             let bytes = self.as_bytes()?;
             (NonNull::new(bytes.as_ptr().cast_mut())?, bytes.len())
         };
-        releases
-            .outstanding
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        releases.shared();
         Some(SharedBytes {
             obj: Some(self.clone().hold()),
             data,

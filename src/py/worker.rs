@@ -111,7 +111,7 @@ impl Worker {
 
     /// Releases the `bytes` objects the I/O threads are done writing.
     pub(super) fn release_written(&self, gil: Gil<'_>) {
-        self.releases.drain(gil);
+        self.releases.drain(|obj| obj.release(gil));
     }
 
     pub(super) fn release(self, gil: Gil<'_>) {
@@ -119,7 +119,7 @@ impl Worker {
         debug_assert!(self.parked.is_empty(), "a thread left parked responses");
         // Bodies still being written when the server stops are left to the interpreter's
         // end: only the ones already written come back here.
-        self.releases.drain(gil);
+        self.releases.drain(|obj| obj.release(gil));
         let cb = self.cb();
         cb.client_disconnected.set(std::ptr::null_mut());
         // A `start_response` kept by the application may outlive `write`; it checks for

@@ -1,0 +1,401 @@
+//! The hand-off under a model checker (ARCHITECTURE.md §4, "What the model checker proves"):
+//! loom runs every interleaving of the threads below, up to a bound on preemptions, over the
+//! real `IoMailbox`, `Exchange` and `ReleaseQueue`, whose atomics, locks and wakers are
+//! loom's in this build (src/handoff/sync.rs). A wait that nothing would ever end is a
+//! deadlock loom reports, and loom has no clock, so no timeout ends a wait here: every
+//! "never hangs" below means "ends by a wake-up alone".
+//!
+//! Run by scripts/test.sh:
+//!   LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//!       cargo test --release --test loom_handoff
+//! Without `--cfg loom` this file is empty. At `LOOM_MAX_PREEMPTIONS=3` all the models
+//! together take about 10 s (20 s on a busy machine). The exchange and release-queue models
+//! also pass with no bound at all (every interleaving, under a second); the mailbox models
+//! need it: unbounded, neither finished in 3 minutes; at 4 preemptions they pass in 12 s and
+//! 92 s (checked once, 2026-12-05). Two or three preemptions are what the races here need
+//! (a push between the drain's flag and its look at the queue; a cancel between the window
+//! check and the wait).
+
+#![cfg(loom)]
+
+use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
+
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::{Condvar, Mutex};
+use loom::thread;
+
+use spindle::handoff::{
+    BodyChunk, BodyError, ConnToken, Exchange, IoMailbox, ReleaseQueue, Reply, ReplyMsg,
+    RESPONSE_WINDOW,
+};
+
+/// The I/O thread's waker in the models: counts the wake-ups it gets and ends the I/O
+/// thread's sleep, which is what a runtime's waker does to its `epoll_wait`. (A loom
+/// `Mutex` and `Condvar` rather than `thread::park`: loom 0.7 lets a late `unpark` end a
+/// `join`, which trips its own assertion.)
+struct CountingWaker {
+    wakes: AtomicUsize,
+    woken: Mutex<bool>,
+    wake_up: Condvar,
+}
+
+impl CountingWaker {
+    /// The I/O thread sleeps until a wake-up it has not consumed yet.
+    fn sleep(&self) {
+        let mut woken = self.woken.lock().unwrap();
+        while !*woken {
+            woken = self.wake_up.wait(woken).unwrap();
+        }
+        *woken = false;
+    }
+}
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        *self.woken.lock().unwrap() = true;
+        self.wake_up.notify_one();
+    }
+}
+
+fn counting_waker() -> (Arc<CountingWaker>, Waker) {
+    let counter = Arc::new(CountingWaker {
+        wakes: AtomicUsize::new(0),
+        woken: Mutex::new(false),
+        wake_up: Condvar::new(),
+    });
+    (counter.clone(), Waker::from(counter))
+}
+
+/// Reply number `n` (its `seq`), so the I/O side can tell which replies it routed.
+fn reply(n: u32) -> Reply {
+    Reply {
+        conn: ConnToken {
+            slot: 0,
+            generation: 0,
+        },
+        seq: n,
+        msg: ReplyMsg::Abort,
+    }
+}
+
+/// `producers` Python threads push `each` replies while the I/O thread runs the dispatcher
+/// loop (drain, then sleep until woken). No reply is stranded: the I/O thread routes every
+/// reply exactly once, waking only through the mailbox (a reply left in the queue with no
+/// wake-up to come would be a deadlock). At most one wake-up per batch: the wake-ups the
+/// I/O thread gets are never more than its drains plus one (each drain re-arms one wake).
+fn mailbox_model(producers: u32, each: u32) {
+    loom::model(move || {
+        let mailbox = IoMailbox::new();
+        let total = (producers * each) as usize;
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                let mailbox = mailbox.clone();
+                thread::spawn(move || {
+                    for i in 0..each {
+                        mailbox.push(reply(p * each + i));
+                    }
+                })
+            })
+            .collect();
+
+        let (counter, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut routed = Vec::new();
+        let mut drains = 0;
+        loop {
+            let (_, n) = mailbox.poll_drain(&mut cx, |r| routed.push(r.seq));
+            drains += 1;
+            assert!(n <= total);
+            if routed.len() == total {
+                break;
+            }
+            counter.sleep();
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        // Nothing was routed twice, and nothing is left behind.
+        routed.sort_unstable();
+        assert_eq!(routed, (0..total as u32).collect::<Vec<_>>());
+        let (_, late) = mailbox.poll_drain(&mut cx, |_| panic!("a reply routed twice"));
+        assert_eq!(late, 0);
+        drains += 1;
+        // Every wake-up the mailbox asks for comes from the first push after a drain
+        // cleared `notified` (or the first push of all): at most one per drain. (The waker
+        // could not deliver more than one per registration anyway; what the flag saves is
+        // asking, an atomic read-modify-write of the waker per reply.)
+        let asked = mailbox.wakes_asked();
+        assert!(
+            asked <= drains,
+            "{asked} wake-ups asked for {drains} drains: more than one per batch"
+        );
+        assert!(counter.wakes.load(Ordering::SeqCst) <= asked);
+    });
+}
+
+#[test]
+fn mailbox_two_producers_two_replies_each_none_stranded_one_wake_per_batch() {
+    mailbox_model(2, 2);
+}
+
+#[test]
+fn mailbox_three_producers_one_reply_each_none_stranded_one_wake_per_batch() {
+    mailbox_model(3, 1);
+}
+
+/// The stop request wakes a sleeping I/O thread even when replies race it.
+#[test]
+fn mailbox_stop_request_wakes_the_io_thread() {
+    loom::model(|| {
+        let mailbox = IoMailbox::new();
+        let python = {
+            let mailbox = mailbox.clone();
+            thread::spawn(move || {
+                mailbox.push(reply(0));
+                mailbox.request_stop();
+            })
+        };
+        let (counter, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut routed = 0;
+        loop {
+            routed += mailbox.poll_drain(&mut cx, |_| {}).1;
+            if mailbox.stop_requested() {
+                break;
+            }
+            counter.sleep();
+        }
+        python.join().unwrap();
+        routed += mailbox.poll_drain(&mut cx, |_| {}).1;
+        assert_eq!(routed, 1);
+        mailbox.detach();
+    });
+}
+
+/// An exchange whose window is full: the Python thread's next `reserve` must wait.
+fn full_exchange(streamed_body: bool) -> Arc<Exchange> {
+    let exchange = Exchange::new(streamed_body);
+    assert!(exchange.try_reserve(RESPONSE_WINDOW));
+    exchange
+}
+
+/// A Python thread blocked in `reserve` on a full window always returns when the exchange
+/// is cancelled, and says so (false).
+#[test]
+fn exchange_cancel_ends_a_reserve_blocked_on_a_full_window() {
+    loom::model(|| {
+        let exchange = full_exchange(false);
+        let io = {
+            let exchange = exchange.clone();
+            thread::spawn(move || exchange.cancel())
+        };
+        assert!(!exchange.reserve(10), "reserve went on after a cancel");
+        io.join().unwrap();
+    });
+}
+
+/// Writing the queued bytes makes room and wakes the waiting Python thread: no lost
+/// wake-up between its check of the window and its wait.
+#[test]
+fn exchange_release_wakes_a_reserve_blocked_on_a_full_window() {
+    loom::model(|| {
+        let exchange = full_exchange(false);
+        let io = {
+            let exchange = exchange.clone();
+            thread::spawn(move || exchange.release(RESPONSE_WINDOW))
+        };
+        assert!(exchange.reserve(10));
+        io.join().unwrap();
+    });
+}
+
+/// The fast path that keeps the GIL (`try_reserve`) and, when it finds the window full, the
+/// slow one (`reserve`) race the I/O thread writing and the connection going away: the
+/// Python thread always gets an answer, and the window's count ends right.
+#[test]
+fn exchange_try_reserve_then_reserve_racing_release_and_cancel() {
+    loom::model(|| {
+        let exchange = full_exchange(false);
+        let writer = {
+            let exchange = exchange.clone();
+            thread::spawn(move || exchange.release(RESPONSE_WINDOW))
+        };
+        let closer = {
+            let exchange = exchange.clone();
+            thread::spawn(move || exchange.cancel())
+        };
+        // Either answer is right (the cancel races both calls); what matters is that one
+        // comes: a `reserve` that never returned would be a deadlock.
+        let _go_on = exchange.try_reserve(10) || exchange.reserve(10);
+        writer.join().unwrap();
+        closer.join().unwrap();
+        // Whatever the order, the release was accounted once and made room: the window
+        // holds only the 10 bytes reserved (counted even when the answer was "stop").
+        assert!(exchange.is_cancelled());
+        assert!(
+            exchange.try_reserve(0),
+            "the window stayed full after the release"
+        );
+    });
+}
+
+/// What `wsgi.input.read` does with the GIL released (py/callbacks.rs): wait for the piece
+/// of body asked for, polling the cancelled flag between timeouts.
+fn read_body(exchange: &Exchange) -> BodyChunk {
+    loop {
+        match exchange.recv_body(std::time::Duration::from_millis(100)) {
+            Some(chunk) => break chunk,
+            None if exchange.is_cancelled() => break BodyChunk::Error(BodyError::Disconnected),
+            None => {}
+        }
+    }
+}
+
+/// The I/O thread answers a `ReadBody` while the connection goes away: the Python thread
+/// gets the chunk or `Disconnected`, never waits for nothing.
+#[test]
+fn exchange_body_chunk_racing_cancel_is_received_or_disconnected() {
+    loom::model(|| {
+        let exchange = Exchange::new(true);
+        let io = {
+            let exchange = exchange.clone();
+            thread::spawn(move || {
+                exchange.send_body(BodyChunk::Data {
+                    bytes: b"abc".to_vec(),
+                    last: false,
+                })
+            })
+        };
+        let closer = {
+            let exchange = exchange.clone();
+            thread::spawn(move || exchange.cancel())
+        };
+        match read_body(&exchange) {
+            BodyChunk::Data { bytes, .. } => assert_eq!(bytes, b"abc"),
+            BodyChunk::Error(BodyError::Disconnected) => {}
+            _ => panic!("neither the chunk nor Disconnected"),
+        }
+        io.join().unwrap();
+        closer.join().unwrap();
+    });
+}
+
+/// The I/O thread answers the first `ReadBody`, then the client goes away (the connection
+/// is dropped, so the second `ReadBody` is never answered). The Python thread's second
+/// read must end by the cancel's wake-up, not by its 100 ms poll: when the cancel came
+/// while the first chunk still sat in the one-slot channel, its `Disconnected` could not
+/// be queued, and the second read used to wait for a timeout (found by this model).
+#[test]
+fn exchange_second_body_read_after_cancel_ends_without_a_timeout() {
+    loom::model(|| {
+        let exchange = Exchange::new(true);
+        let io = {
+            let exchange = exchange.clone();
+            thread::spawn(move || {
+                exchange.send_body(BodyChunk::Data {
+                    bytes: b"abc".to_vec(),
+                    last: false,
+                });
+                exchange.cancel();
+            })
+        };
+        assert!(matches!(read_body(&exchange), BodyChunk::Data { .. }));
+        assert!(matches!(
+            read_body(&exchange),
+            BodyChunk::Error(BodyError::Disconnected)
+        ));
+        io.join().unwrap();
+    });
+}
+
+/// Admission control (ARCHITECTURE.md §4): a Python thread taking the request (`start`) and
+/// the I/O thread shedding it (`shed`: a 503 past `--max-queue-wait`, or its client gone)
+/// race; exactly one wins, whatever the interleaving, and a request the connection
+/// cancelled is never started.
+#[test]
+fn exchange_start_and_shed_have_exactly_one_winner() {
+    loom::model(|| {
+        let exchange = Exchange::new(false);
+        let io = {
+            let exchange = exchange.clone();
+            thread::spawn(move || exchange.shed())
+        };
+        let started = exchange.start();
+        let shed = io.join().unwrap();
+        assert!(started != shed, "started: {started}, shed: {shed}");
+        assert!(!exchange.is_queued());
+    });
+}
+
+#[test]
+fn exchange_cancelled_while_queued_is_never_started() {
+    loom::model(|| {
+        let exchange = Exchange::new(false);
+        let io = {
+            let exchange = exchange.clone();
+            thread::spawn(move || exchange.cancel())
+        };
+        let started = exchange.start();
+        io.join().unwrap();
+        // Started before the cancel (the app then sees its client gone), or never.
+        if !started {
+            assert!(!exchange.start() && !exchange.shed());
+        }
+        assert!(!exchange.is_queued());
+    });
+}
+
+/// A stand-in for `py::object::SharedBytes`: an object shared with an I/O thread, which on
+/// drop goes back to its owner's release queue (the Python reference is only released by
+/// the owner, under its GIL).
+struct Shared {
+    id: u32,
+    releases: Arc<ReleaseQueue<u32>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.releases.push(self.id);
+    }
+}
+
+/// Bodies dropped by I/O threads while the owning Python thread drains (as its loop does:
+/// drain after each batch, and poll while anything is outstanding) are each released exactly
+/// once, and none is left behind.
+#[test]
+fn release_queue_bodies_dropped_while_the_owner_drains_are_released_once() {
+    loom::model(|| {
+        let releases: Arc<ReleaseQueue<u32>> = Arc::default();
+        let mut released = Vec::new();
+        let mut io_threads = Vec::new();
+        for id in 0..2 {
+            releases.shared();
+            let body = Shared {
+                id,
+                releases: releases.clone(),
+            };
+            io_threads.push(thread::spawn(move || drop(body)));
+            // Between two responses the owner drains what came back so far.
+            releases.drain(|id| released.push(id));
+        }
+        while releases.has_outstanding() {
+            thread::yield_now();
+            releases.drain(|id| released.push(id));
+        }
+        for h in io_threads {
+            h.join().unwrap();
+        }
+        released.sort_unstable();
+        assert_eq!(released, [0, 1]);
+        // Nothing is left queued: a last drain with nothing outstanding finds nothing, even
+        // with the lock taken.
+        releases.shared();
+        releases.drain(|id| panic!("body {id} released twice"));
+    });
+}
