@@ -8,13 +8,15 @@
 //! `Worker::resume` when the response ends, never dropped implicitly.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::object::Held;
 use super::response::Response;
-use crate::handoff::RequestHead;
+use crate::handoff::{ReplyTo, Request, RequestHead};
 
 /// One response waiting for room: everything `Worker::conclude` needs at its end.
 pub(super) struct Parked {
@@ -38,6 +40,15 @@ pub(super) struct ParkedSet {
     pub(super) wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
     list: RefCell<Vec<Parked>>,
+    /// Requests taken from the queue whose connection has a response parked here, held
+    /// until it ends. Their responses could not go out before it anyway (a connection's
+    /// responses are written in order), and run now, one that calls `write()` would wait
+    /// with this thread for room that only this thread, resuming the parked one, can make.
+    deferred: RefCell<VecDeque<Request>>,
+}
+
+fn same_connection(a: &ReplyTo, b: &ReplyTo) -> bool {
+    a.conn == b.conn && Arc::ptr_eq(&a.mailbox, &b.mailbox)
 }
 
 impl ParkedSet {
@@ -47,15 +58,40 @@ impl ParkedSet {
             wake_tx,
             wake_rx,
             list: RefCell::new(Vec::new()),
+            deferred: RefCell::new(VecDeque::new()),
         }
+    }
+
+    /// Whether a response of `reply`'s connection is parked here.
+    pub(super) fn holds_connection(&self, reply: &ReplyTo) -> bool {
+        self.list
+            .borrow()
+            .iter()
+            .any(|p| same_connection(&p.response.reply, reply))
+    }
+
+    /// Holds `request` until its connection's parked response ends.
+    pub(super) fn defer(&self, request: Request) {
+        self.deferred.borrow_mut().push_back(request);
+    }
+
+    /// The first held request whose connection has no response parked any more, in the
+    /// order they were taken (so a connection's requests keep their order).
+    pub(super) fn next_deferred(&self) -> Option<Request> {
+        let mut deferred = self.deferred.borrow_mut();
+        let i = deferred
+            .iter()
+            .position(|r| !self.holds_connection(&r.reply))?;
+        deferred.remove(i)
     }
 
     pub(super) fn park(&self, parked: Parked) {
         self.list.borrow_mut().push(parked);
     }
 
+    /// Nothing parked and nothing held back.
     pub(super) fn is_empty(&self) -> bool {
-        self.list.borrow().is_empty()
+        self.list.borrow().is_empty() && self.deferred.borrow().is_empty()
     }
 
     /// What the thread waits on besides the request queue while it has parked responses.

@@ -458,7 +458,6 @@ pub fn preload(gil: Gil<'_>, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Python threads, for the demo page.
 /// `wsgi.multiprocess`: may another process run the application at the same time as this
 /// one? Under a supervisor always, whatever `--workers` says: a reload (SIGHUP) and a
 /// recycle start the new worker before the old one stops, and SIGTTIN adds one at any
@@ -468,6 +467,7 @@ fn other_processes_serve(config: &Config) -> bool {
     config.worker.is_some()
 }
 
+/// The Python threads, for the demo page.
 fn threads_description(threads: Threads) -> String {
     match threads {
         Threads::Fixed(n) => n.to_string(),

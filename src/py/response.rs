@@ -254,7 +254,10 @@ pub(super) enum Pumped {
 /// Pulls pieces of the response from `iter` and sends them, until it ends or there is no
 /// room for another (the window full, or the worker's budget spent): room is checked
 /// *before* a piece is pulled, so a parked response holds no piece of its own, and the
-/// thread does not wait with it.
+/// thread does not wait with it. It also gives the thread back, parked, when another
+/// response parked on this thread was woken (`wake` holds a wake-up): a response whose
+/// generator is slower than its client never runs out of room, and would otherwise keep
+/// the thread from the woken ones until it ends, long enough for `--timeout` to cut them.
 pub(super) fn pump<'py>(
     gil: Gil<'py>,
     cb: &Callbacks,
@@ -263,7 +266,12 @@ pub(super) fn pump<'py>(
     is_head: bool,
     wake: &Sender<()>,
 ) -> PyResult<'py, Pumped> {
+    let mut sent_here = false;
     loop {
+        if sent_here && wake.is_full() {
+            // Its turn is over: resumed after the woken ones, in the order they parked.
+            return Ok(Pumped::Parked);
+        }
         match exchange.room_or_park(wake) {
             Reserve::Reserved => {}
             Reserve::Parked => return Ok(Pumped::Parked),
@@ -288,6 +296,7 @@ pub(super) fn pump<'py>(
         if !emit_piece(gil, cb, bytes)? {
             return Ok(Pumped::Ended(false));
         }
+        sent_here = true;
         if is_head {
             // The head is out and no body may follow: stop pulling.
             break;

@@ -282,9 +282,14 @@ fn serve(
             Ok(first) => {
                 ctx.host.gil_wait_ends();
                 take(gil, &worker, ctx, &watch, first);
-                while let Ok(next) = ctx.requests.try_recv() {
-                    // Parked responses that may go on take turns with new requests.
+                loop {
+                    // Parked responses that may go on take turns with new requests; they
+                    // go first, so a request is not off the queue, unstarted, while they
+                    // run (another thread could have served it).
                     resume_parked(gil, &worker, ctx, &watch);
+                    let Ok(next) = ctx.requests.try_recv() else {
+                        break;
+                    };
                     // A batch can last as long as requests keep coming: every request says
                     // how long it waited (one clock read, ~20 ns).
                     take(gil, &worker, ctx, &watch, next);
@@ -324,6 +329,16 @@ fn serve(
 #[inline]
 fn take(gil: Gil<'_>, worker: &Worker, ctx: &ThreadCtx, watch: &ThreadWatch, request: Request) {
     ctx.capacity.record_take(request.queued);
+    if worker.parked.holds_connection(&request.reply) {
+        // Behind a response parked on this thread: run when that one ends (`ParkedSet`).
+        worker.parked.defer(request);
+        return;
+    }
+    run(gil, worker, ctx, watch, request);
+}
+
+/// Starts and serves a request taken (or held back) by this thread.
+fn run(gil: Gil<'_>, worker: &Worker, ctx: &ThreadCtx, watch: &ThreadWatch, request: Request) {
     if !request.reply.exchange.start() {
         crate::metrics::request_skipped();
         return;
@@ -349,6 +364,10 @@ fn resume_parked(gil: Gil<'_>, worker: &Worker, ctx: &ThreadCtx, watch: &ThreadW
         ctx.capacity.app_leaves();
         watch.idle();
     });
+    // Requests held behind a response that has now ended.
+    while let Some(request) = worker.parked.next_deferred() {
+        run(gil, worker, ctx, watch, request);
+    }
 }
 
 /// Waits for a request or a parked response's wake-up, whichever comes first; a wake-up

@@ -87,9 +87,16 @@ pub(super) async fn log_summaries(ctx: Rc<IoCtx>) {
 
 /// Refuses a connection accepted past `--worker-connections`: a 503 with `Retry-After`
 /// and `Connection: close`, written without reading the request, then a short lingering
-/// close. Runs as its own task; it does not count as an open connection.
+/// close. Runs as its own task; it does not count as an open connection. A FastCGI front
+/// end is only closed on: its answer would need the request id of a record not read yet,
+/// and an HTTP status line there is a protocol error (nginx answers 502 either way). uwsgi
+/// and SCGI front ends read the HTTP status line, as they do every response.
 pub(super) fn refuse(ctx: &Rc<IoCtx>, mut stream: Stream) {
     note_shed(ShedReason::Connections);
+    if ctx.shared.config.protocol == crate::config::Protocol::Fastcgi {
+        drop(stream);
+        return;
+    }
     let out = ctx.error_response(503);
     if ctx.refusing.get() >= REFUSALS_LINGERING {
         // A fresh socket's send buffer takes these 200 bytes at once; if not, too bad.

@@ -191,12 +191,13 @@ fn yield_to_python_on_wakeup() {
     }
 }
 
-/// An io_uring runtime for I/O thread `idx`. Its ring is set up for the way an I/O thread
-/// uses it: only this thread ever submits (`SINGLE_ISSUER`), and completions are reaped
-/// when it asks for them, in its own time, instead of interrupting it with task work
-/// (`DEFER_TASKRUN`): ARCHITECTURE.md §8 has what that bought. Both need Linux 6.1; an
-/// older kernel refuses the flags and gets a plain ring. `SPINDLE_URING_FLAGS=0` asks for
-/// the plain ring, for side-by-side measurements.
+/// An io_uring runtime for I/O thread `idx`: a plain ring, or with
+/// `SPINDLE_URING_FLAGS=1` one set up `SINGLE_ISSUER|DEFER_TASKRUN` (only this thread
+/// submits; completions reaped when it asks). Measured (ARCHITECTURE.md §8) the flags won
+/// hello at 64 connections and lost at 256, and with `DEFER_TASKRUN` monoio 0.2.4 reaps no
+/// completion when it wakes for another thread's waker (it submits without waiting), so a
+/// steady stream of replies can hold socket completions back: they stay a lever for
+/// measurements, not the default. A kernel that refuses them (before 6.1) gets a plain ring.
 fn uring_runtime(
     idx: usize,
 ) -> anyhow::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
@@ -211,7 +212,7 @@ fn uring_runtime(
             .enable_timer()
             .build()
     };
-    let wanted = std::env::var_os("SPINDLE_URING_FLAGS").is_none_or(|v| v != "0");
+    let wanted = std::env::var_os("SPINDLE_URING_FLAGS").is_some_and(|v| v == "1");
     if wanted {
         match build(true) {
             Ok(rt) => return Ok(rt),

@@ -7,11 +7,15 @@ pulled from them.
                                              "closed I" to PATH when closed
     /pulled                                  bytes pulled from all streams so far, and how
                                              many streams are open (not closed yet)
+    /write?id=I&chunks=N&size=S               the same pieces through start_response's write()
+    /slowgen?id=I&chunks=N&size=S&delay=D      the same pieces from a generator that sleeps D
+                                             seconds before each (slower than any client)
     /hello                                   a short answer
 """
 
 import json
 import threading
+import time
 from urllib.parse import parse_qs
 from wsgiref.validate import validator
 
@@ -52,12 +56,26 @@ class Stream:
                 f.write(f"closed {self.stream_id}\n")
 
 
+def _slow(stream_id: int, chunks: int, size: int, delay: float):
+    for k in range(chunks):
+        time.sleep(delay)
+        yield piece(stream_id, k, size)
+
+
 def _app(environ, start_response):
     path = environ["PATH_INFO"]
     q = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return Stream(int(q["id"]), int(q["chunks"]), int(q["size"]), q.get("log"))
+    if path == "/write":
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        for k in range(int(q["chunks"])):
+            write(piece(int(q["id"]), k, int(q["size"])))
+        return []
+    if path == "/slowgen":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return _slow(int(q["id"]), int(q["chunks"]), int(q["size"]), float(q["delay"]))
     if path == "/pulled":
         with _lock:
             body = json.dumps(_state).encode()

@@ -189,3 +189,75 @@ def test_a_stop_closes_parked_responses(spindle, tmp_path):
     finally:
         for reader in readers:
             reader.close()
+
+
+def read_responses(sock: socket.socket, n: int, timeout: float) -> list:
+    """Reads until `n` whole responses arrived on `sock` (or fails at `timeout`)."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        # Both are chunked: parse only when the data ends where a body may end.
+        if data.endswith(b"0\r\n\r\n"):
+            try:
+                resps = parse_all(bytes(data))
+            except Exception:  # a piece that happens to end so: incomplete
+                resps = []
+            if len(resps) >= n:
+                return resps
+        else:
+            resps = []
+        left = deadline - time.monotonic()
+        assert left > 0, f"{len(resps)} of {n} responses after {timeout} s ({len(data)} bytes)"
+        sock.settimeout(left)
+        got = sock.recv(1 << 20)
+        assert got, f"closed after {len(resps)} of {n} responses ({len(data)} bytes)"
+        data += got
+
+
+def test_a_write_response_pipelined_behind_a_parked_one_waits_for_it_not_the_thread(spindle):
+    # One connection pipelines an iterated 4 MiB response (A) and one written with write()
+    # (B), one Python thread. A parks once its window is full; B, taken by the same thread,
+    # could not go out before A anyway, and run at once its write() would wait for room
+    # only that thread can make (by resuming A): held until A ends instead. Meanwhile the
+    # thread serves others; then both arrive whole and in order, well inside --timeout.
+    server = spindle("slow_app:app", *slow_args(32, "--timeout", "20"), base=False)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", server.port))
+    s.sendall(f"GET /stream?id=1&chunks={CHUNKS}&size={CHUNK} HTTP/1.1\r\nHost: x\r\n\r\n"
+              f"GET /write?id=2&chunks={CHUNKS}&size={CHUNK} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    settle(server)  # A parked (nothing more pulled), and the thread answers others
+    t0 = time.monotonic()
+    first, second = read_responses(s, 2, timeout=15)
+    s.close()
+    assert time.monotonic() - t0 < 10, "the responses waited for --timeout"
+    for resp, stream_id in ((first, 1), (second, 2)):
+        assert resp.status == 200, resp
+        want = b"".join(piece(stream_id, k, CHUNK) for k in range(CHUNKS))
+        assert hashlib.sha256(resp.body).hexdigest() == hashlib.sha256(want).hexdigest(), stream_id
+
+
+def test_a_woken_response_is_not_kept_waiting_behind_a_slow_generator(spindle, tmp_path):
+    # One Python thread. Stream A parks on a client that reads nothing; then the thread
+    # serves B, a generator slower than its client (0.1 s a piece, 3 s in all), which never
+    # runs out of room. A's client starts reading: A must be resumed between B's pieces, not
+    # after B's end.
+    server = spindle("slow_app:app", *slow_args(32), base=False)
+    log = str(tmp_path / "closed.log")
+    a = SlowReader(server.port, 1, log)
+    settle(server)
+    b = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    b.sendall(f"GET /slowgen?id=2&chunks=30&size=1024&delay=0.1 HTTP/1.1\r\nHost: x\r\n"
+              f"Connection: close\r\n\r\n".encode())
+    assert b.recv(1 << 16).startswith(b"HTTP/1.1 200 "), "B started"
+    t0 = time.monotonic()
+    body = a.read_all(timeout=20)
+    a_done = time.monotonic() - t0
+    assert hashlib.sha256(body).hexdigest() == a.expected_digest()
+    rest = b""
+    while chunk := b.recv(1 << 16):
+        rest += chunk
+    b_done = time.monotonic() - t0
+    b.close()
+    assert a_done < b_done - 1.0, f"A ended at {a_done:.2f} s, B at {b_done:.2f} s"
