@@ -52,7 +52,8 @@ def venv() -> Path:
 def spindle_bin() -> str:
     """SPINDLE_BIN, else this checkout's wheel installed into the perf venv."""
     if os.environ.get("SPINDLE_BIN"):
-        return os.environ["SPINDLE_BIN"]
+        # Absolute: some servers are started from another working directory.
+        return os.path.abspath(os.environ["SPINDLE_BIN"])
     py, _ = _python()
     env = venv()
     wheel = subprocess.run([str(ROOT / "scripts/wheel.sh"), py], capture_output=True, text=True,
