@@ -63,9 +63,9 @@ pub struct Interp {
 
 /// `SERVER_NAME`/`SERVER_PORT` of the last server address seen, and `REMOTE_ADDR` of the
 /// last client address. A listener's address is the same for every request, and so is
-/// the client's behind a proxy or from one host: formatting them and making their `str`
-/// cost about a thousand instructions per request (callgrind, hello), a lookup here
-/// about fifty.
+/// the client's behind a proxy or from one host: formatting them and making their `str`s
+/// cost about 2,100 instructions per request (callgrind, hello: ARCHITECTURE.md §6,
+/// "Costs"), a lookup here a few dozen.
 #[derive(Default)]
 pub(super) struct AddrStrs {
     pub(super) local: Option<(std::net::SocketAddr, Held, Held)>,
