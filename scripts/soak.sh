@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The soak and abuse tests (tests/integration/test_soak.py, and the slow-reader and overload
-# files when present) at a larger scale than the suite runs them: SPINDLE_SOAK_SCALE
-# multiplies their crowds and durations (default here 10: 4,000 slowloris connections,
-# 30,000 idle ones, a 30 s connection storm, 30,000 mutated requests). The output goes to
+# The soak and abuse tests (tests/integration/test_soak.py) at a larger scale than the suite
+# runs them: SPINDLE_SOAK_SCALE multiplies their crowds and durations (default here 10: 4,000
+# slowloris connections, up to 30,000 idle ones (the descriptor limit allowing), a 30 s
+# connection storm, 30,000 mutated requests); then the slow-reader and overload files at
+# their own size (perf/slow_readers.py and perf/overload.py are their long versions). The output goes to
 # stdout; record a run under perf/runs/ with the command that made it.
 #   scripts/soak.sh [scale]        (needs the venv scripts/test.sh makes, or SPINDLE_VENV)
 set -euo pipefail
