@@ -19,6 +19,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from checks import wait_until
 from conftest import APPS, READY_V4, ROOT
 from rawhttp import RawConnection, request
 
@@ -58,15 +59,8 @@ def shed(srv, reason: str) -> float:
 
 
 def converge(what: str, value, timeout: float = 10.0, every: float = 0.02):
-    """Polls `value()` until it is truthy; fails after `timeout` with `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = value()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {got!r})")
-        time.sleep(every)
+    """checks.wait_until, with what is awaited first, as these tests read."""
+    return wait_until(value, timeout, every, what=what)
 
 
 def lines(path) -> list[str]:
