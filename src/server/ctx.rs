@@ -69,8 +69,12 @@ pub(super) struct IoCtx {
     /// When `stop` was triggered: slow clients' writes are cut before the drain's deadline.
     pub(super) stopped_at: Cell<Option<std::time::Instant>>,
     pub(super) live_conns: Cell<usize>,
+    /// Accept loops still running: at a stop each first takes what waits in its accept
+    /// queue, and the thread must not end before (`thread.rs`).
+    pub(super) accepting: Cell<usize>,
     /// Connections refused past `--worker-connections` whose 503 is still lingering.
     pub(super) refusing: Cell<usize>,
+    /// The stopping thread's wait for `live_conns` and `accepting` to reach zero.
     pub(super) all_closed: RefCell<Option<Waker>>,
     pub(super) stats: Cell<Stats>,
 }

@@ -35,10 +35,29 @@ impl Drop for LiveGuard {
             .shared
             .open_conns
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let n = self.0.live_conns.get() - 1;
-        self.0.live_conns.set(n);
-        if n == 0 {
-            if let Some(waker) = self.0.all_closed.borrow_mut().take() {
+        self.0.live_conns.set(self.0.live_conns.get() - 1);
+        self.0.wake_if_all_closed();
+    }
+}
+
+/// Held by a running accept loop: see `IoCtx::accepting`.
+struct AcceptGuard(Rc<IoCtx>);
+
+impl Drop for AcceptGuard {
+    fn drop(&mut self) {
+        self.0.accepting.set(self.0.accepting.get() - 1);
+        self.0.wake_if_all_closed();
+    }
+}
+
+impl IoCtx {
+    fn all_closed_now(&self) -> bool {
+        self.live_conns.get() == 0 && self.accepting.get() == 0
+    }
+
+    fn wake_if_all_closed(&self) {
+        if self.all_closed_now() {
+            if let Some(waker) = self.all_closed.borrow_mut().take() {
                 waker.wake();
             }
         }
@@ -63,6 +82,7 @@ pub(super) async fn io_main(
         stop: LocalEvent::default(),
         stopped_at: Cell::new(None),
         live_conns: Cell::new(0),
+        accepting: Cell::new(0),
         refusing: Cell::new(0),
         all_closed: RefCell::new(None),
         stats: Cell::new(Stats::default()),
@@ -93,8 +113,10 @@ pub(super) async fn io_main(
     }
 
     for listener in listeners {
-        let ctx = ctx.clone();
+        ctx.accepting.set(ctx.accepting.get() + 1);
+        let guard = AcceptGuard(ctx.clone());
         monoio::spawn(async move {
+            let ctx = guard.0.clone();
             if let Err(err) = accept_loop(ctx.clone(), listener).await {
                 // Only the set-up of a listener or of an accepted socket fails here, which
                 // no retry would mend: this I/O thread stops accepting on it and says so.
@@ -103,14 +125,18 @@ pub(super) async fn io_main(
                     ctx.index
                 );
             }
+            drop(guard);
         });
     }
 
     ctx.stop.wait().await;
-    // Stopping: accept loops have ended (they watch `stop`), idle connections close, and
-    // connections with a request in flight finish it first.
+    // Stopping: accept loops take what waits in their queues and end (they watch `stop`),
+    // idle connections close, and connections with a request in flight finish it first.
+    // Both are waited for: this task may run before an accept loop has seen the stop, and
+    // a thread that ended with no connection left dropped its queued ones unanswered (a
+    // reset for each; it took a loaded machine to see it).
     poll_fn(|cx| {
-        if ctx.live_conns.get() == 0 {
+        if ctx.all_closed_now() {
             Poll::Ready(())
         } else {
             *ctx.all_closed.borrow_mut() = Some(cx.waker().clone());

@@ -101,8 +101,11 @@ def test_sigterm_serves_connections_waiting_in_the_accept_queue(spindle):
         srv.proc.send_signal(signal.SIGTERM)
     finally:
         os.kill(worker, signal.SIGCONT)
-    for conn in conns:
-        resp = conn.read_response(timeout=10)
+    for i, conn in enumerate(conns):
+        try:
+            resp = conn.read_response(timeout=10)
+        except IncompleteResponse as err:
+            raise AssertionError(f"queued connection {i}: {err}\n{srv.log_since()}") from None
         assert resp.status == 200 and resp.body == f"pid {worker}".encode(), resp
         conn.close()
     assert srv.proc.wait(10) == 0, srv.log_since()
