@@ -329,22 +329,27 @@ def app_table(app: str, table: dict, runs: dict[str, list[dict]], failures: dict
             f"{ratio(key, 'pss')} | {' + '.join('%.2f' % p['cores'] for p in mid['processes'])} | "
             f"{' + '.join('%.0f' % p['peak_rss'] for p in mid['processes'])} | {m['server_cores']:.2f} | "
             f"{m['cpu_us']:.0f} | {m['wrk_cores']:.2f} | {m['other_cores']:.2f} |")
-    if base and len(med) > 1:
-        peers = {k: v for k, v in med.items() if k != "spindle"}
+    notes = []
+    if base and any(not k.startswith("spindle") for k in med):
+        peers = {k: v for k, v in med.items() if not k.startswith("spindle")}
         fastest = max(peers, key=lambda k: peers[k]["rps"])
-        leanest = min(peers, key=lambda k: peers[k]["rss"])
-        lines += [
-            "",
-            f"- Spindle first: {'yes' if base['rps'] > peers[fastest]['rps'] else 'NO'}: {base['rps']:.0f} req/s, "
-            f"the fastest peer {table[fastest].name} {peers[fastest]['rps']:.0f} "
-            f"(Spindle at {base['rps'] / peers[fastest]['rps']:.2f}x it)",
-            f"- less total RSS than every peer: {'yes' if base['rss'] < peers[leanest]['rss'] else 'NO'}: "
-            f"{base['rss']:.1f} MiB, the leanest peer {table[leanest].name} {peers[leanest]['rss']:.1f} MiB "
-            f"(Spindle at {base['rss'] / peers[leanest]['rss']:.2f}x it)",
-        ]
-        errors = [table[k].name for k, rs in runs.items() if any(r["errors"] for r in rs)]
-        if errors:
-            lines.append(f"- wrk counted errors for {', '.join(errors)}: their req/s is not comparable")
+        for field, what in (("rss", "less total peak RSS"), ("pss", "less PSS")):
+            leanest = min(peers, key=lambda k: peers[k][field])
+            notes.append(f"- {what} than every peer: {'yes' if base[field] < peers[leanest][field] else 'NO'}: "
+                         f"{base[field]:.1f} MiB, the leanest peer {table[leanest].name} "
+                         f"{peers[leanest][field]:.1f} MiB (Spindle at {base[field] / peers[leanest][field]:.2f}x it)")
+        notes.insert(0, f"- Spindle first: {'yes' if base['rps'] > peers[fastest]['rps'] else 'NO'}: "
+                        f"{base['rps']:.0f} req/s, the fastest peer {table[fastest].name} "
+                        f"{peers[fastest]['rps']:.0f} (Spindle at {base['rps'] / peers[fastest]['rps']:.2f}x it)")
+    for key, reasons in failures.items():
+        if reasons and runs.get(key):
+            notes.append(f"- {table[key].name} failed in {len(reasons)} round(s), its figures are from the others: "
+                         f"{'; '.join(reasons)[:300]}")
+    errors = [table[k].name for k, rs in runs.items() if any(r["errors"] for r in rs)]
+    if errors:
+        notes.append(f"- wrk counted errors for {', '.join(errors)}: their req/s is not comparable")
+    if notes:
+        lines += ["", *notes]
     return lines + [""]
 
 
