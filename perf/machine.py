@@ -432,8 +432,9 @@ def main() -> None:
         "",
         "Servers: "
         + "; ".join(f"`{s.name}`" if isinstance(s, Server) else f"{k} ({s})" for k, s in table.items())
-        + ". Spindle: one worker under the supervisor, the shape `spindle app` runs (--single-process "
-        "would save the supervisor's few MiB, but the peers' parents are counted too), 2 I/O threads, "
+        + ". Spindle: one worker under the supervisor, the shape `spindle app` runs (the supervisor is the "
+        "first process in its `processes` columns; --single-process would save it, but the peers' parents "
+        "are counted too), 2 I/O threads, "
         "2 own-GIL sub-interpreters, Python threads on demand, the default driver (epoll).",
         "",
     ]
