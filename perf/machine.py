@@ -435,7 +435,9 @@ def main() -> None:
         + ". Spindle: one worker under the supervisor, the shape `spindle app` runs (the supervisor is the "
         "first process in its `processes` columns; --single-process would save it, but the peers' parents "
         "are counted too), 2 I/O threads, "
-        "2 own-GIL sub-interpreters, Python threads on demand, the default driver (epoll).",
+        "2 own-GIL sub-interpreters, Python threads on demand, "
+        + (f"driver {os.environ['SPINDLE_DRIVER']} (SPINDLE_DRIVER)." if os.environ.get("SPINDLE_DRIVER")
+           else "the default driver (auto: epoll)."),
         "",
     ]
     for app in results:
