@@ -263,7 +263,7 @@ def server_table(spindle: str) -> dict:
     def spindle_cmd(driver):
         return lambda port, d, spec: [spindle, "--bind", f"127.0.0.1:{port}", "--single-process", "--io-threads", "1",
                                       "--py-threads", "1", "--driver", driver, "--pythonpath", str(d),
-                                      "--log-level", "warn", spec]
+                                      "--log-level", "info", spec]
 
     def missing(dist, extra=""):
         return None if installed[dist] else f"not installed: pip install {dist} failed{extra}"
@@ -442,6 +442,10 @@ def run_one(table: dict, server: str, scenario: str, args, raw: Path, round_no: 
                   wrk_pct=wrk_cpu / elapsed * 100)
     if sampler and sampler.starved():
         result["open"], result["starved"] = sampler.starved()
+    # Spindle says at start how it runs (driver, threads, which interpreters "auto" chose).
+    said = re.search(r"listening on \S+ \((.*)\)", log.read_text(errors="replace"))
+    if said:
+        result["shape"] = said.group(1)
     return result
 
 
@@ -514,15 +518,20 @@ def report(results: dict, apps: dict, args, meta: dict, scenarios: list[str], se
             busy = max(r["other_pct"] for r in runs)
             if busy >= 10:
                 notes.append(f"other load up to {busy:.0f}%")
+            if over < 0:
+                notes.append("overhead below 0: the two measurements' noise is larger than it")
             if entry.get("reason"):
                 notes.append(f"{entry['status']} in a round: {entry['reason'][:120]}")
             lines.append(f"| {server} | {rps:.0f} | {rps / b_rps:.2f}x | {cpu:.1f} | {cpu / b_cpu:.2f}x | "
                          f"{app_us:.1f} | {over:.1f} | {over / cpu:.0%} | {p99:.2f} | {rss:.1f} | "
                          f"{'; '.join(notes)} |")
         lines.append("")
-    lines += ["## Servers", "", "| server | command (run from the app's folder; PORT, APPDIR, APP) |", "|---|---|"]
+    lines += ["## Servers", "", "| server | command (run from the app's folder APPDIR; APP: MODULE:CALLABLE) |", "|---|---|"]
     for server in servers:
         lines.append(f"| {server} | `{commands[server]}` |")
+    shapes = sorted({f"{k[0]}: {r['shape']}" for k, v in results.items() for r in v.get("runs", []) if "shape" in r})
+    if shapes:
+        lines += ["", "Spindle at start (its `listening on` line): " + "; ".join(f"{s}" for s in shapes) + "."]
     lines += ["", f"Command: `{meta['command']}`; server logs and wrk output in `frameworks-raw/`.", ""]
     return "\n".join(lines)
 
