@@ -108,6 +108,9 @@ SCENARIOS = {
 }
 
 SERVERS = ["spindle-epoll", "spindle-uring", "granian", "gunicorn-gthread", "bjoern", "uwsgi"]
+# Not in the default run (--servers): spindle-epoll on the main interpreter, where the app runs
+# as it does alone and under the peers, to tell the sub-interpreter's cost from the server's.
+EXTRA_SERVERS = ["spindle-epoll-main"]
 
 
 class NotApplicable(Exception):
@@ -260,9 +263,9 @@ def server_table(spindle: str) -> dict:
         subprocess.run([py, "-m", "pip", "install", "-q", "bjoern"], capture_output=True, timeout=600)
         installed["bjoern"] = subprocess.run([py, "-c", "import bjoern"], capture_output=True).returncode == 0
 
-    def spindle_cmd(driver):
+    def spindle_cmd(driver, *extra):
         return lambda port, d, spec: [spindle, "--bind", f"127.0.0.1:{port}", "--single-process", "--io-threads", "1",
-                                      "--py-threads", "1", "--driver", driver, "--pythonpath", str(d),
+                                      "--py-threads", "1", "--driver", driver, *extra, "--pythonpath", str(d),
                                       "--log-level", "info", spec]
 
     def missing(dist, extra=""):
@@ -271,6 +274,7 @@ def server_table(spindle: str) -> dict:
     return {
         "spindle-epoll": (spindle_cmd("epoll"), signal.SIGTERM, None),
         "spindle-uring": (spindle_cmd("io-uring"), signal.SIGTERM, None),
+        "spindle-epoll-main": (spindle_cmd("epoll", "--interpreters", "main"), signal.SIGTERM, None),
         "granian": (lambda port, d, spec: [
             str(bin_dir / "granian"), "--interface", "wsgi", "--workers", "1", "--blocking-threads", "1",
             "--http", "1", "--no-ws", "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(d),
@@ -320,10 +324,6 @@ def tail(log: Path, n: int = 300) -> str:
 
 
 # ---------------------------------------------------------------- measuring
-
-def tree_cpu(pid: int) -> float:
-    return sum(thread_cpu(pid).values())
-
 
 def cores_busy() -> float:
     """CPU-seconds cores 0 and 1 have spent so far on neither idle nor interrupts."""
@@ -416,7 +416,8 @@ def run_one(table: dict, server: str, scenario: str, args, raw: Path, round_no: 
             raise Failed(f"died during the warm-up: {tail(log)}")
         reset_peak_rss(proc.pid)
         sampler = ConnSampler(port, args.duration) if args.duration >= 3 else None
-        cpu0, busy0, wrk0, t0 = tree_cpu(proc.pid), cores_busy(), children_cpu(), time.monotonic()
+        threads0 = thread_cpu(proc.pid)
+        cpu0, busy0, wrk0, t0 = sum(threads0.values()), cores_busy(), children_cpu(), time.monotonic()
         if sampler:
             sampler.start()
         try:
@@ -425,7 +426,8 @@ def run_one(table: dict, server: str, scenario: str, args, raw: Path, round_no: 
             if sampler:
                 sampler.done.set()
                 sampler.join(15)
-        cpu, busy, wrk_cpu, elapsed = (tree_cpu(proc.pid) - cpu0, cores_busy() - busy0, children_cpu() - wrk0,
+        threads1 = thread_cpu(proc.pid)
+        cpu, busy, wrk_cpu, elapsed = (sum(threads1.values()) - cpu0, cores_busy() - busy0, children_cpu() - wrk0,
                                        time.monotonic() - t0)
         rss = peak_rss_mib(proc.pid)
         if proc.poll() is not None:
@@ -437,7 +439,9 @@ def run_one(table: dict, server: str, scenario: str, args, raw: Path, round_no: 
     requests = int(m.group(1)) if m else 0
     if requests == 0:
         raise Failed("wrk completed no request")
-    result.update(requests=requests, cpu_us=cpu / requests * 1e6, rss=rss, note=note,
+    # Spindle's threads by name: its Python threads, its I/O threads, the rest (peers: all "other").
+    split = {g: (threads1[g] - threads0.get(g, 0.0)) / requests * 1e6 for g in threads1}
+    result.update(requests=requests, cpu_us=cpu / requests * 1e6, rss=rss, note=note, thread_us=split,
                   other_pct=max(0.0, busy - cpu - wrk_cpu) / elapsed / 2 * 100,
                   wrk_pct=wrk_cpu / elapsed * 100)
     if sampler and sampler.starved():
@@ -474,7 +478,8 @@ def report(results: dict, apps: dict, args, meta: dict, scenarios: list[str], se
         "- **peak RSS**: VmHWM summed over the server's processes, reset before the measured run; "
         "**notes**: errors (socket errors + non-2xx), connections starved (open 1 s in and 1 s before the end, "
         "nothing received in between), other load on the 2 cores during the run (neither the server nor wrk) "
-        "when 10% or more",
+        "when 10% or more; for Spindle, its CPU per request split between its Python thread and its I/O thread "
+        "(both on the one core: each request wakes the other thread there)",
         "",
     ]
     for scenario in scenarios:
@@ -512,6 +517,9 @@ def report(results: dict, apps: dict, args, meta: dict, scenarios: list[str], se
             if starved:
                 notes.append("starved " + ", ".join(f"{r['starved']} of {r['open']}" for r in starved)
                              + " connections")
+            if "python" in runs[0]["thread_us"]:  # Spindle: where its CPU per request went
+                py_us, io_us = (med([r["thread_us"].get(g, 0.0) for r in runs]) for g in ("python", "io"))
+                notes.append(f"Python thread {py_us:.1f} µs, I/O thread {io_us:.1f} µs")
             note = next((r["note"] for r in runs if r["note"]), "")
             if note:
                 notes.append(note)
@@ -562,8 +570,8 @@ def main() -> None:
         if s not in SCENARIOS:
             sys.exit(f"error: unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
     for s in servers:
-        if s not in SERVERS:
-            sys.exit(f"error: unknown server {s!r} (known: {', '.join(SERVERS)})")
+        if s not in SERVERS + EXTRA_SERVERS:
+            sys.exit(f"error: unknown server {s!r} (known: {', '.join(SERVERS + EXTRA_SERVERS)})")
     if args.duration < 1 or args.warmup < 1 or args.rounds < 1 or args.connections < 1:
         sys.exit("error: --duration, --warmup, --rounds and --connections must be at least 1")
     if os.cpu_count() < 2:
