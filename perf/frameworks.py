@@ -21,6 +21,8 @@ perf/harness.py), started from the app's folder:
   gunicorn-gthread  -k gthread -w 1 --threads 4
   bjoern            perf/apps/bjoern_run.py HOST PORT MODULE:CALLABLE
   uwsgi             --http11-socket, --processes 1, no master (as perf/lab.sh runs it)
+  spindle-epoll-main  (only when named in --servers) spindle-epoll with --interpreters main:
+                    the app on the main interpreter, as alone and under the peers
 A server that is not installed, does not start, or answers a scenario wrong is "n/a" or
 "failed" in that scenario with the reason (its log in the raw folder); the run goes on.
 
@@ -53,7 +55,9 @@ bookkeeping (the environ copy, start_response, iterating the body) counts as app
 and the report gives its size (the same loop over a null app); the server's CPU includes
 the kernel's TCP work on its side of loopback (softirq time charged to no process is in
 neither); a server that runs the app on more threads (gunicorn's 4) pays for their
-switching, which is its overhead. CPU per request is user + system time of the server's
+switching, which is its overhead. For Spindle the notes split its CPU per request between
+its Python thread and its I/O thread (by thread name): both run on the one core, so at a
+framework's rates, where nothing batches, each request costs a wake-up of each. CPU per request is user + system time of the server's
 process tree over the measured run divided by wrk's completed requests.
 
 Usage: perf/frameworks.py [--duration 5] [--warmup 1] [--rounds 3] [--connections 64]
@@ -530,7 +534,8 @@ def report(results: dict, apps: dict, args, meta: dict, scenarios: list[str], se
                 notes.append("overhead below 0: the two measurements' noise is larger than it")
             if entry.get("reason"):
                 notes.append(f"{entry['status']} in a round: {entry['reason'][:120]}")
-            lines.append(f"| {server} | {rps:.0f} | {rps / b_rps:.2f}x | {cpu:.1f} | {cpu / b_cpu:.2f}x | "
+            rps_x, cpu_x = (f"{rps / b_rps:.2f}x", f"{cpu / b_cpu:.2f}x") if base else ("—", "—")
+            lines.append(f"| {server} | {rps:.0f} | {rps_x} | {cpu:.1f} | {cpu_x} | "
                          f"{app_us:.1f} | {over:.1f} | {over / cpu:.0%} | {p99:.2f} | {rss:.1f} | "
                          f"{'; '.join(notes)} |")
         lines.append("")
