@@ -44,7 +44,7 @@ in-process, on the same venv's Python, in a subprocess pinned to core 0: the WSG
 called directly in a tight loop, with an environ like a server's for wrk's request
 (wsgiref.util.setup_testing_defaults over GET PATH, HTTP/1.1, Host: 127.0.0.1:PORT, a
 fresh copy and an empty wsgi.input per call), its body iterated to the end and close()
-called; a warm-up of 300 calls, then N calls (about --app-seconds of CPU) timed with
+called; a warm-up of 300 calls, then N calls (about --app-seconds of CPU, 2000 at least) timed with
 time.process_time. Then for each server:
     overhead µs = server CPU µs per request - app µs per call
     share       = overhead µs / server CPU µs per request
@@ -55,10 +55,13 @@ bookkeeping (the environ copy, start_response, iterating the body) counts as app
 and the report gives its size (the same loop over a null app); the server's CPU includes
 the kernel's TCP work on its side of loopback (softirq time charged to no process is in
 neither); a server that runs the app on more threads (gunicorn's 4) pays for their
-switching, which is its overhead. For Spindle the notes split its CPU per request between
-its Python thread and its I/O thread (by thread name): both run on the one core, so at a
-framework's rates, where nothing batches, each request costs a wake-up of each. CPU per request is user + system time of the server's
-process tree over the measured run divided by wrk's completed requests.
+switching, which is its overhead; the loop runs on the main interpreter, Spindle's default
+on a sub-interpreter (spindle-epoll-main shows what that changes). For Spindle the notes
+split its CPU per request between its Python thread and its I/O thread (by thread name):
+both run on the one core, so at a framework's rates, where nothing batches, each request
+costs a wake-up of each. CPU per
+request is user + system time of the server's process tree over the measured run divided by
+wrk's completed requests.
 
 Usage: perf/frameworks.py [--duration 5] [--warmup 1] [--rounds 3] [--connections 64]
                           [--scenarios flask-hello,...] [--servers spindle-epoll,...] [--app-seconds 1]
@@ -539,7 +542,8 @@ def report(results: dict, apps: dict, args, meta: dict, scenarios: list[str], se
                          f"{app_us:.1f} | {over:.1f} | {over / cpu:.0%} | {p99:.2f} | {rss:.1f} | "
                          f"{'; '.join(notes)} |")
         lines.append("")
-    lines += ["## Servers", "", "| server | command (run from the app's folder APPDIR; APP: MODULE:CALLABLE) |", "|---|---|"]
+    lines += ["## Servers", "", "| server | command (run from the app's folder APPDIR; APP: MODULE:CALLABLE) |",
+              "|---|---|"]
     for server in servers:
         lines.append(f"| {server} | `{commands[server]}` |")
     shapes = sorted({f"{k[0]}: {r['shape']}" for k, v in results.items() for r in v.get("runs", []) if "shape" in r})
@@ -624,8 +628,8 @@ def main() -> None:
                     print(f"round {round_no} {scenario:13s} {server:17s} failed: {exc}", file=sys.stderr)
                     continue
                 entry["runs"].append(r)
-                print(f"round {round_no} {scenario:13s} {server:17s} {r['rps']:9.0f} req/s {r['cpu_us']:7.1f} µs/req "
-                      f"p99 {r['p99']:7.2f} ms {r['rss']:6.1f} MiB {r['errors']} errors"
+                print(f"round {round_no} {scenario:13s} {server:17s} {r['rps']:9.0f} req/s "
+                      f"{r['cpu_us']:7.1f} µs/req p99 {r['p99']:7.2f} ms {r['rss']:6.1f} MiB {r['errors']} errors"
                       + (f", {r['starved']} of {r['open']} starved" if r.get("starved") else ""), file=sys.stderr)
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
