@@ -98,11 +98,14 @@ pub(super) fn validate_start_response<'py>(
             &format!("status must be a str, not {}", status.type_name()),
         ));
     }
-    let status_bytes = status
-        .encode_latin1()
+    // Borrowed, not copied, as the headers below: start_response allocated once per header
+    // string before (ARCHITECTURE.md §6).
+    let status_text = status
+        .latin1()
         .ok_or_else(|| value_error(gil, "status must be latin-1 text"))?;
-    let mut head = ResponseHead::new(&status_bytes)
-        .map_err(|error| head_error(gil, error, &status_bytes, b""))?;
+    let status_bytes = status_text.bytes();
+    let mut head = ResponseHead::new(status_bytes)
+        .map_err(|error| head_error(gil, error, status_bytes, b""))?;
     // SAFETY: a type check on a live object.
     if unsafe { ffi::PyList_Check(headers.as_ptr()) } == 0 {
         return Err(type_error(
@@ -115,12 +118,7 @@ pub(super) fn validate_start_response<'py>(
     }
     let items = headers.iter()?;
     while let Some(item) = items.next()? {
-        let pair = item
-            .sequence_items()
-            .filter(|p| p.len() == 2 && item.sequence_items().is_some());
-        // SAFETY: a type check on a live object.
-        let is_tuple = unsafe { ffi::PyTuple_Check(item.as_ptr()) } != 0;
-        let Some(pair) = pair.filter(|_| is_tuple) else {
+        let Some((name, value)) = item.tuple_pair() else {
             return Err(type_error(
                 gil,
                 &format!(
@@ -129,20 +127,21 @@ pub(super) fn validate_start_response<'py>(
                 ),
             ));
         };
-        let (name, value) = (&pair[0], &pair[1]);
         if !name.is_str() || !value.is_str() {
             return Err(type_error(gil, "header names and values must be str"));
         }
-        let name_bytes = name.encode_latin1().unwrap_or_default();
-        let Some(value_bytes) = value.encode_latin1() else {
+        let name_text = name.latin1();
+        let name_bytes = name_text.as_ref().map_or(&b""[..], |text| text.bytes());
+        let Some(value_text) = value.latin1() else {
             // A bad name is reported before a value that is not latin-1.
-            if let Err(error) = response::check_header_name(&name_bytes) {
-                return Err(head_error(gil, error, &name_bytes, b""));
+            if let Err(error) = response::check_header_name(name_bytes) {
+                return Err(head_error(gil, error, name_bytes, b""));
             }
             return Err(value_error(gil, "header values must be latin-1 text"));
         };
-        if let Err(error) = head.push_header(&name_bytes, &value_bytes) {
-            return Err(head_error(gil, error, &name_bytes, &value_bytes));
+        let value_bytes = value_text.bytes();
+        if let Err(error) = head.push_header(name_bytes, value_bytes) {
+            return Err(head_error(gil, error, name_bytes, value_bytes));
         }
     }
     Ok(head)

@@ -285,6 +285,23 @@ pub struct Obj<'py> {
 
 pub type PyResult<'py, T> = Result<T, PyErr<'py>>;
 
+/// A `str`'s latin-1 form ([`Obj::latin1`]): borrowed from the str when it is ASCII, else a
+/// `bytes` object holding the encoding.
+pub enum Latin1<'a, 'py> {
+    Ascii(&'a [u8]),
+    Encoded(Obj<'py>),
+}
+
+impl Latin1<'_, '_> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Latin1::Ascii(bytes) => bytes,
+            // `latin1` made it only from a `bytes` object.
+            Latin1::Encoded(obj) => obj.as_bytes().unwrap_or_default(),
+        }
+    }
+}
+
 impl<'py> Obj<'py> {
     /// Takes ownership of a new reference; `NULL` fetches the pending exception.
     ///
@@ -423,17 +440,40 @@ impl<'py> Obj<'py> {
     /// Encodes a `str` as latin-1 (PEP 3333 header values); `None` if a character is out of
     /// range (or for other types).
     pub fn encode_latin1(&self) -> Option<Vec<u8>> {
+        self.latin1().map(|text| text.bytes().to_vec())
+    }
+
+    /// A `str`'s latin-1 bytes without copying them when it is ASCII (the str's own
+    /// buffer, the usual header); `None` as for [`Obj::encode_latin1`].
+    pub fn latin1(&self) -> Option<Latin1<'_, 'py>> {
         if let Some(utf8) = self.as_str_utf8() {
             if utf8.is_ascii() {
-                return Some(utf8.to_vec());
+                return Some(Latin1::Ascii(utf8));
             }
         }
         // SAFETY: live object, GIL held; the result is an owned bytes object or NULL.
         let encoded =
             unsafe { Obj::from_owned(self.gil, ffi::PyUnicode_AsLatin1String(self.as_ptr())) };
         match encoded {
-            Ok(bytes) => bytes.as_bytes().map(<[u8]>::to_vec),
+            Ok(bytes) if bytes.as_bytes().is_some() => Some(Latin1::Encoded(bytes)),
+            Ok(_) => None,
             Err(_) => None,
+        }
+    }
+
+    /// The two items of an exact 2-tuple (a WSGI header), or `None`.
+    pub fn tuple_pair(&self) -> Option<(Obj<'py>, Obj<'py>)> {
+        // SAFETY: an exact type check first; then the size and two borrowed items of a live
+        // tuple, each of which we take a reference to at once.
+        unsafe {
+            let ptr = self.as_ptr();
+            if ffi::PyTuple_CheckExact(ptr) == 0 || ffi::PyTuple_Size(ptr) != 2 {
+                return None;
+            }
+            Some((
+                Obj::from_borrowed_unchecked(self.gil, ffi::PyTuple_GetItem(ptr, 0)),
+                Obj::from_borrowed_unchecked(self.gil, ffi::PyTuple_GetItem(ptr, 1)),
+            ))
         }
     }
 
