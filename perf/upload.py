@@ -36,8 +36,10 @@ again; then it is stopped by PID (SIGTERM, SIGINT for uWSGI, SIGKILL after 15 s)
 Per server and mode the report gives the median MiB/s over the rounds and every
 round's, the server's CPU seconds per GiB (user + system), its peak RSS (VmHWM summed
 over the tree; a server that buffers the whole body shows it here), the client's CPU
-share of its core (near 100%: the client was the limit), and the ratio to the best peer
-(the fastest server that is not Spindle) and to spindle-epoll.
+share of its core (near 100%: the client was the limit), the other load (busy time of
+both cores, read by the client around the upload, that neither the server nor the client
+accounts for: a neighbour), and the ratio to the best peer (the fastest server that is not
+Spindle or the sink) and to spindle-epoll.
 
 Usage: perf/upload.py [--mib 1024] [--chunk 64] [--modes chunked,length] [--rounds 3]
                       [--servers spindle-epoll,...] [--buffer 16]
