@@ -26,7 +26,7 @@ use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
 use spindle::handoff::{
-    BodyChunk, BodyError, ConnToken, Exchange, IoMailbox, ReleaseQueue, Reply, ReplyMsg,
+    BodyChunk, BodyError, ConnToken, Doorbell, Exchange, IoMailbox, ReleaseQueue, Reply, ReplyMsg,
     RESPONSE_WINDOW,
 };
 
@@ -397,5 +397,103 @@ fn release_queue_bodies_dropped_while_the_owner_drains_are_released_once() {
         // with the lock taken.
         releases.shared();
         releases.drain(|id| panic!("body {id} released twice"));
+    });
+}
+
+/// The request queue as the doorbell's models see it: a count of queued requests, pushed
+/// with a Release increment and taken with an Acquire compare-and-swap (crossbeam's array
+/// queue publishes a slot with a Release store and takes it after an Acquire load), and a
+/// closed flag. Relaxed enough that loom explores the orderings the doorbell's fences are
+/// there for.
+#[derive(Default)]
+struct ModelQueue {
+    items: AtomicUsize,
+    closed: loom::sync::atomic::AtomicBool,
+}
+
+impl ModelQueue {
+    fn push(&self, bell: &Doorbell) {
+        self.items.fetch_add(1, Ordering::Release);
+        bell.ring();
+    }
+
+    fn close(&self, bell: &Doorbell) {
+        self.closed.store(true, Ordering::Release);
+        bell.ring_all();
+    }
+
+    /// `Some(true)`: took a request; `Some(false)`: closed and empty; `None`: empty.
+    fn try_take(&self) -> Option<bool> {
+        let mut n = self.items.load(Ordering::Acquire);
+        while n > 0 {
+            match self
+                .items
+                .compare_exchange(n, n - 1, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return Some(true),
+                Err(now) => n = now,
+            }
+        }
+        self.closed.load(Ordering::Acquire).then_some(false)
+    }
+}
+
+/// A Python thread takes `want` requests, sleeping on the doorbell whenever the queue is
+/// empty, while the I/O side queues them: no request is stranded with a thread asleep
+/// (that would be a wait loom reports as a deadlock), in any interleaving.
+#[test]
+fn doorbell_no_request_stranded_while_a_python_thread_sleeps() {
+    loom::model(|| {
+        let bell = Arc::new(Doorbell::default());
+        let queue = Arc::new(ModelQueue::default());
+        let io = {
+            let (bell, queue) = (bell.clone(), queue.clone());
+            thread::spawn(move || {
+                queue.push(&bell);
+                queue.push(&bell);
+            })
+        };
+        for _ in 0..2 {
+            assert_eq!(bell.wait(|| queue.try_take(), None), Some(true));
+        }
+        io.join().unwrap();
+        assert_eq!(bell.sleepers(), 0);
+    });
+}
+
+/// Two Python threads asleep, two requests: each wakes with one (one `notify_one` per
+/// request is enough).
+#[test]
+fn doorbell_two_sleepers_two_requests_both_served() {
+    loom::model(|| {
+        let bell = Arc::new(Doorbell::default());
+        let queue = Arc::new(ModelQueue::default());
+        let python: Vec<_> = (0..2)
+            .map(|_| {
+                let (bell, queue) = (bell.clone(), queue.clone());
+                thread::spawn(move || bell.wait(|| queue.try_take(), None))
+            })
+            .collect();
+        queue.push(&bell);
+        queue.push(&bell);
+        for thread in python {
+            assert_eq!(thread.join().unwrap(), Some(true));
+        }
+    });
+}
+
+/// The queue closes (the last I/O thread's sender goes) while a Python thread sleeps: it
+/// wakes and sees it.
+#[test]
+fn doorbell_close_wakes_a_sleeping_python_thread() {
+    loom::model(|| {
+        let bell = Arc::new(Doorbell::default());
+        let queue = Arc::new(ModelQueue::default());
+        let io = {
+            let (bell, queue) = (bell.clone(), queue.clone());
+            thread::spawn(move || queue.close(&bell))
+        };
+        assert_eq!(bell.wait(|| queue.try_take(), None), Some(false));
+        io.join().unwrap();
     });
 }

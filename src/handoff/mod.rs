@@ -16,12 +16,14 @@
 //! Wake-ups are the cost that matters (ARCHITECTURE.md §4: a cross-thread wake
 //! costs several µs, the same order as a whole hello-world request). So:
 //! - Python threads block on the request queue only when it is empty, and drain every
-//!   queued request before they sleep again;
+//!   queued request before they sleep again; they sleep at once, woken by the
+//!   [`Doorbell`] the I/O side rings when it queues a request and a thread sleeps;
 //! - an I/O thread is woken through its [`IoMailbox`] at most once per batch: the first
 //!   reply pushed after the I/O thread began draining sets `notified` and wakes it; later
 //!   pushes see the flag and only enqueue.
 
 mod budget;
+mod doorbell;
 mod encoder;
 mod exchange;
 mod head;
@@ -38,6 +40,7 @@ use bytes::Bytes;
 use crate::http::Persistence;
 
 pub use budget::ResponseBudget;
+pub use doorbell::Doorbell;
 pub use encoder::ResponseEncoder;
 pub use exchange::{Exchange, Reserve, RESPONSE_WINDOW};
 pub use head::{Endpoint, RequestHead};

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 
-use super::Request;
+use super::{Doorbell, Request};
 
 /// The Python side's free capacity, as the I/O side sees it.
 ///
@@ -33,6 +33,8 @@ pub struct Capacity {
     epoch: OnceLock<Instant>,
     /// The grower, when the pool may grow at all.
     grower: OnceLock<std::thread::Thread>,
+    /// Where idle Python threads sleep (`wait_for_request`).
+    doorbell: Doorbell,
 }
 
 impl Capacity {
@@ -125,6 +127,25 @@ impl Capacity {
         self.idle.load(Ordering::Acquire)
     }
 
+    /// A Python thread takes the next request from `requests`, sleeping until one comes
+    /// (woken by the I/O side's [`RequestSender::try_send`], not by crossbeam's spinning
+    /// and yielding `recv`), the queue closes, or `timeout` passes.
+    pub fn wait_for_request(
+        &self,
+        requests: &Receiver<Request>,
+        timeout: Option<Duration>,
+    ) -> Result<Request, RecvTimeoutError> {
+        let took = self.doorbell.wait(
+            || match requests.try_recv() {
+                Ok(request) => Some(Ok(request)),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+            },
+            timeout,
+        );
+        took.unwrap_or(Err(RecvTimeoutError::Timeout))
+    }
+
     /// The thread that grows the pool: woken when requests wait and no thread is idle.
     pub fn set_grower(&self, thread: std::thread::Thread) {
         let _ = self.grower.set(thread);
@@ -160,10 +181,28 @@ impl Capacity {
 }
 
 /// The I/O side's end of the request queue.
-#[derive(Clone)]
 pub struct RequestSender {
-    tx: Sender<Request>,
+    /// Always `Some` but in `drop`, which lets it go before it wakes the sleepers.
+    tx: Option<Sender<Request>>,
     capacity: Arc<Capacity>,
+}
+
+impl Clone for RequestSender {
+    fn clone(&self) -> RequestSender {
+        RequestSender {
+            tx: self.tx.clone(),
+            capacity: self.capacity.clone(),
+        }
+    }
+}
+
+impl Drop for RequestSender {
+    fn drop(&mut self) {
+        // The last sender gone closes the queue: sleeping Python threads must wake to see
+        // it, and only after this sender is gone can they.
+        drop(self.tx.take());
+        self.capacity.doorbell.ring_all();
+    }
 }
 
 impl RequestSender {
@@ -174,14 +213,22 @@ impl RequestSender {
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, mut request: Request) -> Result<(), TrySendError<Request>> {
         request.queued = Instant::now();
-        self.tx.try_send(request)?;
+        self.tx().try_send(request)?;
+        self.capacity.doorbell.ring();
         self.capacity.request_queued();
         Ok(())
     }
 
+    #[inline]
+    fn tx(&self) -> &Sender<Request> {
+        self.tx
+            .as_ref()
+            .expect("a RequestSender has its sender until it is dropped")
+    }
+
     /// Requests in the queue now (shed ones not yet taken out by a Python thread count).
     pub fn queued(&self) -> usize {
-        self.tx.len()
+        self.tx().len()
     }
 
     /// Whether every Python thread is inside an application call: a thread between two
@@ -196,7 +243,13 @@ impl RequestSender {
 /// threads stop reading new requests (back-pressure) instead of buffering without limit.
 pub fn request_queue(capacity: usize, free: Arc<Capacity>) -> (RequestSender, Receiver<Request>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    (RequestSender { tx, capacity: free }, rx)
+    (
+        RequestSender {
+            tx: Some(tx),
+            capacity: free,
+        },
+        rx,
+    )
 }
 
 fn micros(d: Duration) -> u64 {

@@ -8,7 +8,7 @@
 //! scripts/test.sh) uses loom's atomics, `Mutex` and `Condvar`, which let loom run every
 //! interleaving of the threads touching them, and two small stand-ins below for the crates
 //! that loom cannot see into. Nothing else in the crate may import this module: it is how
-//! the hand-off (`mailbox.rs`, `exchange.rs`, `release.rs`) spells its primitives.
+//! the hand-off (`mailbox.rs`, `exchange.rs`, `release.rs`, `doorbell.rs`) spells its primitives.
 //!
 //! Why the stand-ins are faithful for what the models check (ARCHITECTURE.md §4): the
 //! properties are about the protocol *around* the queue (the `notified` flag and the
@@ -27,12 +27,12 @@ pub(super) use atomic_waker::AtomicWaker;
 #[cfg(not(loom))]
 pub(super) use crossbeam_channel as channel;
 #[cfg(not(loom))]
-pub(super) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+pub(super) use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub(super) use std::sync::{Condvar, Mutex};
 
 #[cfg(loom)]
-pub(super) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+pub(super) use loom::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub(super) use loom::sync::{Condvar, Mutex};
 #[cfg(loom)]

@@ -264,13 +264,7 @@ fn serve(
             ctx.capacity.thread_idle();
             let got = match wake {
                 Some(wake) => next_request_or_wake(&ctx.requests, wake, wait),
-                None => match wait {
-                    Some(wait) => ctx.requests.recv_timeout(wait),
-                    None => ctx
-                        .requests
-                        .recv()
-                        .map_err(|_| RecvTimeoutError::Disconnected),
-                },
+                None => ctx.capacity.wait_for_request(&ctx.requests, wait),
             };
             ctx.capacity.thread_busy(|| !ctx.requests.is_empty());
             if got.is_ok() {
