@@ -39,6 +39,8 @@ const DIRECT_WRITE: usize = 16 * 1024;
 const COALESCE_LIMIT: usize = 64 * 1024;
 /// Initial read buffer per connection.
 const READ_BUFFER: usize = 8 * 1024;
+/// The largest read buffer a connection keeps between exchanges (see `Conn::exchange`).
+const KEPT_BUFFER: usize = 64 * 1024;
 /// A request still queued after this long has its connection watched (admission control,
 /// ARCHITECTURE.md §4): the socket for a client that left, a timer for `--max-queue-wait`.
 /// Before, the wait for its reply is the plain one, with the one timer it always had.
@@ -406,6 +408,12 @@ impl Conn {
         // Dropping what is left cancels any exchange the connection gave up on.
         batch.clear();
         self.batch = batch;
+        // A streamed body grew the read buffer to its read size (256 KiB): an idle
+        // keep-alive connection goes back to a small one, so memory per connection stays
+        // what it was however large its past uploads.
+        if self.buf.capacity() > KEPT_BUFFER && self.buf.len() <= READ_BUFFER {
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
         end
     }
 
