@@ -42,6 +42,13 @@ impl Doorbell {
         if let Some(found) = ready() {
             return Some(found);
         }
+        // One yield first: where the I/O thread shares this core and has work (it was just
+        // woken for the replies this thread sent), it runs now and queues what it reads, and
+        // this thread takes it without a sleep and a wake-up.
+        std::thread::yield_now();
+        if let Some(found) = ready() {
+            return Some(found);
+        }
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.sleepers.fetch_add(1, Ordering::SeqCst);
