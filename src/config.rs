@@ -15,9 +15,10 @@ use crate::log::{ErrorLogFormat, LogLevel};
 /// Which monoio driver the I/O threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverChoice {
-    /// The measured default: epoll. With monoio 0.2.4 (one submission per operation, no
-    /// multishot or registered buffers) io_uring lost most of the lab's scenarios on these
-    /// machines; see README.md, "Performance".
+    /// The measured default: epoll. io_uring (monoio 0.2.4: one submission per operation,
+    /// no multishot or registered buffers) led seven of the lab's eight scenarios in the
+    /// run of 2026-12-05 but lost the one-connection one (about 1.1x the CPU per request);
+    /// see README.md, "Performance".
     Auto,
     /// io_uring, or exit with an error when it is unavailable.
     #[value(name = "io-uring", alias = "io_uring", alias = "iouring")]
