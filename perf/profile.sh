@@ -23,6 +23,7 @@ profile() {
     shift 2
     port=$(free_port)
     local cmd=("${@//PORT/$port}")
+    [[ $name == nginx ]] && nginx_conf "$port"
     (cd "$ROOT/perf/apps" && exec taskset -c 0 "${cmd[@]}") >"$OUT/data/$name.log" 2>&1 &
     pid=$!
     for i in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
@@ -51,8 +52,6 @@ for c in 1 64; do
     profile spindle-epoll "$c" "$SPINDLE" --bind 127.0.0.1:PORT --single-process --io-threads 1 --py-threads 1 --driver epoll --pythonpath . lab:app
     profile spindle-uring "$c" "$SPINDLE" --bind 127.0.0.1:PORT --single-process --io-threads 1 --py-threads 1 --driver io-uring --pythonpath . lab:app
     profile bjoern "$c" "$PY" bjoern_run.py 127.0.0.1 PORT
-    port=$(free_port)
-    nginx_conf "$port"
     profile nginx "$c" nginx -p "$OUT/nginx/" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log"
 done
 python3 "$ROOT/perf/profile_categories.py" "$OUT" | tee "$OUT/profile.md"
