@@ -89,8 +89,8 @@ import threading
 import time
 from pathlib import Path
 
-from harness import (APPS, ROOT, dist_version, free_port, peak_rss_mib, peer, reset_peak_rss, server_python,
-                     spindle_bin, stop, thread_cpu, venv, wrk)
+from harness import (APPS, ROOT, dist_version, free_port, log_tail as tail, peak_rss_mib, peer, reset_peak_rss,
+                     server_python, spindle_bin, stop, thread_cpu, venv, wrk)
 
 # The frameworks' versions, pinned: the Django project's settings are startproject's of 5.1.4.
 REQUIREMENTS = {"flask": "flask==3.1.3", "django": "django==5.1.4"}
@@ -321,13 +321,6 @@ def wait_answering(port: int, path: str, proc: subprocess.Popen, log: Path, time
             last = repr(exc)
         time.sleep(0.05)
     raise Failed(f"did not answer 200 on {path} within {timeout:.0f} s ({last}): {tail(log)}")
-
-
-def tail(log: Path, n: int = 300) -> str:
-    try:
-        return log.read_text(errors="replace")[-n:].replace("\n", " ").strip()
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------- measuring

@@ -166,6 +166,14 @@ def tree_threads(pid: int) -> int:
     return sum(len(glob.glob(f"/proc/{p}/task/*")) for p in tree_pids(pid))
 
 
+def log_tail(log: Path, n: int = 300) -> str:
+    """The last `n` characters of a server's log file, on one line (for a failure's reason)."""
+    try:
+        return log.read_text(errors="replace")[-n:].replace("\n", " ").strip()
+    except OSError:
+        return ""
+
+
 def start(cmd: list[str], cwd: Path = ROOT) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

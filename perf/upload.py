@@ -64,8 +64,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness import (APPS, ROOT, dist_version, free_port, peak_rss_mib, peer, reset_peak_rss, spindle_bin,
-                     stop, thread_cpu, venv)
+from harness import (APPS, ROOT, dist_version, free_port, log_tail as tail, peak_rss_mib, peer, reset_peak_rss,
+                     spindle_bin, stop, thread_cpu, venv)
 
 SERVER_CORE, CLIENT_CORE = "0", "1"
 SERVERS = ["spindle-epoll", "spindle-uring", "granian", "gunicorn-gthread", "bjoern", "uwsgi"]
@@ -277,13 +277,6 @@ def wait_listening(port: int, proc: subprocess.Popen, log: Path, server: str, ti
             last = repr(exc)
         time.sleep(0.05)
     raise Failed(f"did not answer 200 on / within {timeout:.0f} s ({last}): {tail(log)}")
-
-
-def tail(log: Path, n: int = 300) -> str:
-    try:
-        return log.read_text(errors="replace")[-n:].replace("\n", " ").strip()
-    except OSError:
-        return ""
 
 
 def tree_cpu(pid: int) -> float:
