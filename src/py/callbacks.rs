@@ -98,8 +98,9 @@ pub(super) fn validate_start_response<'py>(
             &format!("status must be a str, not {}", status.type_name()),
         ));
     }
-    // Borrowed, not copied, as the headers below: start_response allocated once per header
-    // string before (ARCHITECTURE.md §6).
+    // Borrowed, not copied, as the headers below (an ASCII str is read in place): the head's
+    // buffer is start_response's one allocation. Copying each string cost about 1,700
+    // instructions per hello request.
     let status_text = status
         .latin1()
         .ok_or_else(|| value_error(gil, "status must be latin-1 text"))?;

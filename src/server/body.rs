@@ -17,7 +17,7 @@ pub(super) const PREBUFFER_BODY: usize = 64 * 1024;
 /// 64: an application reading `wsgi.input` 64 KiB at a time then costs a quarter of a
 /// round trip to the I/O thread per read instead of 1.4 (a 64 KiB buffer is topped up only
 /// when half of it is free), which took a chunked upload from 574 to 1,354 MiB/s at 0.46x
-/// the CPU per GiB (perf/upload.py, perf/README.md "Uploads"). The connection's buffer
+/// the CPU per GiB (perf/upload.py; perf/README.md, "Large uploads"). The connection's buffer
 /// goes back to its usual size after the exchange (`Conn::exchange`).
 pub(super) const BODY_READ_SIZE: usize = 256 * 1024;
 
