@@ -31,7 +31,7 @@ profile() {
     local load=$!
     sleep 1.5
     perf record -F 2999 -g -p "$pid" -o "$OUT/data/$name-c$c.data" -- sleep 4 >/dev/null 2>&1
-    wait "$load"
+    wait "$load" || echo "wrk failed for $name at $c connections" >&2
     kill -INT "$pid"
     wait "$pid" || true
 }
