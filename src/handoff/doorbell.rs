@@ -7,7 +7,9 @@
 //! the thread that has the work, and the first yield is a context switch of its own: at one
 //! connection a request cost 4 context switches where bjoern and nginx pay 1, and perf put
 //! 9% of the server's CPU in the spin and the yields (perf/README.md, "One connection").
-//! Here a Python thread that finds the queue empty goes to sleep at once, and the I/O side,
+//! Here a Python thread that finds the queue empty yields once (where the I/O thread shares
+//! its core, that lets it queue the next requests: sleeping at once cost a quarter of
+//! hello-c64, perf/runs/2026-12-05-vm-doorbell/), looks again, and goes to sleep; the I/O side,
 //! after it queued a request, wakes one sleeper if there is any: a load of one counter per
 //! request while Python threads are busy.
 //!

@@ -247,6 +247,10 @@ impl Exchange {
     /// room. Taken even if the budget filled meanwhile (other threads' pieces): the overshoot
     /// is a piece per Python thread at most.
     pub fn charge(&self, n: usize) {
+        if n == 0 {
+            // Nothing counted (a bodiless piece): no lock, no touch of the budget.
+            return;
+        }
         let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         self.take(&mut window, n);
     }

@@ -16,7 +16,7 @@
 //! Wake-ups are the cost that matters (ARCHITECTURE.md §4: a cross-thread wake
 //! costs several µs, the same order as a whole hello-world request). So:
 //! - Python threads block on the request queue only when it is empty, and drain every
-//!   queued request before they sleep again; they sleep at once, woken by the
+//!   queued request before they sleep again; they yield once and then sleep, woken by the
 //!   [`Doorbell`] the I/O side rings when it queues a request and a thread sleeps;
 //! - an I/O thread is woken through its [`IoMailbox`] at most once per batch: the first
 //!   reply pushed after the I/O thread began draining sets `notified` and wakes it; later

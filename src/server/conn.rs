@@ -683,10 +683,14 @@ impl Conn {
             None if !exchange.is_queued() => return Ok(self.inbox.recv().await),
             None => QUEUE_LOOK,
         };
-        let began = Instant::now();
         if let Ok(next) = monoio::time::timeout(first, self.inbox.recv()).await {
             return Ok(next);
         }
+        // Only on this slow path: when the wait began, to the timer's precision (no clock
+        // read for the replies that come first).
+        let began = Instant::now()
+            .checked_sub(first)
+            .unwrap_or_else(Instant::now);
         if exchange.is_queued() {
             let timeout_at = timeout.map(|limit| began + limit);
             match self.watch_queued(current, timeout_at).await? {
@@ -845,7 +849,9 @@ impl Conn {
         self.buf.reserve(room.min(READ_BUFFER));
         let start = self.buf.len();
         let spare = self.buf.spare_capacity_mut();
-        let take = spare.len().min(room);
+        // At most a head's worth per look: zeroing a large spare capacity (left by an
+        // upload) would cost more than the read.
+        let take = spare.len().min(room).min(READ_BUFFER);
         // Zero the spare bytes we read into (cheap next to the syscall; no unsafe here).
         self.buf.resize(start + take, 0);
         match super::sys::recv_now(&self.stream, &mut self.buf[start..]) {
