@@ -183,6 +183,35 @@ impl BodyDecoder {
         }
     }
 
+    /// How many of the message's next bytes are payload exactly as they stand: the rest
+    /// of a `Content-Length` body. A caller may read those from the socket straight into
+    /// the payload's own buffer, skipping [`decode`](Self::decode)'s copy, and count them
+    /// with [`payload_read`](Self::payload_read). `None` when the bytes are framed
+    /// (chunked, FastCGI records) or the body is over: they must go through `decode`.
+    pub fn verbatim_remaining(&self) -> Option<u64> {
+        match self.state {
+            DecodeState::Length { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
+    /// Counts `n` payload bytes the caller read itself, at most
+    /// [`verbatim_remaining`](Self::verbatim_remaining): as if `decode` had consumed them.
+    pub fn payload_read(&mut self, n: usize) {
+        let DecodeState::Length { remaining } = self.state else {
+            panic!("payload_read outside a Content-Length body");
+        };
+        let remaining = remaining
+            .checked_sub(n as u64)
+            .expect("payload_read past the end of the body");
+        self.decoded += n as u64;
+        self.state = if remaining == 0 {
+            DecodeState::Done
+        } else {
+            DecodeState::Length { remaining }
+        };
+    }
+
     /// True once the whole body, and for chunked its trailer, was consumed.
     pub fn is_done(&self) -> bool {
         self.state == DecodeState::Done
@@ -406,6 +435,22 @@ mod tests {
         let mut out = Vec::new();
         let consumed = decoder.decode(input, &mut out)?;
         Ok((out, consumed, decoder.is_done()))
+    }
+
+    #[test]
+    fn verbatim_reads_and_decodes_mix_in_a_length_body() {
+        let mut decoder = BodyDecoder::new(BodyFraming::Length(10), None).unwrap();
+        assert_eq!(decoder.verbatim_remaining(), Some(10));
+        decoder.payload_read(4);
+        assert_eq!(decoder.verbatim_remaining(), Some(6));
+        let mut out = Vec::new();
+        assert_eq!(decoder.decode(b"abcdefgh", &mut out).unwrap(), 6);
+        assert_eq!(out, b"abcdef");
+        assert!(decoder.is_done());
+        assert_eq!(decoder.decoded_len(), 10);
+        assert_eq!(decoder.verbatim_remaining(), None);
+        let chunked = BodyDecoder::new(BodyFraming::Chunked, None).unwrap();
+        assert_eq!(chunked.verbatim_remaining(), None);
     }
 
     #[test]

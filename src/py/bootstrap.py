@@ -23,33 +23,20 @@ class ClientDisconnected(OSError):
 
 
 class _BodyStream(io.RawIOBase):
-    """The raw side of a streamed wsgi.input: each refill asks the I/O thread for the next
-    piece of the body (the first ask also answers `Expect: 100-continue`)."""
+    """The raw side of a streamed wsgi.input: `read_body` copies the body's next bytes into
+    the reader's buffer from the piece the I/O thread last sent, and asks it for the next
+    piece when that one is used up (the first ask also answers `Expect: 100-continue`)."""
 
     def __init__(self, read_body, token):
         super().__init__()
         self._read_body = read_body
         self._token = token
-        self._chunk = b""
-        self._pos = 0
-        self._eof = False
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
-        if self._pos >= len(self._chunk):
-            if self._eof:
-                return 0
-            self._chunk = self._read_body(self._token)
-            self._pos = 0
-            if not self._chunk:
-                self._eof = True
-                return 0
-        n = min(len(buffer), len(self._chunk) - self._pos)
-        buffer[:n] = memoryview(self._chunk)[self._pos : self._pos + n]
-        self._pos += n
-        return n
+        return self._read_body(self._token, buffer)
 
 
 def stream_input(read_body, token):

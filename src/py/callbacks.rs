@@ -14,7 +14,7 @@ use pyo3_ffi as ffi;
 use super::object::{
     guard, raise, runtime_error, type_error, value_error, Gil, MethodDef, Obj, PyErr, PyResult,
 };
-use super::response::{emit, Callbacks};
+use super::response::{emit, Callbacks, Response};
 use crate::handoff::{BodyChunk, BodyError, ReplyMsg};
 use crate::http::response::{self, HeadError, ResponseHead};
 
@@ -42,7 +42,7 @@ pub(super) static READ_BODY: MethodDef = MethodDef(ffi::PyMethodDef {
         PyCFunctionFast: read_body,
     },
     ml_flags: ffi::METH_FASTCALL,
-    ml_doc: c"read_body(token) -> bytes: the next piece of a streamed request body".as_ptr(),
+    ml_doc: c"read_body(token, buffer) -> int: copies the streamed request body's next bytes into buffer (0 at its end)".as_ptr(),
 });
 
 /// The `Callbacks` a capsule owns, for the duration of one call of a function object
@@ -318,32 +318,40 @@ unsafe extern "C" fn read_body(
     let cb = unsafe { callbacks(slf) };
     guard(gil, || {
         // SAFETY: CPython passes `nargs` borrowed positional arguments.
-        let token = unsafe {
-            if ffi::PyVectorcall_NARGS(nargsf as usize) != 1 {
-                return Err(type_error(gil, "read_body(token)"));
+        let (token, buffer) = unsafe {
+            if ffi::PyVectorcall_NARGS(nargsf as usize) != 2 {
+                return Err(type_error(gil, "read_body(token, buffer)"));
             }
-            Obj::from_borrowed_unchecked(gil, *args)
-        }
-        .as_i64()?;
+            (
+                Obj::from_borrowed_unchecked(gil, *args),
+                Obj::from_borrowed_unchecked(gil, *args.add(1)),
+            )
+        };
+        let token = token.as_i64()? as u64;
+        let stale = || {
+            runtime_error(
+                gil,
+                "wsgi.input read after its response ended (or from another request)",
+            )
+        };
+        // What is left of the last piece is copied out without asking the I/O thread.
         let exchange = {
-            let current = cb
+            let mut current = cb
                 .current
-                .try_borrow()
+                .try_borrow_mut()
                 .map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
-            match current.as_ref() {
-                Some(resp) if resp.token == token as u64 && !resp.ended => {
+            match current.as_mut() {
+                Some(resp) if resp.token == token && !resp.ended => {
+                    if resp.input_at < resp.input_piece.len() {
+                        return copy_piece(gil, resp, &buffer);
+                    }
                     if resp.input_done {
-                        return gil.bytes(b"");
+                        return gil.int(0);
                     }
                     resp.reply.send(ReplyMsg::ReadBody);
                     resp.reply.exchange.clone()
                 }
-                _ => {
-                    return Err(runtime_error(
-                        gil,
-                        "wsgi.input read after its response ended (or from another request)",
-                    ))
-                }
+                _ => return Err(stale()),
             }
         };
         let chunk = gil.allow_threads(|| loop {
@@ -353,28 +361,56 @@ unsafe extern "C" fn read_body(
                 None => {}
             }
         });
-        let mark_done = || {
-            if let Ok(mut current) = cb.current.try_borrow_mut() {
-                if let Some(resp) = current.as_mut() {
-                    resp.input_pending = false;
-                    resp.input_done = true;
-                }
-            }
+        // No borrow is held across a GIL release, and only this thread's loop changes the
+        // current request, which is blocked here: this is the request that asked.
+        let mut current = cb
+            .current
+            .try_borrow_mut()
+            .map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
+        let resp = match current.as_mut() {
+            Some(resp) if resp.token == token => resp,
+            _ => return Err(stale()),
         };
         match chunk {
             BodyChunk::Data { bytes, last } => {
                 if last {
                     // Read to the end (e.g. read(CONTENT_LENGTH)): the connection stays
                     // reusable without another round trip.
-                    mark_done();
+                    resp.input_pending = false;
+                    resp.input_done = true;
                 }
-                gil.bytes(&bytes)
+                resp.input_piece = bytes;
+                resp.input_at = 0;
+                copy_piece(gil, resp, &buffer)
             }
             BodyChunk::End => {
-                mark_done();
-                gil.bytes(b"")
+                resp.input_pending = false;
+                resp.input_done = true;
+                gil.int(0)
             }
             BodyChunk::Error(err) => Err(raise(gil, cb.disconnected(gil), &err.to_string())),
         }
     })
+}
+
+/// Copies what fits of the current body piece into `buffer` (the `readinto` of
+/// `wsgi.input`'s raw stream): the piece's one copy on the Python side. Returns the count.
+fn copy_piece<'py>(
+    gil: Gil<'py>,
+    resp: &mut Response,
+    buffer: &Obj<'py>,
+) -> PyResult<'py, Obj<'py>> {
+    let rest = &resp.input_piece[resp.input_at..];
+    let n = buffer.with_writable_bytes(|out| {
+        let n = out.len().min(rest.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        n
+    })?;
+    resp.input_at += n;
+    if resp.input_at == resp.input_piece.len() {
+        // Used up: the memory goes now, not with the next piece or the request's end.
+        resp.input_piece = Vec::new();
+        resp.input_at = 0;
+    }
+    gil.int(n as i64)
 }

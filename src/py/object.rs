@@ -408,6 +408,41 @@ impl<'py> Obj<'py> {
         }
     }
 
+    /// Runs `fill` over the object's memory as one writable, contiguous run of bytes (the
+    /// buffer protocol: a `bytearray`, a writable `memoryview` of one, ...); raises what
+    /// the object raises when it has no such buffer (`TypeError`, `BufferError`).
+    pub fn with_writable_bytes<R>(&self, fill: impl FnOnce(&mut [u8]) -> R) -> PyResult<'py, R> {
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        // SAFETY: GIL held; on success GetBuffer fills `view` and pins the exporter's memory
+        // until PyBuffer_Release. PyBUF_WRITABLE without shape or strides flags asks for one
+        // C-contiguous writable run of `len` bytes (the exporter refuses otherwise).
+        if unsafe { ffi::PyObject_GetBuffer(self.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) }
+            != 0
+        {
+            return Err(PyErr::fetch(self.gil));
+        }
+        /// Releases the view when dropped, so a panic in `fill` cannot leave the object's
+        /// buffer exported (a `bytearray` could never be resized again).
+        struct View(ffi::Py_buffer);
+        impl Drop for View {
+            fn drop(&mut self) {
+                // SAFETY: releases exactly the view GetBuffer gave, once.
+                unsafe { ffi::PyBuffer_Release(&mut self.0) };
+            }
+        }
+        // SAFETY: GetBuffer succeeded, so `view` is initialised.
+        let view = View(unsafe { view.assume_init() });
+        let len = usize::try_from(view.0.len).unwrap_or(0);
+        let bytes: &mut [u8] = if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: `buf` is `len` writable bytes, ours alone until the view is released
+            // (no Python code runs in between: `fill` is Rust that cannot reach this object).
+            unsafe { std::slice::from_raw_parts_mut(view.0.buf.cast::<u8>(), len) }
+        };
+        Ok(fill(bytes))
+    }
+
     /// The UTF-8 form of a `str`, or `None` for other types (or lone surrogates).
     pub fn as_str_utf8(&self) -> Option<&[u8]> {
         // SAFETY: type check first; PyUnicode_AsUTF8AndSize returns a buffer cached inside

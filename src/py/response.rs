@@ -35,6 +35,11 @@ pub(super) struct Response {
     pub(super) input_pending: bool,
     /// The I/O thread said the streamed body is complete: no more asking.
     pub(super) input_done: bool,
+    /// The last piece of the streamed body the I/O thread sent, and how much of it
+    /// `wsgi.input` has taken: reads copy from here into the caller's buffer, and ask for
+    /// the next piece only when it is used up (`callbacks.rs`, `read_body`).
+    pub(super) input_piece: Vec<u8>,
+    pub(super) input_at: usize,
     /// The end of the response was sent: nothing more may go out for this request (an
     /// app writing from `close()` or from another thread gets an error, not another
     /// client's connection).
@@ -64,6 +69,8 @@ impl Response {
             encoder,
             input_pending: streaming,
             input_done: false,
+            input_piece: Vec::new(),
+            input_at: 0,
             ended: false,
             token,
             kept_head: None,

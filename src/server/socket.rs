@@ -5,7 +5,7 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use monoio::buf::{IoBuf, SliceMut};
+use monoio::buf::{IoBuf, IoBufMut, SliceMut};
 
 use super::conn::{Conn, ReadOutcome};
 use super::event::{race, Either};
@@ -178,10 +178,25 @@ impl Conn {
         // overwrite a partial head or pipelined bytes already buffered.
         let buf = std::mem::take(&mut self.buf);
         let (start, end) = (buf.len(), buf.capacity());
-        let read = monoio::time::timeout_at(
-            deadline.into(),
-            self.stream.read(SliceMut::new(buf, start, end)),
-        );
+        let (outcome, buf) = self
+            .read_into(SliceMut::new(buf, start, end), deadline, interruptible)
+            .await;
+        if let Some(buf) = buf {
+            self.buf = buf.into_inner();
+        }
+        outcome
+    }
+
+    /// One read into `buf` (from its start up to its capacity; monoio sets its length), until
+    /// `deadline`, interruptible by a stop as [`Conn::read_more`] says. The buffer comes back
+    /// unless the wait timed out or was stopped (the abandoned read took it).
+    pub(super) async fn read_into<B: IoBufMut + 'static>(
+        &mut self,
+        buf: B,
+        deadline: Instant,
+        interruptible: bool,
+    ) -> (ReadOutcome, Option<B>) {
+        let read = monoio::time::timeout_at(deadline.into(), self.stream.read(buf));
         let result = if interruptible {
             let mut read = std::pin::pin!(read);
             match race(read.as_mut(), self.ctx.stop.wait()).await {
@@ -194,7 +209,7 @@ impl Conn {
                     };
                     match monoio::time::timeout(grace, read).await {
                         Ok(result) => result,
-                        Err(_elapsed) => return ReadOutcome::Stopped,
+                        Err(_elapsed) => return (ReadOutcome::Stopped, None),
                     }
                 }
             }
@@ -202,20 +217,15 @@ impl Conn {
             read.await
         };
         match result {
-            Err(_elapsed) => ReadOutcome::TimedOut,
-            Ok((Ok(0), buf)) => {
-                self.buf = buf.into_inner();
-                ReadOutcome::Eof
-            }
+            Err(_elapsed) => (ReadOutcome::TimedOut, None),
+            Ok((Ok(0), buf)) => (ReadOutcome::Eof, Some(buf)),
             Ok((Ok(n), buf)) => {
                 crate::metrics::received(n);
-                self.buf = buf.into_inner();
-                ReadOutcome::Data
+                (ReadOutcome::Data, Some(buf))
             }
             Ok((Err(err), buf)) => {
-                self.buf = buf.into_inner();
                 log_debug!("{}: read failed: {err}", self.peer);
-                ReadOutcome::Failed
+                (ReadOutcome::Failed, Some(buf))
             }
         }
     }

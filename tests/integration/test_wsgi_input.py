@@ -94,6 +94,28 @@ def test_read_content_length_returns_whole_body(server):
     assert got["sha256"] == hashlib.sha256(body).hexdigest()
 
 
+@pytest.mark.parametrize("split", [None, 99991])
+def test_streamed_length_body_then_pipelined_requests(server, split):
+    """A Content-Length body larger than any read is read from the socket straight into the
+    pieces wsgi.input gets (src/server/body.rs, `read_verbatim`): never a byte past its end,
+    so the requests pipelined behind it, in the same send or arriving in odd pieces, are
+    answered in turn, and the body arrives whole."""
+    body = os.urandom(5 * MiB + 12345)
+    wire = (request("POST", "/echo", server.host_header, body=body)
+            + request("GET", "/hello", server.host_header)
+            + request("POST", "/echo", server.host_header, body=b"second body"))
+    with server.connect(timeout=20) as conn:
+        step = split or len(wire)
+        for i in range(0, len(wire), step):
+            conn.send(wire[i:i + step])
+        first, hello, second = conn.read_responses(["POST", "GET", "POST"], timeout=20)
+    got = json.loads(first.body)
+    assert first.status == 200 and got["length"] == len(body), first
+    assert got["sha256"] == hashlib.sha256(body).hexdigest()
+    assert hello.status == 200 and hello.body == b"Hello, World!\n", hello
+    assert json.loads(second.body)["sha256"] == hashlib.sha256(b"second body").hexdigest()
+
+
 def test_empty_body_reads_empty(server):
     with server.connect() as conn:
         conn.send(request("POST", "/input?op=mixed", server.host_header, body=b""))
