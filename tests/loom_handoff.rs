@@ -26,8 +26,8 @@ use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
 use spindle::handoff::{
-    BodyChunk, BodyError, ConnToken, Doorbell, Exchange, IoMailbox, ReleaseQueue, Reply, ReplyMsg,
-    RESPONSE_WINDOW,
+    BodyChunk, BodyError, BodyPiece, ConnToken, Doorbell, Exchange, IoMailbox, ReleaseQueue, Reply,
+    ReplyMsg, RESPONSE_WINDOW,
 };
 
 /// The I/O thread's waker in the models: counts the wake-ups it gets and ends the I/O
@@ -267,7 +267,7 @@ fn exchange_body_chunk_racing_cancel_is_received_or_disconnected() {
             let exchange = exchange.clone();
             thread::spawn(move || {
                 exchange.send_body(BodyChunk::Data {
-                    bytes: b"abc".to_vec(),
+                    piece: BodyPiece::whole(b"abc".to_vec()),
                     last: false,
                 })
             })
@@ -277,7 +277,7 @@ fn exchange_body_chunk_racing_cancel_is_received_or_disconnected() {
             thread::spawn(move || exchange.cancel())
         };
         match read_body(&exchange) {
-            BodyChunk::Data { bytes, .. } => assert_eq!(bytes, b"abc"),
+            BodyChunk::Data { piece, .. } => assert_eq!(piece.len(), 3),
             BodyChunk::Error(BodyError::Disconnected) => {}
             _ => panic!("neither the chunk nor Disconnected"),
         }
@@ -299,7 +299,7 @@ fn exchange_second_body_read_after_cancel_ends_without_a_timeout() {
             let exchange = exchange.clone();
             thread::spawn(move || {
                 exchange.send_body(BodyChunk::Data {
-                    bytes: b"abc".to_vec(),
+                    piece: BodyPiece::whole(b"abc".to_vec()),
                     last: false,
                 });
                 exchange.cancel();

@@ -10,6 +10,7 @@
 //! - it never consumes past the input, and never decodes more than it consumed; what it
 //!   reports as decoded is what it appended; the limit holds;
 //! - done is final (`Ok(0)` after), an error is sticky;
+//! - locating the payload in the input (`PayloadRuns`) agrees with copying it out;
 //! - chunked: the decoder agrees with a second, plain reading of the grammar that slices
 //!   the whole input (complete with the same payload and end, a valid prefix, or invalid),
 //!   away from the bounds on size lines and trailers;
@@ -20,7 +21,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spindle::http::{BodyDecoder, BodyFraming, HttpError};
+use spindle::http::{BodyDecoder, BodyFraming, HttpError, PayloadRuns};
 
 /// More than the longest run of framing bytes the decoder accepts between two payload
 /// bytes: a size line (4096 with extensions, then CRLF), then trailers (8192) and the
@@ -40,7 +41,29 @@ fn run(decoder: &mut BodyDecoder, pieces: &[&[u8]]) -> Run {
     let mut out = Vec::new();
     let mut consumed = 0;
     for piece in pieces {
-        match decoder.decode(piece, &mut out) {
+        // Locating the payload (`PayloadRuns`, a streamed body's pieces) agrees with copying
+        // it: the same bytes consumed, the same payload, the same error.
+        let mut locator = decoder.clone();
+        let mut runs = PayloadRuns::default();
+        let located = locator.decode(piece, &mut runs);
+        let before = out.len();
+        let decoded = decoder.decode(piece, &mut out);
+        assert_eq!(located, decoded, "locating and copying disagree");
+        let gathered: Vec<u8> = runs
+            .runs()
+            .iter()
+            .flat_map(|r| piece[r.clone()].to_vec())
+            .collect();
+        if decoded.is_ok() {
+            assert_eq!(
+                gathered,
+                out[before..],
+                "located payload differs from the copy"
+            );
+            assert_eq!(locator.decoded_len(), decoder.decoded_len());
+            assert_eq!(locator.is_done(), decoder.is_done());
+        }
+        match decoded {
             Ok(n) => {
                 assert!(n <= piece.len(), "consumed {n} of {}", piece.len());
                 consumed += n;

@@ -28,6 +28,7 @@ mod encoder;
 mod exchange;
 mod head;
 mod mailbox;
+mod piece;
 mod queue;
 mod release;
 mod sync;
@@ -45,6 +46,7 @@ pub use encoder::ResponseEncoder;
 pub use exchange::{Exchange, Reserve, RESPONSE_WINDOW};
 pub use head::{Endpoint, RequestHead};
 pub use mailbox::IoMailbox;
+pub use piece::BodyPiece;
 pub use queue::{request_queue, Capacity, RequestSender};
 pub use release::ReleaseQueue;
 
@@ -74,8 +76,9 @@ pub enum RequestBody {
 
 /// One piece of body delivered to a Python thread that asked for it.
 pub enum BodyChunk {
-    /// A piece of the body; `last`: nothing follows (the app need not ask again).
-    Data { bytes: Vec<u8>, last: bool },
+    /// A piece of the body, never empty; `last`: nothing follows (the app need not ask
+    /// again).
+    Data { piece: BodyPiece, last: bool },
     /// The body ended cleanly.
     End,
     /// The body did not arrive whole: the client closed early, or it broke the framing.

@@ -15,6 +15,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::ops::Range;
+
 use crate::http::error::HttpError;
 use crate::http::head::is_tchar;
 
@@ -38,6 +40,64 @@ const MAX_TRAILER_SECTION: u32 = 8192;
 
 /// A u64 holds 16 hex digits; leading zeros do not count.
 const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
+
+/// Where [`BodyDecoder::decode`] puts the payload it finds: copied out (`Vec<u8>`), or only
+/// located, as ranges of the input ([`PayloadRuns`]), for a caller that read the input into
+/// a buffer it hands on whole (a streamed body's piece: `server/body.rs`).
+pub trait Payload {
+    /// `input[range]` is the next stretch of payload.
+    fn append(&mut self, input: &[u8], range: Range<usize>);
+    /// Payload bytes appended so far.
+    fn payload_len(&self) -> usize;
+}
+
+impl Payload for Vec<u8> {
+    fn append(&mut self, input: &[u8], range: Range<usize>) {
+        self.extend_from_slice(&input[range]);
+    }
+
+    fn payload_len(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The payload's ranges in the input of one `decode` call, in order, adjacent ones merged.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PayloadRuns {
+    runs: Vec<Range<usize>>,
+    len: usize,
+}
+
+impl PayloadRuns {
+    pub fn runs(&self) -> &[Range<usize>] {
+        &self.runs
+    }
+
+    pub fn into_runs(self) -> Vec<Range<usize>> {
+        self.runs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Payload for PayloadRuns {
+    fn append(&mut self, _input: &[u8], range: Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        self.len += range.len();
+        match self.runs.last_mut() {
+            Some(last) if last.end == range.start => last.end = range.end,
+            _ => self.runs.push(range),
+        }
+    }
+
+    fn payload_len(&self) -> usize {
+        self.len
+    }
+}
 
 /// Decodes one request body, fed in pieces of any size.
 #[derive(Debug, Clone)]
@@ -136,13 +196,13 @@ impl BodyDecoder {
     /// Returns how many input bytes were consumed: all of them unless the
     /// message ended inside `input` (then [`is_done`](Self::is_done) is true
     /// and the rest belongs to the next request).
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, HttpError> {
+    pub fn decode<P: Payload>(&mut self, input: &[u8], out: &mut P) -> Result<usize, HttpError> {
         match self.state {
             DecodeState::Done => Ok(0),
             DecodeState::Failed(error) => Err(error),
             DecodeState::Length { remaining } => {
                 let take = usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
-                out.extend_from_slice(&input[..take]);
+                out.append(input, 0..take);
                 self.decoded += take as u64;
                 let remaining = remaining - take as u64;
                 self.state = if remaining == 0 {
@@ -153,9 +213,9 @@ impl BodyDecoder {
                 Ok(take)
             }
             DecodeState::FastCgi(mut stdin) => {
-                let before = out.len();
+                let before = out.payload_len();
                 let result = stdin.decode(input, out);
-                self.decoded += (out.len() - before) as u64;
+                self.decoded += (out.payload_len() - before) as u64;
                 let result = result.and_then(|consumed| {
                     if self.max_body.is_some_and(|limit| self.decoded > limit) {
                         Err(HttpError::BodyTooLarge)
@@ -184,32 +244,14 @@ impl BodyDecoder {
     }
 
     /// How many of the message's next bytes are payload exactly as they stand: the rest
-    /// of a `Content-Length` body. A caller may read those from the socket straight into
-    /// the payload's own buffer, skipping [`decode`](Self::decode)'s copy, and count them
-    /// with [`payload_read`](Self::payload_read). `None` when the bytes are framed
-    /// (chunked, FastCGI records) or the body is over: they must go through `decode`.
+    /// of a `Content-Length` body, which a caller reading into a buffer of its own need not
+    /// read past. `None` when the bytes are framed (chunked, FastCGI records), so where
+    /// the message ends is not known before decoding, or the body is over.
     pub fn verbatim_remaining(&self) -> Option<u64> {
         match self.state {
             DecodeState::Length { remaining } => Some(remaining),
             _ => None,
         }
-    }
-
-    /// Counts `n` payload bytes the caller read itself, at most
-    /// [`verbatim_remaining`](Self::verbatim_remaining): as if `decode` had consumed them.
-    pub fn payload_read(&mut self, n: usize) {
-        let DecodeState::Length { remaining } = self.state else {
-            panic!("payload_read outside a Content-Length body");
-        };
-        let remaining = remaining
-            .checked_sub(n as u64)
-            .expect("payload_read past the end of the body");
-        self.decoded += n as u64;
-        self.state = if remaining == 0 {
-            DecodeState::Done
-        } else {
-            DecodeState::Length { remaining }
-        };
     }
 
     /// True once the whole body, and for chunked its trailer, was consumed.
@@ -224,11 +266,11 @@ impl BodyDecoder {
 
     /// Runs the chunked state machine over `input` from `state`. Returns the
     /// bytes consumed and the state to resume from.
-    fn decode_chunked(
+    fn decode_chunked<P: Payload>(
         &mut self,
         mut state: ChunkState,
         input: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut P,
     ) -> Result<(usize, DecodeState), HttpError> {
         let mut i = 0;
         while i < input.len() {
@@ -237,7 +279,7 @@ impl BodyDecoder {
                 ChunkState::Data { remaining } => {
                     let available = input.len() - i;
                     let take = usize::try_from(remaining).map_or(available, |r| r.min(available));
-                    out.extend_from_slice(&input[i..i + take]);
+                    out.append(input, i..i + take);
                     self.decoded += take as u64;
                     i += take;
                     let remaining = remaining - take as u64;
@@ -438,19 +480,42 @@ mod tests {
     }
 
     #[test]
-    fn verbatim_reads_and_decodes_mix_in_a_length_body() {
-        let mut decoder = BodyDecoder::new(BodyFraming::Length(10), None).unwrap();
-        assert_eq!(decoder.verbatim_remaining(), Some(10));
-        decoder.payload_read(4);
-        assert_eq!(decoder.verbatim_remaining(), Some(6));
-        let mut out = Vec::new();
-        assert_eq!(decoder.decode(b"abcdefgh", &mut out).unwrap(), 6);
-        assert_eq!(out, b"abcdef");
-        assert!(decoder.is_done());
-        assert_eq!(decoder.decoded_len(), 10);
-        assert_eq!(decoder.verbatim_remaining(), None);
-        let chunked = BodyDecoder::new(BodyFraming::Chunked, None).unwrap();
-        assert_eq!(chunked.verbatim_remaining(), None);
+    #[allow(clippy::single_range_in_vec_init)]
+    fn payload_runs_locate_what_a_copy_would_take() {
+        let input = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\nGET /";
+        let mut copied = Vec::new();
+        let mut runs = PayloadRuns::default();
+        let mut a = BodyDecoder::new(BodyFraming::Chunked, None).unwrap();
+        let mut b = a.clone();
+        let consumed = a.decode(input, &mut copied).unwrap();
+        assert_eq!(b.decode(input, &mut runs).unwrap(), consumed);
+        assert_eq!(&input[consumed..], b"GET /");
+        let located: Vec<u8> = runs
+            .runs()
+            .iter()
+            .flat_map(|r| input[r.clone()].to_vec())
+            .collect();
+        assert_eq!(located, copied);
+        assert_eq!(located, b"hello world");
+        assert_eq!(runs.runs().len(), 2);
+        assert!(a.is_done() && b.is_done() && b.decoded_len() == 11);
+
+        let mut length = BodyDecoder::new(BodyFraming::Length(10), None).unwrap();
+        assert_eq!(length.verbatim_remaining(), Some(10));
+        let mut runs = PayloadRuns::default();
+        assert_eq!(length.decode(b"abcd", &mut runs).unwrap(), 4);
+        assert_eq!(length.verbatim_remaining(), Some(6));
+        assert_eq!(runs.runs(), &[0..4]);
+        let mut runs = PayloadRuns::default();
+        assert_eq!(length.decode(b"efghijkl", &mut runs).unwrap(), 6);
+        assert_eq!(runs.runs(), &[0..6]);
+        assert!(length.is_done() && length.verbatim_remaining().is_none());
+        assert_eq!(
+            BodyDecoder::new(BodyFraming::Chunked, None)
+                .unwrap()
+                .verbatim_remaining(),
+            None
+        );
     }
 
     #[test]

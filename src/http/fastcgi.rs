@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::http::body::Payload;
 use crate::http::cgi::{CgiError, CgiHead, CgiHeadBuilder};
 use crate::http::date::DateCache;
 use crate::http::error::HttpError;
@@ -253,7 +254,7 @@ impl StdinDecoder {
 
     /// Consumes what it can of `input` (never past the end of the stream), appending the
     /// body bytes to `out`; returns the bytes consumed.
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, HttpError> {
+    pub fn decode<P: Payload>(&mut self, input: &[u8], out: &mut P) -> Result<usize, HttpError> {
         let mut i = 0;
         while i < input.len() {
             match &mut self.state {
@@ -289,7 +290,7 @@ impl StdinDecoder {
                 }
                 StdinState::Content { remaining, padding } => {
                     let take = (*remaining as usize).min(input.len() - i);
-                    out.extend_from_slice(&input[i..i + take]);
+                    out.append(input, i..i + take);
                     i += take;
                     *remaining -= take as u16;
                     if *remaining == 0 {

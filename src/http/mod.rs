@@ -18,7 +18,7 @@ pub mod response;
 pub mod scgi;
 pub mod uwsgi;
 
-pub use body::{BodyDecoder, BodyFraming};
+pub use body::{BodyDecoder, BodyFraming, Payload, PayloadRuns};
 pub use error::HttpError;
 pub use forwarded::{ForwardedRules, TrustedAddrs};
 pub use head::{parse_head, HeaderSpan, Limits, ParsedHead, Span, Version};

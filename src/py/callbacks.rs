@@ -15,7 +15,7 @@ use super::object::{
     guard, raise, runtime_error, type_error, value_error, Gil, MethodDef, Obj, PyErr, PyResult,
 };
 use super::response::{emit, Callbacks, Response};
-use crate::handoff::{BodyChunk, BodyError, ReplyMsg};
+use crate::handoff::{BodyChunk, BodyError, BodyPiece, ReplyMsg};
 use crate::http::response::{self, HeadError, ResponseHead};
 
 pub(super) const CAPSULE_NAME: &std::ffi::CStr = c"spindle.callbacks";
@@ -342,7 +342,7 @@ unsafe extern "C" fn read_body(
                 .map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
             match current.as_mut() {
                 Some(resp) if resp.token == token && !resp.ended => {
-                    if resp.input_at < resp.input_piece.len() {
+                    if !resp.input_piece.is_empty() {
                         return copy_piece(gil, resp, &buffer);
                     }
                     if resp.input_done {
@@ -372,15 +372,14 @@ unsafe extern "C" fn read_body(
             _ => return Err(stale()),
         };
         match chunk {
-            BodyChunk::Data { bytes, last } => {
+            BodyChunk::Data { piece, last } => {
                 if last {
                     // Read to the end (e.g. read(CONTENT_LENGTH)): the connection stays
                     // reusable without another round trip.
                     resp.input_pending = false;
                     resp.input_done = true;
                 }
-                resp.input_piece = bytes;
-                resp.input_at = 0;
+                resp.input_piece = piece;
                 copy_piece(gil, resp, &buffer)
             }
             BodyChunk::End => {
@@ -400,17 +399,10 @@ fn copy_piece<'py>(
     resp: &mut Response,
     buffer: &Obj<'py>,
 ) -> PyResult<'py, Obj<'py>> {
-    let rest = &resp.input_piece[resp.input_at..];
-    let n = buffer.with_writable_bytes(|out| {
-        let n = out.len().min(rest.len());
-        out[..n].copy_from_slice(&rest[..n]);
-        n
-    })?;
-    resp.input_at += n;
-    if resp.input_at == resp.input_piece.len() {
+    let n = buffer.with_writable_bytes(|out| resp.input_piece.read(out))?;
+    if resp.input_piece.is_empty() {
         // Used up: the memory goes now, not with the next piece or the request's end.
-        resp.input_piece = Vec::new();
-        resp.input_at = 0;
+        resp.input_piece = BodyPiece::default();
     }
     gil.int(n as i64)
 }

@@ -15,7 +15,7 @@ use super::interp::Interp;
 use super::object::{
     raise, runtime_error, type_error, Borrowed, Gil, Obj, PyErr, PyResult, ReleaseQueue,
 };
-use crate::handoff::{Exchange, ReplyMsg, ReplyTo, Reserve, ResponseEncoder};
+use crate::handoff::{BodyPiece, Exchange, ReplyMsg, ReplyTo, Reserve, ResponseEncoder};
 use crate::http::date::DateCache;
 use crate::http::response::{status_allows_body, Encoded, LengthMismatch, NotStarted};
 use crate::http::Persistence;
@@ -35,11 +35,10 @@ pub(super) struct Response {
     pub(super) input_pending: bool,
     /// The I/O thread said the streamed body is complete: no more asking.
     pub(super) input_done: bool,
-    /// The last piece of the streamed body the I/O thread sent, and how much of it
-    /// `wsgi.input` has taken: reads copy from here into the caller's buffer, and ask for
-    /// the next piece only when it is used up (`callbacks.rs`, `read_body`).
-    pub(super) input_piece: Vec<u8>,
-    pub(super) input_at: usize,
+    /// What `wsgi.input` has not read of the last piece of the streamed body: reads copy
+    /// from here into the caller's buffer, and ask for the next piece only when it is used
+    /// up (`callbacks.rs`, `read_body`).
+    pub(super) input_piece: BodyPiece,
     /// The end of the response was sent: nothing more may go out for this request (an
     /// app writing from `close()` or from another thread gets an error, not another
     /// client's connection).
@@ -69,8 +68,7 @@ impl Response {
             encoder,
             input_pending: streaming,
             input_done: false,
-            input_piece: Vec::new(),
-            input_at: 0,
+            input_piece: BodyPiece::default(),
             ended: false,
             token,
             kept_head: None,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Buf;
 
 use super::conn::{Conn, ReadOutcome};
-use crate::handoff::{BodyChunk, BodyError};
-use crate::http::BodyDecoder;
+use crate::handoff::{BodyChunk, BodyError, BodyPiece};
+use crate::http::{BodyDecoder, PayloadRuns};
 
 /// A body up to this size is read whole before the request is handed off, so the
 /// application gets it as one `bytes` object without a round trip per read.
@@ -66,7 +66,7 @@ impl Conn {
     ) -> BodyChunk {
         if !pending.is_empty() {
             return BodyChunk::Data {
-                bytes: std::mem::take(pending),
+                piece: BodyPiece::whole(std::mem::take(pending)),
                 last: decoder.is_done(),
             };
         }
@@ -81,11 +81,7 @@ impl Conn {
             .header_timeout
             .max(Duration::from_secs(30));
         if self.buf.is_empty() {
-            if let Some(remaining) = decoder.verbatim_remaining() {
-                return self
-                    .read_verbatim(decoder, remaining, timeout, body_done)
-                    .await;
-            }
+            return self.read_piece(decoder, timeout, body_done).await;
         }
         let mut out = Vec::new();
         loop {
@@ -99,7 +95,7 @@ impl Conn {
                 }
                 if !out.is_empty() {
                     return BodyChunk::Data {
-                        bytes: out,
+                        piece: BodyPiece::whole(out),
                         last: *body_done,
                     };
                 }
@@ -118,30 +114,49 @@ impl Conn {
         }
     }
 
-    /// A piece of a `Content-Length` body with nothing of it buffered: read from the socket
-    /// straight into the piece the Python thread gets, never past the body's end (so a
-    /// pipelined request stays in the socket), with no decode copy. That copy was the
-    /// largest cost of an upload (perf/README.md, "Large uploads").
-    async fn read_verbatim(
+    /// The next piece of a streamed body when nothing of it is buffered: one socket read
+    /// into the buffer the Python thread gets, the payload located where it lies (chunk
+    /// data between its size lines) instead of decoded into a copy, which was the largest
+    /// cost of an upload (perf/README.md, "Large uploads"). A `Content-Length` read stops
+    /// at the body's end; a framed body's read may pass it, and what follows the end (a
+    /// pipelined request) goes back to the connection's buffer.
+    async fn read_piece(
         &mut self,
         decoder: &mut BodyDecoder,
-        remaining: u64,
         timeout: Duration,
         body_done: &mut bool,
     ) -> BodyChunk {
-        let want = usize::try_from(remaining).map_or(BODY_READ_SIZE, |r| r.min(BODY_READ_SIZE));
-        let piece = Vec::with_capacity(want);
-        match self.read_into(piece, Instant::now() + timeout, false).await {
-            (ReadOutcome::Data, Some(piece)) => {
-                decoder.payload_read(piece.len());
-                *body_done = decoder.is_done();
-                BodyChunk::Data {
-                    bytes: piece,
-                    last: *body_done,
-                }
+        let want = decoder
+            .verbatim_remaining()
+            .map_or(BODY_READ_SIZE, |r| r.min(BODY_READ_SIZE as u64) as usize);
+        let mut piece = Vec::with_capacity(want);
+        loop {
+            piece = match self.read_into(piece, Instant::now() + timeout, false).await {
+                (ReadOutcome::Data, Some(piece)) => piece,
+                (ReadOutcome::TimedOut, _) => return BodyChunk::Error(BodyError::TimedOut),
+                _ => return BodyChunk::Error(BodyError::Disconnected),
+            };
+            let mut runs = PayloadRuns::default();
+            let consumed = match decoder.decode(&piece, &mut runs) {
+                Ok(consumed) => consumed,
+                Err(err) => return BodyChunk::Error(BodyError::Invalid(err)),
+            };
+            if consumed < piece.len() {
+                // The message ended inside this read; the rest is the next request's.
+                self.buf.extend_from_slice(&piece[consumed..]);
             }
-            (ReadOutcome::TimedOut, _) => BodyChunk::Error(BodyError::TimedOut),
-            _ => BodyChunk::Error(BodyError::Disconnected),
+            *body_done = decoder.is_done();
+            if !runs.is_empty() {
+                return BodyChunk::Data {
+                    piece: BodyPiece::framed(piece, runs.into_runs()),
+                    last: *body_done,
+                };
+            }
+            if *body_done {
+                return BodyChunk::End;
+            }
+            // Only framing came (a size line, a record header): read again.
+            piece.clear();
         }
     }
 }
