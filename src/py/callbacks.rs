@@ -117,8 +117,7 @@ pub(super) fn validate_start_response<'py>(
             ),
         ));
     }
-    let items = headers.iter()?;
-    while let Some(item) = items.next()? {
+    let mut push = |item: Obj<'py>| -> PyResult<'py, ()> {
         let Some((name, value)) = item.tuple_pair() else {
             return Err(type_error(
                 gil,
@@ -141,8 +140,23 @@ pub(super) fn validate_start_response<'py>(
             return Err(value_error(gil, "header values must be latin-1 text"));
         };
         let value_bytes = value_text.bytes();
-        if let Err(error) = head.push_header(name_bytes, value_bytes) {
-            return Err(head_error(gil, error, name_bytes, value_bytes));
+        head.push_header(name_bytes, value_bytes)
+            .map_err(|error| head_error(gil, error, name_bytes, value_bytes))
+    };
+    // An exact list (nearly always) is read by index: its iterator cost about 330
+    // instructions per request (callgrind). Nothing in `push` runs Python code, so the list
+    // cannot change under the loop.
+    // SAFETY: a type check on a live object.
+    if unsafe { ffi::PyList_CheckExact(headers.as_ptr()) } != 0 {
+        let mut index = 0;
+        while let Some(item) = headers.exact_list_item(index) {
+            push(item)?;
+            index += 1;
+        }
+    } else {
+        let items = headers.iter()?;
+        while let Some(item) = items.next()? {
+            push(item)?;
         }
     }
     Ok(head)

@@ -353,9 +353,30 @@ impl<'py> Obj<'py> {
         }
     }
 
-    pub fn hasattr(&self, name: &CStr) -> bool {
-        // SAFETY: live object, NUL-terminated name, GIL held. (Clears errors itself.)
-        unsafe { ffi::PyObject_HasAttrString(self.as_ptr(), name.as_ptr()) == 1 }
+    /// The attribute, `None` when the object has none (an `AttributeError`, cleared); any
+    /// other error raised while looking it up is returned.
+    pub fn getattr_optional(&self, name: &CStr) -> PyResult<'py, Option<Obj<'py>>> {
+        match self.getattr(name) {
+            Ok(attr) => Ok(Some(attr)),
+            Err(err)
+                if err.is_instance_of(
+                    // SAFETY: a builtin exception type.
+                    unsafe { self.gil.builtin(ffi::PyExc_AttributeError) },
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// An exact `list` or `tuple`: no instance of either can have attributes of its own.
+    pub fn is_exact_list_or_tuple(&self) -> bool {
+        // SAFETY: type checks of a live object.
+        unsafe {
+            ffi::PyList_CheckExact(self.as_ptr()) != 0
+                || ffi::PyTuple_CheckExact(self.as_ptr()) != 0
+        }
     }
 
     /// A borrowed view, e.g. to pass as an argument.
@@ -590,6 +611,23 @@ impl<'py> Obj<'py> {
         }
     }
 
+    /// Item `index` of an exact `list` (a new reference); `None` past its end, and for any
+    /// other type (a subclass may define its own iteration: use [`Obj::iter`]).
+    pub fn exact_list_item(&self, index: usize) -> Option<Obj<'py>> {
+        // SAFETY: exact type check first; the size and borrowed item of a live list, whose
+        // item we take a reference to at once; GIL held.
+        unsafe {
+            let ptr = self.as_ptr();
+            if ffi::PyList_CheckExact(ptr) == 0 || index >= ffi::PyList_Size(ptr) as usize {
+                return None;
+            }
+            Some(Obj::from_borrowed_unchecked(
+                self.gil,
+                ffi::PyList_GetItem(ptr, index as ffi::Py_ssize_t),
+            ))
+        }
+    }
+
     /// For an exact `list` or `tuple`: its items (new references). `None` for other types.
     pub fn sequence_items(&self) -> Option<Vec<Obj<'py>>> {
         // SAFETY: exact type checks first; then the size and borrowed items of a live list or
@@ -781,6 +819,12 @@ impl<'py> PyErr<'py> {
 
     pub fn from_instance(exc: Obj<'py>) -> PyErr<'py> {
         PyErr { exc }
+    }
+
+    /// The exception is an instance of `ty` (a class, or a tuple of them).
+    pub fn is_instance_of(&self, ty: Borrowed<'_, 'py>) -> bool {
+        // SAFETY: a live exception instance and type object; GIL held.
+        unsafe { ffi::PyErr_GivenExceptionMatches(self.exc.as_ptr(), ty.as_ptr()) != 0 }
     }
 
     pub fn instance(&self) -> &Obj<'py> {

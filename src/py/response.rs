@@ -514,10 +514,15 @@ impl ResultSink<'_> {
     }
 }
 
-/// Calls `result.close()` if it has one.
+/// Calls `result.close()` if it has one. The usual `[body]` is a list, which has none: it
+/// is not looked up (`hasattr` made a `str` of the name and looked it up twice: 1,455
+/// instructions of hello's 26,700, callgrind).
 pub(super) fn close_result<'py>(result: &Obj<'py>) -> PyResult<'py, ()> {
-    if result.hasattr(c"close") {
-        result.call_method0(c"close")?;
+    if result.is_exact_list_or_tuple() {
+        return Ok(());
+    }
+    if let Some(close) = result.getattr_optional(c"close")? {
+        close.call(&[])?;
     }
     Ok(())
 }

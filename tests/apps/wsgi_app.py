@@ -179,6 +179,32 @@ class RecordingIterable:
         record(self.environ, f"close after {self.i}")
 
 
+class ClosingList(list):
+    """A list subclass with close(): the server may skip looking for close() on an exact
+    list, never on a subclass. A missing close is an AttributeError, quietly none; another
+    error raised by the lookup is the app's error."""
+
+    def __init__(self, environ, items):
+        super().__init__(items)
+        self.environ = environ
+
+    def close(self):
+        record(self.environ, f"close after {len(self)}")
+
+
+class CloseLookupFails(list):
+    @property
+    def close(self):
+        raise ValueError("looking up close() fails")
+
+
+def raw_closing_list(environ, start_response):
+    start_response("200 OK", TEXT)
+    if query(environ).get("lookup") == "fails":
+        return CloseLookupFails([b"a", b"b"])
+    return ClosingList(environ, [b"a", b"b"])
+
+
 def closing(environ, start_response):
     q = query(environ)
     start_response("200 OK", TEXT)
@@ -379,7 +405,14 @@ def raw_hello(environ, start_response):
     return [b"Hello, World!\n"]
 
 
+class HeaderList(list):
+    """Headers in a list subclass, which the server reads through its iterator (an exact
+    list it reads by index)."""
+
+
 START_RESPONSE_CASES = {
+    "subclass-ok": ("200 OK", HeaderList(TEXT + [("X-Sub", "yes")])),
+    "subclass-lf-in-value": ("200 OK", HeaderList(TEXT + [("X-Bad", "a\nb")])),
     "no-reason": ("200", TEXT),
     "lf-in-value": ("200 OK", TEXT + [("X-Bad", "a\nb")]),
     "cr-in-value": ("200 OK", TEXT + [("X-Bad", "a\rX-Injected: 1")]),
@@ -456,6 +489,7 @@ RAW_ROUTES = {
     "input": input_ops,
     "start-response": raw_start_response,
     "bad-result": raw_bad_result,
+    "closing-list": raw_closing_list,
     # The validator wraps the file wrapper in its own iterator, which hides it
     # from the server's sendfile path.
     "file": file_route,

@@ -26,6 +26,7 @@ def get(server, target, **kw):
     "no-reason", "lf-in-value", "cr-in-value", "nul-in-value", "lf-in-name", "colon-in-name",
     "crlf-in-status", "bytes-status", "bytes-header",
     "hop-connection", "hop-keep-alive", "hop-transfer-encoding", "hop-upgrade",
+    "subclass-lf-in-value",
 ])
 def test_start_response_rejects_bad_arguments(server, case):
     mark = server.log_mark()
@@ -37,6 +38,12 @@ def test_start_response_rejects_bad_arguments(server, case):
     server.wait_for_log(rf"start_response rejected {re.escape(case)}: \w+", 5, since=mark,
                         what="the app's record of start_response raising")
     server.assert_serving()
+
+
+def test_start_response_takes_headers_in_a_list_subclass(server):
+    resp = get(server, "/raw/start-response?case=subclass-ok")
+    assert resp.status == 200 and resp.header("X-Sub") == "yes", resp
+    assert resp.body == b"start_response accepted subclass-ok"
 
 
 def test_second_start_response_without_exc_info_raises(server):
@@ -134,6 +141,21 @@ def test_close_called_once_on_success(server, tmp_path):
     # at the end, never lost.
     assert_closed_once(server, rec)
     assert closes(rec) == ["close after 3"]
+
+
+def test_close_of_a_list_subclass_is_called_and_a_failing_lookup_is_the_apps_error(server, tmp_path):
+    # An exact list is not searched for close() (it cannot have one); a subclass can.
+    rec = tmp_path / "close.log"
+    resp = get(server, f"/raw/closing-list?record={rec}")
+    assert resp.status == 200 and resp.body == b"ab"
+    assert_closed_once(server, rec)
+    assert closes(rec) == ["close after 2"]
+    # Looking up close() raised something other than AttributeError: reported, and the
+    # server keeps serving (the response was already complete).
+    resp = get(server, "/raw/closing-list?lookup=fails")
+    assert resp.status == 200 and resp.body == b"ab"
+    server.assert_serving()
+    assert server.wait_for_log(r"looking up close\(\) fails", timeout=10)
 
 
 def test_close_called_once_when_iteration_raises(server, tmp_path):
