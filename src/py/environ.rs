@@ -142,6 +142,7 @@ impl Interp {
                 // ...and its peers no address: REMOTE_ADDR is empty, REMOTE_PORT absent.
                 Endpoint::Unix => {
                     environ.dict_set(name_key.borrow(gil), &gil.str_latin1(b"")?)?;
+                    environ.dict_del(port_key.borrow(gil))?;
                     continue;
                 }
             };

@@ -540,6 +540,13 @@ impl<'py> Obj<'py> {
         self.check(rc)
     }
 
+    /// Removes `key` from a dict (an error if it is absent).
+    pub fn dict_del(&self, key: Borrowed<'_, 'py>) -> PyResult<'py, ()> {
+        // SAFETY: `self` is a dict and `key` a live object of this interpreter; GIL held.
+        let rc = unsafe { ffi::PyDict_DelItem(self.as_ptr(), key.as_ptr()) };
+        self.check(rc)
+    }
+
     /// Sets `key` to `value` in a dict unless it is there already; the value the dict has
     /// afterwards. One lookup instead of two. (Whether it was there: compare `dict_len`
     /// before and after; the value may be a cached singleton, so identity does not tell.)
