@@ -2,8 +2,10 @@
 //! read, kept where they arrived, and the runs of payload among them (a chunked body's size
 //! lines and a FastCGI body's record headers stay between the runs). The Python thread
 //! copies the runs into the reader's buffer (`py/callbacks.rs`, `read_body`): after the
-//! kernel's copy out of the socket, that is the only copy a body byte takes (ARCHITECTURE.md
-//! §5).
+//! kernel's copy out of the socket, that is the only copy a body byte takes, except the
+//! bytes that came before the body was streamed (with the head, or while the request
+//! waited), which the connection's buffer decodes into a piece of their own
+//! (ARCHITECTURE.md §5).
 
 use std::ops::Range;
 

@@ -14,8 +14,8 @@ use pyo3_ffi as ffi;
 use super::object::{
     guard, raise, runtime_error, type_error, value_error, Gil, MethodDef, Obj, PyErr, PyResult,
 };
-use super::response::{emit, Callbacks, Response};
-use crate::handoff::{BodyChunk, BodyError, BodyPiece, ReplyMsg};
+use super::response::{emit, Callbacks};
+use crate::handoff::{BodyChunk, BodyError, ReplyMsg};
 use crate::http::response::{self, HeadError, ResponseHead};
 
 pub(super) const CAPSULE_NAME: &std::ffi::CStr = c"spindle.callbacks";
@@ -348,75 +348,107 @@ unsafe extern "C" fn read_body(
                 "wsgi.input read after its response ended (or from another request)",
             )
         };
-        // What is left of the last piece is copied out without asking the I/O thread.
-        let exchange = {
+        // The piece to copy from: what is left of the last one, taken out of the response so
+        // that no borrow is held while the buffer is filled (a `__buffer__` may run Python),
+        // or the next one from the I/O thread. After the response ended, what was read
+        // already and the end are still there (a `close()` may drain the input); only asking
+        // for more needs the response live.
+        let asked = {
             let mut current = cb
                 .current
                 .try_borrow_mut()
                 .map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
             match current.as_mut() {
-                Some(resp) if resp.token == token && !resp.ended => {
+                Some(resp) if resp.token == token && resp.input_busy => {
+                    return Err(runtime_error(gil, "wsgi.input read re-entrantly"));
+                }
+                Some(resp) if resp.token == token => {
+                    resp.input_busy = true;
                     if !resp.input_piece.is_empty() {
-                        return copy_piece(gil, resp, &buffer);
-                    }
-                    if resp.input_done {
+                        Ok(std::mem::take(&mut resp.input_piece))
+                    } else if resp.input_done {
+                        resp.input_busy = false;
                         return gil.int(0);
+                    } else if resp.ended {
+                        resp.input_busy = false;
+                        return Err(stale());
+                    } else {
+                        resp.reply.send(ReplyMsg::ReadBody);
+                        Err(resp.reply.exchange.clone())
                     }
-                    resp.reply.send(ReplyMsg::ReadBody);
-                    resp.reply.exchange.clone()
                 }
                 _ => return Err(stale()),
             }
         };
-        let chunk = gil.allow_threads(|| loop {
-            match exchange.recv_body(Duration::from_millis(100)) {
-                Some(chunk) => break chunk,
-                None if exchange.is_cancelled() => break BodyChunk::Error(BodyError::Disconnected),
-                None => {}
-            }
-        });
-        // No borrow is held across a GIL release, and only this thread's loop changes the
-        // current request, which is blocked here: this is the request that asked.
-        let mut current = cb
-            .current
-            .try_borrow_mut()
-            .map_err(|_| runtime_error(gil, "wsgi.input read re-entrantly"))?;
-        let resp = match current.as_mut() {
-            Some(resp) if resp.token == token => resp,
-            _ => return Err(stale()),
-        };
-        match chunk {
-            BodyChunk::Data { piece, last } => {
-                if last {
-                    // Read to the end (e.g. read(CONTENT_LENGTH)): the connection stays
-                    // reusable without another round trip.
+        // From here on the read is under way; whatever way it ends, it ends the busy mark.
+        let _reading = Reading { cb, token };
+        let mark_done = || {
+            if let Ok(mut current) = cb.current.try_borrow_mut() {
+                if let Some(resp) = current.as_mut().filter(|r| r.token == token) {
                     resp.input_pending = false;
                     resp.input_done = true;
                 }
-                resp.input_piece = piece;
-                copy_piece(gil, resp, &buffer)
             }
-            BodyChunk::End => {
-                resp.input_pending = false;
-                resp.input_done = true;
-                gil.int(0)
+        };
+        let mut piece = match asked {
+            Ok(piece) => piece,
+            Err(exchange) => {
+                let chunk = gil.allow_threads(|| loop {
+                    match exchange.recv_body(Duration::from_millis(100)) {
+                        Some(chunk) => break chunk,
+                        None if exchange.is_cancelled() => {
+                            break BodyChunk::Error(BodyError::Disconnected)
+                        }
+                        None => {}
+                    }
+                });
+                match chunk {
+                    BodyChunk::Data { piece, last } => {
+                        if last {
+                            // Read to the end (e.g. read(CONTENT_LENGTH)): the connection
+                            // stays reusable without another round trip.
+                            mark_done();
+                        }
+                        piece
+                    }
+                    BodyChunk::End => {
+                        mark_done();
+                        return gil.int(0);
+                    }
+                    BodyChunk::Error(err) => {
+                        return Err(raise(gil, cb.disconnected(gil), &err.to_string()))
+                    }
+                }
             }
-            BodyChunk::Error(err) => Err(raise(gil, cb.disconnected(gil), &err.to_string())),
+        };
+        // The piece's one copy on the Python side, into the reader's buffer.
+        let copied = buffer.with_writable_bytes(|out| piece.read(out));
+        if !piece.is_empty() {
+            // What is left (all of it, if the buffer was refused) waits for the next read.
+            // Only this thread's loop replaces the current request, and it is here: the
+            // token check only guards against a caller on another thread.
+            if let Ok(mut current) = cb.current.try_borrow_mut() {
+                if let Some(resp) = current.as_mut().filter(|r| r.token == token) {
+                    resp.input_piece = piece;
+                }
+            }
         }
+        gil.int(copied? as i64)
     })
 }
 
-/// Copies what fits of the current body piece into `buffer` (the `readinto` of
-/// `wsgi.input`'s raw stream): the piece's one copy on the Python side. Returns the count.
-fn copy_piece<'py>(
-    gil: Gil<'py>,
-    resp: &mut Response,
-    buffer: &Obj<'py>,
-) -> PyResult<'py, Obj<'py>> {
-    let n = buffer.with_writable_bytes(|out| resp.input_piece.read(out))?;
-    if resp.input_piece.is_empty() {
-        // Used up: the memory goes now, not with the next piece or the request's end.
-        resp.input_piece = BodyPiece::default();
+/// Ends a `read_body`'s busy mark on its request, however the read ends.
+struct Reading<'a> {
+    cb: &'a Callbacks,
+    token: u64,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut current) = self.cb.current.try_borrow_mut() {
+            if let Some(resp) = current.as_mut().filter(|r| r.token == self.token) {
+                resp.input_busy = false;
+            }
+        }
     }
-    gil.int(n as i64)
 }

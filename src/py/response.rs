@@ -39,6 +39,10 @@ pub(super) struct Response {
     /// from here into the caller's buffer, and ask for the next piece only when it is used
     /// up (`callbacks.rs`, `read_body`).
     pub(super) input_piece: BodyPiece,
+    /// A `read_body` of this request is under way (it holds the piece, or waits for one): a
+    /// second one, from a `__buffer__` or another thread, is refused rather than reading
+    /// ahead of it.
+    pub(super) input_busy: bool,
     /// The end of the response was sent: nothing more may go out for this request (an
     /// app writing from `close()` or from another thread gets an error, not another
     /// client's connection).
@@ -69,6 +73,7 @@ impl Response {
             input_pending: streaming,
             input_done: false,
             input_piece: BodyPiece::default(),
+            input_busy: false,
             ended: false,
             token,
             kept_head: None,

@@ -13,12 +13,13 @@ use crate::http::{BodyDecoder, PayloadRuns};
 /// A body up to this size is read whole before the request is handed off, so the
 /// application gets it as one `bytes` object without a round trip per read.
 pub(super) const PREBUFFER_BODY: usize = 64 * 1024;
-/// Bytes read from the socket per body read when streaming a larger body. 256 KiB, not
-/// 64: an application reading `wsgi.input` 64 KiB at a time then costs a quarter of a
-/// round trip to the I/O thread per read instead of 1.4 (a 64 KiB buffer is topped up only
-/// when half of it is free), which took a chunked upload from 574 to 1,354 MiB/s at 0.46x
-/// the CPU per GiB (perf/upload.py; perf/README.md, "Large uploads"). The connection's buffer
-/// goes back to its usual size after the exchange (`Conn::exchange`).
+/// Most bytes one read of a streamed body takes, into the piece handed to the Python
+/// thread (`read_piece`), or into the connection's buffer when that still holds some of the
+/// body. 256 KiB, not 64: an application reading `wsgi.input` 64 KiB at a time then costs a
+/// quarter of a round trip to the I/O thread per read instead of 1.4, which took a chunked
+/// upload from 574 to 1,354 MiB/s at 0.46x the CPU per GiB; 1 MiB did no better
+/// (perf/upload.py; perf/README.md, "Large uploads"). A connection's buffer grown by the
+/// second path goes back to its usual size after the exchange (`Conn::exchange`).
 pub(super) const BODY_READ_SIZE: usize = 256 * 1024;
 
 impl Conn {

@@ -408,7 +408,7 @@ impl Conn {
         // Dropping what is left cancels any exchange the connection gave up on.
         batch.clear();
         self.batch = batch;
-        // A streamed body grew the read buffer to its read size (256 KiB): an idle
+        // A streamed body read through the buffer may have grown it (to 256 KiB): an idle
         // keep-alive connection goes back to a small one, so memory per connection stays
         // what it was however large its past uploads.
         if self.buf.capacity() > KEPT_BUFFER && self.buf.len() <= READ_BUFFER {

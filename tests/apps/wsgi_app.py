@@ -198,6 +198,57 @@ class CloseLookupFails(list):
         raise ValueError("looking up close() fails")
 
 
+class DrainsInClose:
+    """A response whose close() reads wsgi.input again after the app read it to the end:
+    each read there is b"" (the end stays the end after the response ended), and close()
+    records what it got."""
+
+    def __init__(self, environ, length):
+        self.environ, self.length = environ, length
+
+    def __iter__(self):
+        yield b"read %d" % self.length
+
+    def close(self):
+        inp = self.environ["wsgi.input"]
+        extra = sum(len(inp.read(65536)) for _ in range(3)) + len(inp.read())
+        record(self.environ, f"close drained {extra}")
+
+
+def raw_drain_in_close(environ, start_response):
+    n, _, _ = read_all_sized(environ["wsgi.input"])
+    start_response("200 OK", TEXT)
+    return DrainsInClose(environ, n)
+
+
+class ReentrantBuffer:
+    """A buffer (PEP 688) whose `__buffer__` reads wsgi.input itself: the read it is
+    handed to is under way, so the inner one must be refused, and no byte lost."""
+
+    def __init__(self, inp):
+        self.inp, self.target, self.inner = inp, bytearray(100), None
+
+    def __buffer__(self, flags):
+        try:
+            self.inp.raw.readinto(bytearray(10))
+            self.inner = "read"
+        except RuntimeError as exc:
+            self.inner = str(exc)
+        return memoryview(self.target)
+
+    def __release_buffer__(self, view):
+        view.release()
+
+
+def raw_reentrant_buffer(environ, start_response):
+    inp = environ["wsgi.input"]
+    buf = ReentrantBuffer(inp)
+    n = inp.raw.readinto(buf)
+    rest, _, _ = read_all_sized(inp)
+    start_response("200 OK", TEXT)
+    return [f"{n} {rest} {buf.inner}".encode()]
+
+
 def raw_closing_list(environ, start_response):
     start_response("200 OK", TEXT)
     if query(environ).get("lookup") == "fails":
@@ -490,6 +541,8 @@ RAW_ROUTES = {
     "start-response": raw_start_response,
     "bad-result": raw_bad_result,
     "closing-list": raw_closing_list,
+    "drain-in-close": raw_drain_in_close,
+    "reentrant-buffer": raw_reentrant_buffer,
     # The validator wraps the file wrapper in its own iterator, which hides it
     # from the server's sendfile path.
     "file": file_route,

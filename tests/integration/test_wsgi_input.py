@@ -122,6 +122,32 @@ def test_streamed_body_then_pipelined_requests(server, framing, split):
     assert json.loads(second.body)["sha256"] == hashlib.sha256(b"second body").hexdigest()
 
 
+def test_input_read_to_its_end_stays_at_its_end_in_close(server, tmp_path):
+    # A streamed body, read whole by the app; its response's close() reads wsgi.input again
+    # (after the response ended) and must get b"", not an error.
+    rec = tmp_path / "drain.log"
+    body = os.urandom(MiB + 5)
+    with server.connect(timeout=10) as conn:
+        conn.send(request("POST", f"/raw/drain-in-close?record={rec}", server.host_header, body=body))
+        resp = conn.read_response()
+    assert resp.status == 200 and resp.body == b"read %d" % len(body), resp
+    assert wait_until(lambda: read_lines(rec), 5, what="close()'s record") == ["close drained 0"]
+    server.assert_serving()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ (PEP 688) is 3.12+")
+def test_a_read_from_inside_the_buffer_being_filled_is_refused_and_nothing_is_lost(server):
+    body = os.urandom(MiB)
+    with server.connect(timeout=10) as conn:
+        conn.send(request("POST", "/raw/reentrant-buffer", server.host_header, body=body))
+        resp = conn.read_response()
+    assert resp.status == 200, resp
+    first, rest, inner = resp.body.decode().split(" ", 2)
+    assert int(first) == 100 and int(first) + int(rest) == len(body), resp.body
+    assert inner == "wsgi.input read re-entrantly", inner
+    server.assert_serving()
+
+
 def test_empty_body_reads_empty(server):
     with server.connect() as conn:
         conn.send(request("POST", "/input?op=mixed", server.host_header, body=b""))
