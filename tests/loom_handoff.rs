@@ -26,9 +26,10 @@ use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
 use spindle::handoff::{
-    BodyChunk, BodyError, BodyPiece, ConnToken, Doorbell, Exchange, IoMailbox, ReleaseQueue, Reply,
-    ReplyMsg, RESPONSE_WINDOW,
+    BodyChunk, BodyError, BodyPiece, ConnToken, Doorbell, Exchange, IoMailbox, Lend, LentSocket,
+    ReleaseQueue, Reply, ReplyMsg, RESPONSE_WINDOW,
 };
+use spindle::http::Persistence;
 
 /// The I/O thread's waker in the models: counts the wake-ups it gets and ends the I/O
 /// thread's sleep, which is what a runtime's waker does to its `epoll_wait`. (A loom
@@ -496,4 +497,109 @@ fn doorbell_close_wakes_a_sleeping_python_thread() {
         assert_eq!(bell.wait(|| queue.try_take(), None), Some(false));
         io.join().unwrap();
     });
+}
+
+/// A lent socket that takes at most `room` bytes in all, like a socket buffer that fills.
+struct ModelSocket {
+    taken: Mutex<Vec<u8>>,
+    room: usize,
+}
+
+impl LentSocket for ModelSocket {
+    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut taken = self.taken.lock().unwrap();
+        let n = bytes.len().min(self.room - taken.len());
+        if n == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        taken.extend_from_slice(&bytes[..n]);
+        Ok(n)
+    }
+}
+
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+
+fn whole_response() -> ReplyMsg {
+    ReplyMsg::Data {
+        bytes: RESPONSE.to_vec(),
+        end: true,
+        persistence: Persistence::new(true, true),
+        counted: false,
+    }
+}
+
+/// Direct answers (ARCHITECTURE.md §4): the I/O thread lends the socket and, later, stops
+/// watching it (`recall`: the client's next bytes came, or the wait moved on), while the
+/// Python thread finishes the response and sends it, then sends a late message (a
+/// `write()` from `close()`). Whatever the interleaving, the response reaches the client
+/// exactly once and whole: written directly and taken by the I/O side once (its news from
+/// `lend` or `recall`, or an `Answered` message), or sent as a message for the I/O thread
+/// to write, never both and never neither; and the late message never goes to the socket.
+/// `room`: what the socket takes (a full one makes the rest go as a message).
+fn direct_model(room: usize) {
+    loom::model(move || {
+        let exchange = Exchange::new(false);
+        let socket = Arc::new(ModelSocket {
+            taken: Mutex::new(Vec::new()),
+            room,
+        });
+        let python = {
+            let exchange = exchange.clone();
+            thread::spawn(move || {
+                let sent = exchange.direct().answer(whole_response()).err();
+                let late = exchange.direct().answer(whole_response());
+                assert!(late.is_err(), "a late message was written to the socket");
+                sent
+            })
+        };
+        let lent = socket.clone();
+        let mut news = 0;
+        match exchange
+            .direct()
+            .lend(Some(move || Some(lent as Arc<dyn LentSocket>)))
+        {
+            Lend::Answered(_) => news += 1,
+            Lend::Watching | Lend::No => {}
+        }
+        if exchange.direct().answered().is_some() {
+            news += 1;
+        }
+        if exchange.direct().recall().is_some() {
+            news += 1;
+        }
+        let sent = python.join().unwrap();
+        // Once the I/O side knows, it stays known: nothing after reports it again.
+        assert!(exchange.direct().recall().is_none());
+        let taken = socket.taken.lock().unwrap().clone();
+        let mut delivered = taken.clone();
+        match sent {
+            None => {
+                assert_eq!(news, 1, "a direct answer taken {news} times");
+                assert_eq!(taken, RESPONSE);
+            }
+            Some(ReplyMsg::Answered { .. }) => {
+                assert_eq!(news, 0, "an answer both reported and sent");
+                assert_eq!(taken, RESPONSE);
+            }
+            Some(ReplyMsg::Data { bytes, .. }) => {
+                assert_eq!(news, 0, "a response both written directly and sent");
+                delivered.extend_from_slice(&bytes);
+            }
+            Some(_) => panic!("an unexpected message"),
+        }
+        assert_eq!(
+            delivered, RESPONSE,
+            "the response did not arrive whole, once"
+        );
+    });
+}
+
+#[test]
+fn direct_answer_reaches_the_client_exactly_once() {
+    direct_model(RESPONSE.len());
+}
+
+#[test]
+fn direct_answer_the_socket_does_not_take_whole_goes_on_as_a_message() {
+    direct_model(5);
 }

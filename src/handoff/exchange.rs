@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use super::budget::ResponseBudget;
+use super::direct::Direct;
 use super::sync::channel::{self, Receiver, Sender};
 use super::sync::{AtomicBool, AtomicU8, Condvar, Mutex, Ordering};
 /// A parked response's wake-up goes to its Python thread's own channel (`py/parked.rs`),
@@ -40,6 +41,8 @@ pub struct Exchange {
     /// thread that sheds it ([`Exchange::shed`]). Exactly one compare-and-swap wins
     /// (ARCHITECTURE.md §4, "Admission control").
     admission: AtomicU8,
+    /// Whether the response may be, or was, written by the Python thread itself.
+    direct: Direct,
 }
 
 const ADMISSION_QUEUED: u8 = 0;
@@ -87,7 +90,14 @@ impl Exchange {
             budget,
             body: streamed_body.then(|| channel::bounded(1)),
             admission: AtomicU8::new(ADMISSION_QUEUED),
+            direct: Direct::default(),
         })
+    }
+
+    /// The response's direct answer (ARCHITECTURE.md §4, "Direct answers").
+    #[inline]
+    pub fn direct(&self) -> &Direct {
+        &self.direct
     }
 
     /// Python side, on taking the request from the queue: claims it for the application.

@@ -1,7 +1,8 @@
 //! What crosses between I/O threads and Python threads, and nothing else: the request
-//! queue, each I/O thread's reply mailbox, and the per-request [`Exchange`]. No sockets
-//! and no Python objects ever cross here: requests carry frozen bytes and offsets, replies
-//! carry bytes and files. (The [`ReleaseQueue`] is generic: py/ sends the references of
+//! queue, each I/O thread's reply mailbox, and the per-request [`Exchange`]. No Python
+//! objects ever cross here, and no socket but one lent for a direct answer ([`Direct`],
+//! behind the [`LentSocket`] trait that `server/` implements): requests carry frozen bytes
+//! and offsets, replies carry bytes and files. (The [`ReleaseQueue`] is generic: py/ sends the references of
 //! shared bodies back through it to the one thread that may release them, never touching
 //! them elsewhere.) Every atomic, lock, channel and waker here comes from `sync.rs`, so the
 //! loom model checker can run this module (tests/loom_handoff.rs, ARCHITECTURE.md §4).
@@ -23,6 +24,7 @@
 //!   pushes see the flag and only enqueue.
 
 mod budget;
+mod direct;
 mod doorbell;
 mod encoder;
 mod exchange;
@@ -41,6 +43,7 @@ use bytes::Bytes;
 use crate::http::Persistence;
 
 pub use budget::ResponseBudget;
+pub use direct::{Direct, Lend, LentSocket};
 pub use doorbell::Doorbell;
 pub use encoder::ResponseEncoder;
 pub use exchange::{Exchange, Reserve, RESPONSE_WINDOW};
@@ -122,7 +125,12 @@ pub struct ReplyTo {
 }
 
 impl ReplyTo {
+    /// Sends `msg` to the connection's I/O thread, or writes it to the client directly when
+    /// the I/O thread lent the socket for it ([`Direct`]).
     pub fn send(&self, msg: ReplyMsg) {
+        let Err(msg) = self.exchange.direct().answer(msg) else {
+            return;
+        };
         self.mailbox.push(Reply {
             conn: self.conn,
             seq: self.seq,
@@ -168,6 +176,10 @@ pub enum ReplyMsg {
     ReadBody,
     /// Something failed after the head was sent: close the connection without more bytes.
     Abort,
+    /// The Python thread wrote the whole response to the client itself (a direct answer,
+    /// [`Direct`]) after the I/O thread had stopped watching for it; `persistence` as for
+    /// `Data`.
+    Answered { persistence: Persistence },
 }
 
 pub struct Reply {

@@ -17,10 +17,11 @@ use crossbeam_channel::TrySendError;
 use super::admission::note_shed;
 use super::ctx::{ConnInbox, IoCtx};
 use super::event::{race, Either};
+use super::lend::Lent;
 use super::stream::Stream;
 use crate::handoff::{
-    BodyChunk, BodyError, ConnToken, Endpoint, Exchange, ReplyMsg, ReplyTo, Request, RequestBody,
-    RequestHead, ResponseEncoder,
+    BodyChunk, BodyError, ConnToken, Endpoint, Exchange, Lend, LentSocket, ReplyMsg, ReplyTo,
+    Request, RequestBody, RequestHead, ResponseEncoder,
 };
 use crate::http::proxy::parse_proxy_header;
 use crate::http::response::{self};
@@ -48,6 +49,10 @@ const QUEUE_LOOK: Duration = Duration::from_millis(20);
 /// While a request is queued, bytes the client sends meanwhile (pipelined requests) are
 /// buffered up to this much; beyond, the socket is no longer watched, never read unbounded.
 const WATCH_BUFFER_LIMIT: usize = 64 * 1024;
+/// While its socket is lent for a direct answer, how often a connection looks whether the
+/// answer was written (ARCHITECTURE.md §4): the client's next request usually tells first;
+/// an idle client's keep-alive wait begins at most this late.
+const DIRECT_LOOK: Duration = Duration::from_millis(5);
 
 /// Why a read for more request bytes ended.
 pub(super) enum ReadOutcome {
@@ -73,6 +78,8 @@ pub(super) struct Conn {
     trust_forwarded: bool,
     /// The requests of the current exchange (see [`Conn::exchange`]); empty between them.
     batch: Vec<InFlight>,
+    /// The socket as lent for direct answers: a second descriptor, made at the first lend.
+    lent: Option<Arc<Lent>>,
 }
 
 /// Cancels the exchange when the connection side stops before the response completed, so
@@ -84,6 +91,9 @@ struct CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
+        // A socket still lent is taken back first: nothing is written directly to a
+        // connection that gave up on its request.
+        let _ = self.exchange.direct().recall();
         if self.armed {
             // Still queued: no Python thread will run it now (its client left, or was
             // answered by the server itself).
@@ -158,6 +168,7 @@ impl Conn {
             served: 0,
             trust_forwarded: false,
             batch: Vec::new(),
+            lent: None,
         }
     }
 
@@ -654,6 +665,20 @@ impl Conn {
                         }
                         exchange.send_body(chunk);
                     }
+                    ReplyMsg::Answered { persistence } => {
+                        // The Python thread wrote it itself; nothing was coalesced before
+                        // it (the lend waits for an empty `out`).
+                        let mut stats = self.ctx.stats.get();
+                        stats.direct += 1;
+                        self.ctx.stats.set(stats);
+                        if let Some(stop) = batch[idx].ended(persistence) {
+                            if self.flush(out, batch, to_release).await.is_err() {
+                                return ConnectionEnd::Close;
+                            }
+                            return stop;
+                        }
+                        break;
+                    }
                     ReplyMsg::Abort => {
                         // Complete responses before this one still go out.
                         let _ = self.flush(out, batch, to_release).await;
@@ -675,16 +700,28 @@ impl Conn {
     ) -> Result<(u32, ReplyMsg), ConnectionEnd> {
         let timeout = self.ctx.shared.config.timeout;
         let exchange = &current.guard.exchange;
+        let _awaiting = Awaiting::enter(&self.ctx);
+        let direct = match self.lend(current, response_started) {
+            Lend::Answered(persistence) => {
+                return Ok((current.seq, ReplyMsg::Answered { persistence }))
+            }
+            Lend::Watching => true,
+            Lend::No => false,
+        };
         // The one timer the wait always had (--timeout's), cut to QUEUE_LOOK while the
         // request is queued: most replies come before either ends, at no extra cost.
         let first = match timeout {
             Some(limit) if !exchange.is_queued() => limit,
             Some(limit) => limit.min(QUEUE_LOOK),
-            None if !exchange.is_queued() => return Ok(self.inbox.recv().await),
+            None if !exchange.is_queued() => return Ok(self.next_reply(current, direct).await),
             None => QUEUE_LOOK,
         };
-        if let Ok(next) = monoio::time::timeout(first, self.inbox.recv()).await {
+        if let Ok(next) = monoio::time::timeout(first, self.next_reply(current, direct)).await {
             return Ok(next);
+        }
+        // From here on the reply comes as a message.
+        if let Some(persistence) = exchange.direct().recall() {
+            return Ok((current.seq, ReplyMsg::Answered { persistence }));
         }
         // Only on this slow path: when the wait began, to the timer's precision (no clock
         // read for the replies that come first).
@@ -714,6 +751,76 @@ impl Conn {
             Err(_elapsed) => Err(self
                 .application_timed_out(limit, response_started, current.fastcgi)
                 .await),
+        }
+    }
+
+    /// Whether to lend the socket for `current`'s response to be written by its Python
+    /// thread (ARCHITECTURE.md §4, "Direct answers"): only when this thread waits for no
+    /// other reply (it would wake for those anyway, and write this one in the same run),
+    /// nothing of the response went out yet, the request's body is all read and its
+    /// connection already carried a request (the second descriptor is made once per
+    /// connection: not worth it for one request). A socket lent before is still reported.
+    fn lend(&mut self, current: &InFlight, response_started: bool) -> Lend {
+        let fresh = !response_started
+            && self.ctx.awaiting_replies.get() == 1
+            && self.served > 0
+            && current.body_done
+            && !current.expect_continue
+            && current.fastcgi.is_none();
+        let lent = &mut self.lent;
+        let stream = &self.stream;
+        let peer = &self.peer;
+        current.guard.exchange.direct().lend(fresh.then_some(|| {
+            if lent.is_none() {
+                match Lent::of(stream) {
+                    Ok(socket) => *lent = Some(Arc::new(socket)),
+                    Err(err) => {
+                        log_debug!("{peer}: no second descriptor for a direct answer: {err}");
+                        return None;
+                    }
+                }
+            }
+            lent.clone().map(|socket| socket as Arc<dyn LentSocket>)
+        }))
+    }
+
+    /// The next reply to this connection; with the socket lent (`direct`), the socket and
+    /// a periodic look are watched as well, for a response written directly.
+    async fn next_reply(&mut self, current: &InFlight, direct: bool) -> (u32, ReplyMsg) {
+        if !direct {
+            return self.inbox.recv().await;
+        }
+        let answer = current.guard.exchange.direct();
+        loop {
+            let woke = {
+                let reply = self.inbox.recv();
+                let readable = async {
+                    // An error of the wait itself reads as "look at the socket".
+                    let _ = self.stream.readable().await;
+                };
+                let look = monoio::time::sleep(DIRECT_LOOK);
+                race(reply, race(readable, look)).await
+            };
+            match woke {
+                // This request's reply came the usual way, or a later one's: it is still
+                // lent for this one.
+                Either::Left(next) => return next,
+                Either::Right(Either::Left(())) => {
+                    // The client's next request, most often (or its EOF, or an error, which
+                    // the next read meets again): the answer was written, or it comes as a
+                    // message now.
+                    let _ = self.take_readable();
+                    if let Some(persistence) = answer.recall() {
+                        return (current.seq, ReplyMsg::Answered { persistence });
+                    }
+                    return self.inbox.recv().await;
+                }
+                Either::Right(Either::Right(())) => {
+                    if let Some(persistence) = answer.answered() {
+                        return (current.seq, ReplyMsg::Answered { persistence });
+                    }
+                }
+            }
         }
     }
 
@@ -825,6 +932,24 @@ impl Conn {
                 },
             }
         }
+    }
+}
+
+/// Counts a connection waiting for a reply in [`IoCtx::awaiting_replies`] while it lives.
+struct Awaiting(Rc<IoCtx>);
+
+impl Awaiting {
+    fn enter(ctx: &Rc<IoCtx>) -> Awaiting {
+        ctx.awaiting_replies.set(ctx.awaiting_replies.get() + 1);
+        Awaiting(ctx.clone())
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.0
+            .awaiting_replies
+            .set(self.0.awaiting_replies.get() - 1);
     }
 }
 

@@ -77,6 +77,9 @@ pub(super) struct IoCtx {
     /// The stopping thread's wait for `live_conns` and `accepting` to reach zero.
     pub(super) all_closed: RefCell<Option<Waker>>,
     pub(super) stats: Cell<Stats>,
+    /// Connections of this thread waiting for a reply now: a connection lends its socket
+    /// for a direct answer only when it is the one (`conn.rs`, ARCHITECTURE.md §4).
+    pub(super) awaiting_replies: Cell<usize>,
 }
 
 /// Counters for the lab: how well replies batch per wake-up.
@@ -85,6 +88,8 @@ pub(super) struct Stats {
     pub(super) requests: u64,
     pub(super) replies: u64,
     pub(super) wakeups: u64,
+    /// Responses their Python thread wrote itself (direct answers, ARCHITECTURE.md §4).
+    pub(super) direct: u64,
 }
 
 impl IoCtx {

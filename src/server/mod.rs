@@ -11,6 +11,7 @@ mod event;
 mod fastcgi;
 mod gateway;
 mod gather;
+mod lend;
 mod socket;
 mod stream;
 mod sys;

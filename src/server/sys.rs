@@ -2,11 +2,12 @@
 //! from a regular file to a non-blocking socket (the bytes of `wsgi.file_wrapper`
 //! responses go from the page cache to the socket without passing through user space or
 //! Python), the socket flags it needs, a half-close, a look at a listener's queue, a read
-//! and a write that never wait (admission control), and the open-files limit.
+//! and a write that never wait (admission control, direct answers), a second descriptor
+//! of a socket (lent for a direct answer), and the open-files limit.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Sends up to `len` bytes of `file` starting at `*offset` to `socket`, advancing `*offset`.
 /// Returns the bytes sent; `WouldBlock` when the socket buffer is full.
@@ -125,4 +126,17 @@ pub fn send_now(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// A second descriptor of `fd`'s socket, close-on-exec (`F_DUPFD_CLOEXEC`): the socket stays
+/// open while either is, so a Python thread writing through this one never writes to a
+/// descriptor number the I/O thread closed and reused (`server/lend.rs`).
+pub fn dup(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller keeps open has no memory effects.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a descriptor fcntl just made for us and nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }

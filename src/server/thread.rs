@@ -86,6 +86,7 @@ pub(super) async fn io_main(
         refusing: Cell::new(0),
         all_closed: RefCell::new(None),
         stats: Cell::new(Stats::default()),
+        awaiting_replies: Cell::new(0),
     });
 
     let dispatcher_ctx = ctx.clone();
@@ -148,8 +149,9 @@ pub(super) async fn io_main(
     ctx.mailbox.detach();
     let stats = ctx.stats.get();
     log_debug!(
-        "I/O thread {idx}: {} requests, {} replies in {} dispatcher wake-ups ({:.2} replies per wake-up)",
+        "I/O thread {idx}: {} requests, {} answered directly, {} replies in {} dispatcher wake-ups ({:.2} replies per wake-up)",
         stats.requests,
+        stats.direct,
         stats.replies,
         stats.wakeups,
         stats.replies as f64 / stats.wakeups.max(1) as f64

@@ -256,6 +256,28 @@ def raw_closing_list(environ, start_response):
     return ClosingList(environ, [b"a", b"b"])
 
 
+class WritesInClose(list):
+    """A one-item response whose close() calls the write callable after the response
+    ended: those bytes must never reach the client, whoever wrote the response."""
+
+    def __init__(self, environ, write):
+        super().__init__([b"answered"])
+        self.environ, self.write = environ, write
+
+    def close(self):
+        try:
+            self.write(b"LATE")
+            record(self.environ, "late write returned")
+        except Exception as exc:
+            record(self.environ, f"late write raised {type(exc).__name__}")
+
+
+def raw_late_write(environ, start_response):
+    # The validator forbids write() after the response began.
+    write = start_response("200 OK", TEXT + [("Content-Length", "8")])
+    return WritesInClose(environ, write)
+
+
 def closing(environ, start_response):
     q = query(environ)
     start_response("200 OK", TEXT)
@@ -532,6 +554,10 @@ ROUTES = {
 
 RAW_ROUTES = {
     "hello": raw_hello,
+    # A list of one bytes object, which the validator would wrap: what a Python thread
+    # may write to its client itself (tests/integration/test_direct_answers.py).
+    "path": path_echo,
+    "sleep": sleep_route,
     # Custom request methods: the validator warns on any method it does not know.
     "env": env,
     # read() without a size and the server's own __iter__: the validator
@@ -542,6 +568,7 @@ RAW_ROUTES = {
     "bad-result": raw_bad_result,
     "closing-list": raw_closing_list,
     "drain-in-close": raw_drain_in_close,
+    "late-write": raw_late_write,
     "reentrant-buffer": raw_reentrant_buffer,
     # The validator wraps the file wrapper in its own iterator, which hides it
     # from the server's sendfile path.

@@ -1,0 +1,146 @@
+"""Direct answers (ARCHITECTURE.md §4): when an I/O thread waits for one reply and nothing
+else, it lends the connection's socket and the Python thread writes the whole response
+itself. Each test here makes that happen (a keep-alive connection's later requests, one
+at a time) and checks that everything a connection promises still holds: bytes in order,
+keep-alive and `Connection: close`, `--timeout`'s 504 with nothing after it, a request
+pipelined while the first runs, nothing written after a response ended, a prompt stop.
+The I/O threads count the answers written directly in their last log line (debug), which
+the tests read to know the path they meant to test was taken. The routes are under /raw/:
+the validator wraps every response in an iterator of its own, whose pieces come one by one,
+and only a response given whole (a list of one bytes object here) is written directly."""
+
+import re
+import signal
+import time
+
+from rawhttp import request
+
+
+def direct_answers(srv) -> int:
+    """Stops the server (SIGTERM, exit code 0) and sums what its I/O threads report."""
+    assert srv.stop() == 0, "\n".join(srv.lines[-30:])
+    counts = re.findall(r"I/O thread \d+: \d+ requests, (\d+) answered directly", srv.log_since())
+    assert counts, "no I/O thread reported its requests:\n" + "\n".join(srv.lines[-30:])
+    return sum(int(n) for n in counts)
+
+
+def start(spindle, *args: str):
+    return spindle("wsgi_app:app", "--log-level", "debug", *args)
+
+
+def test_a_keep_alive_client_one_request_at_a_time_is_answered_directly(spindle):
+    srv = start(spindle)
+    with srv.connect() as conn:
+        for i in range(60):
+            conn.send(request("GET", f"/raw/path/d{i}", srv.host_header))
+            resp = conn.read_response()
+            assert resp.status == 200 and resp.body == f"/raw/path/d{i}".encode(), resp
+            assert not resp.has_token("Connection", "close"), resp
+        assert not conn.readable_within(0.05), "bytes after the last response"
+    direct = direct_answers(srv)
+    # The first request of a connection is never lent for; of the others most are
+    # (a Python thread on another core may finish before the socket is lent).
+    assert 30 <= direct <= 59, f"{direct} of 59 answered directly"
+
+
+def test_keep_alive_timeout_still_closes_an_idle_connection_after_a_direct_answer(spindle):
+    srv = start(spindle, "--keep-alive", "1")
+    with srv.connect() as conn:
+        for _ in range(3):
+            conn.send(request("GET", "/raw/hello", srv.host_header))
+            assert conn.read_response().status == 200
+        started = time.monotonic()
+        closed = conn.wait_closed(timeout=4)
+        waited = time.monotonic() - started
+    assert closed, "idle connection still open 4 s after a direct answer with --keep-alive 1"
+    assert waited >= 0.5, f"closed after {waited:.2f} s: before the 1 s keep-alive timeout"
+    assert direct_answers(srv) >= 1
+
+
+def test_connection_close_on_a_later_request_closes_after_its_direct_answer(spindle):
+    srv = start(spindle)
+    with srv.connect() as conn:
+        for i in range(5):
+            conn.send(request("GET", f"/raw/path/c{i}", srv.host_header))
+            assert conn.read_response().body == f"/raw/path/c{i}".encode()
+        conn.send(request("GET", "/raw/path/last", srv.host_header, [("Connection", "close")]))
+        resp = conn.read_response()
+        assert resp.status == 200 and resp.body == b"/raw/path/last", resp
+        assert resp.has_token("Connection", "close"), resp
+        assert conn.wait_closed(2), "connection left open after Connection: close"
+    assert direct_answers(srv) >= 1
+
+
+def test_timeout_504_is_final_even_when_the_app_answers_later(spindle):
+    # The socket was lent while the app ran; --timeout takes it back, answers 504 and
+    # closes: the app's late response must never follow, and the close must not wait for
+    # the app (the lent descriptor is given back with the socket).
+    srv = start(spindle, "--timeout", "1", "--single-process")
+    with srv.connect(timeout=10) as conn:
+        for _ in range(3):
+            conn.send(request("GET", "/raw/hello", srv.host_header))
+            assert conn.read_response().status == 200
+        conn.send(request("GET", "/raw/sleep?s=3", srv.host_header))
+        resp = conn.read_response(timeout=10)
+        assert resp.status == 504, resp
+        answered = time.monotonic()
+        assert conn.wait_closed(timeout=1.5), "connection still open 1.5 s after its 504"
+        assert time.monotonic() - answered < 1.5
+    # The app's sleep ends after the close: the server logs nothing worse than debug
+    # about it and goes on serving.
+    time.sleep(2.5)
+    srv.assert_serving()
+    assert direct_answers(srv) >= 1
+
+
+def test_a_request_pipelined_while_the_first_runs_is_answered_in_order(spindle):
+    srv = start(spindle)
+    with srv.connect(timeout=10) as conn:
+        conn.send(request("GET", "/raw/hello", srv.host_header))
+        assert conn.read_response().status == 200
+        # The socket is lent for the slow request; the next one arrives meanwhile.
+        conn.send(request("GET", "/raw/sleep?s=0.3", srv.host_header))
+        time.sleep(0.1)
+        conn.send(request("GET", "/raw/path/after", srv.host_header))
+        first = conn.read_response(timeout=10)
+        second = conn.read_response(timeout=10)
+        assert first.status == 200 and first.body == b"slept well", first
+        assert second.status == 200 and second.body == b"/raw/path/after", second
+        # And the connection goes on, directly answered again.
+        for i in range(5):
+            conn.send(request("GET", f"/raw/path/p{i}", srv.host_header))
+            assert conn.read_response().body == f"/raw/path/p{i}".encode()
+    assert direct_answers(srv) >= 1
+
+
+def test_a_write_after_the_response_ended_never_reaches_the_client(spindle, tmp_path):
+    rec = tmp_path / "late.log"
+    srv = start(spindle)
+    with srv.connect() as conn:
+        conn.send(request("GET", "/raw/hello", srv.host_header))
+        assert conn.read_response().status == 200
+        for _ in range(5):
+            conn.send(request("GET", f"/raw/late-write?record={rec}", srv.host_header))
+            resp = conn.read_response()
+            assert resp.status == 200 and resp.body == b"answered", resp
+        conn.send(request("GET", "/raw/path/next", srv.host_header))
+        resp = conn.read_response()
+        assert resp.status == 200 and resp.body == b"/raw/path/next", \
+            f"the next response is not what was asked (a late write got in?): {resp!r}"
+        assert not conn.readable_within(0.1), "bytes after the last response"
+    assert rec.read_text().count("\n") == 5, rec.read_text()
+    assert direct_answers(srv) >= 1
+
+
+def test_sigterm_closes_a_connection_idle_after_direct_answers_promptly(spindle):
+    srv = start(spindle)
+    with srv.connect() as conn:
+        for _ in range(3):
+            conn.send(request("GET", "/raw/hello", srv.host_header))
+            assert conn.read_response().status == 200
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert conn.wait_closed(timeout=5), "idle connection still open 5 s after SIGTERM"
+        assert srv.proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+    assert direct_answers(srv) >= 1
