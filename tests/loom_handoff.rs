@@ -26,8 +26,8 @@ use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
 use spindle::handoff::{
-    BodyChunk, BodyError, BodyPiece, ConnToken, Doorbell, Exchange, IoMailbox, Lend, LentSocket,
-    ReleaseQueue, Reply, ReplyMsg, RESPONSE_WINDOW,
+    BodyChunk, BodyError, BodyPiece, ConnToken, Doorbell, Exchange, IoMailbox, LentSocket, Look,
+    ReleaseQueue, Reply, ReplyMsg, ResponseBudget, RESPONSE_WINDOW,
 };
 use spindle::http::Persistence;
 
@@ -517,89 +517,181 @@ impl LentSocket for ModelSocket {
     }
 }
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+const BODY: &[u8] = b"body";
 
-fn whole_response() -> ReplyMsg {
+fn data(bytes: &[u8], end: bool, counted: bool) -> ReplyMsg {
     ReplyMsg::Data {
-        bytes: RESPONSE.to_vec(),
-        end: true,
+        bytes: bytes.to_vec(),
+        end,
         persistence: Persistence::new(true, true),
-        counted: false,
+        counted,
     }
 }
 
-/// Direct answers (ARCHITECTURE.md §4): the I/O thread lends the socket and, later, stops
-/// watching it (`recall`: the client's next bytes came, or the wait moved on), while the
-/// Python thread finishes the response and sends it, then sends a late message (a
-/// `write()` from `close()`). Whatever the interleaving, the response reaches the client
-/// exactly once and whole: written directly and taken by the I/O side once (its news from
-/// `lend` or `recall`, or an `Answered` message), or sent as a message for the I/O thread
-/// to write, never both and never neither; and the late message never goes to the socket.
-/// `room`: what the socket takes (a full one makes the rest go as a message).
-fn direct_model(room: usize) {
+/// Direct answers (ARCHITECTURE.md §4): the I/O thread lends the socket, looks once (as its
+/// 5 ms look would), then takes it back (`recall`: the client's next bytes came, or the
+/// wait moved on), while the Python thread sends the response's messages (`pieces`), then
+/// a late message (a `write()` from `close()`). Whatever the interleaving: every byte of
+/// the response reaches the client once and in order, what the socket took first and the
+/// messages' bytes after; the end is known to the I/O side exactly once (its own news, an
+/// `Answered` message, or the ending message itself); counted bytes written directly go
+/// back to the window; the late message never reaches the socket. `room`: what the socket
+/// takes (a full one sends the rest as a message).
+fn direct_model(pieces: &'static [(&'static [u8], bool, bool)], room: usize) {
     loom::model(move || {
-        let exchange = Exchange::new(false);
+        // A budget of the model's own (loom's atomics live within one model run).
+        let budget: &'static ResponseBudget = Box::leak(Box::new(ResponseBudget::new(1 << 20)));
+        let exchange = Exchange::with_budget(false, budget);
         let socket = Arc::new(ModelSocket {
             taken: Mutex::new(Vec::new()),
             room,
         });
+        let charged: usize = pieces.iter().filter(|p| p.2).map(|p| p.0.len()).sum();
+        for piece in pieces.iter().filter(|p| p.2) {
+            assert!(exchange.try_reserve(piece.0.len()));
+        }
         let python = {
             let exchange = exchange.clone();
             thread::spawn(move || {
-                let sent = exchange.direct().answer(whole_response()).err();
-                let late = exchange.direct().answer(whole_response());
+                let mut mailed = Vec::new();
+                for &(bytes, end, counted) in pieces {
+                    if let Err(msg) = exchange.answer(data(bytes, end, counted)) {
+                        mailed.push(msg);
+                    }
+                }
+                let late = exchange.answer(data(b"LATE", true, false));
                 assert!(late.is_err(), "a late message was written to the socket");
-                sent
+                mailed
             })
         };
         let lent = socket.clone();
-        let mut news = 0;
-        match exchange
-            .direct()
-            .lend(Some(move || Some(lent as Arc<dyn LentSocket>)))
-        {
-            Lend::Answered(_) => news += 1,
-            Lend::Watching | Lend::No => {}
-        }
-        if exchange.direct().answered().is_some() {
-            news += 1;
-        }
-        if exchange.direct().recall().is_some() {
-            news += 1;
-        }
-        let sent = python.join().unwrap();
-        // Once the I/O side knows, it stays known: nothing after reports it again.
-        assert!(exchange.direct().recall().is_none());
+        let mut news = Vec::new();
+        news.push(
+            exchange
+                .direct()
+                .lend(Some(move || Some(lent as Arc<dyn LentSocket>))),
+        );
+        news.push(exchange.direct().look());
+        news.push(exchange.direct().recall());
+        let mailed = python.join().unwrap();
+        news.push(exchange.direct().recall());
         let taken = socket.taken.lock().unwrap().clone();
         let mut delivered = taken.clone();
-        match sent {
-            None => {
-                assert_eq!(news, 1, "a direct answer taken {news} times");
-                assert_eq!(taken, RESPONSE);
+        let mut ends = news
+            .iter()
+            .filter(|n| matches!(n, Look::Answered(_)))
+            .count();
+        let mut counted_mailed = 0;
+        for msg in &mailed {
+            match msg {
+                ReplyMsg::Data {
+                    bytes,
+                    end,
+                    counted,
+                    ..
+                } => {
+                    delivered.extend_from_slice(bytes);
+                    ends += usize::from(*end);
+                    if *counted {
+                        counted_mailed += bytes.len();
+                    }
+                }
+                ReplyMsg::Answered { persistence } => ends += usize::from(persistence.is_some()),
+                _ => panic!("an unexpected message"),
             }
-            Some(ReplyMsg::Answered { .. }) => {
-                assert_eq!(news, 0, "an answer both reported and sent");
-                assert_eq!(taken, RESPONSE);
-            }
-            Some(ReplyMsg::Data { bytes, .. }) => {
-                assert_eq!(news, 0, "a response both written directly and sent");
-                delivered.extend_from_slice(&bytes);
-            }
-            Some(_) => panic!("an unexpected message"),
         }
-        assert_eq!(
-            delivered, RESPONSE,
-            "the response did not arrive whole, once"
+        // A response part of which went out directly is known to have started (no 504 may
+        // follow it): told by a look, by an `Answered` message, or by the bytes of the
+        // first message that follows.
+        let told = news
+            .iter()
+            .any(|n| matches!(n, Look::Started | Look::Answered(_)))
+            || match mailed.first() {
+                Some(ReplyMsg::Answered { .. }) => true,
+                Some(ReplyMsg::Data { bytes, .. }) => !bytes.is_empty(),
+                _ => false,
+            };
+        assert!(
+            taken.is_empty() || told,
+            "direct bytes went out untold: {news:?}"
         );
+        let whole: Vec<u8> = pieces.iter().flat_map(|p| p.0.iter().copied()).collect();
+        assert_eq!(
+            delivered, whole,
+            "the response did not arrive whole, once, in order"
+        );
+        assert_eq!(ends, 1, "the end known {ends} times: {news:?}");
+        // What went out directly was given back to the window; the rest is the I/O
+        // side's to give back once written.
+        assert_eq!(budget.used(), counted_mailed, "{charged} bytes charged");
+        exchange.release(counted_mailed);
+        assert_eq!(budget.used(), 0);
+        // Once the socket is taken back, nothing more is told.
+        assert_eq!(exchange.direct().recall(), Look::Nothing);
     });
 }
 
+const WHOLE: &[(&[u8], bool, bool)] = &[(b"HTTP/1.1 200 OK\r\n\r\nbody", true, false)];
+const PIECES: &[(&[u8], bool, bool)] =
+    &[(HEAD, false, true), (BODY, false, true), (b"", true, false)];
+
 #[test]
-fn direct_answer_reaches_the_client_exactly_once() {
-    direct_model(RESPONSE.len());
+fn direct_answer_of_one_message_reaches_the_client_exactly_once() {
+    direct_model(WHOLE, 64);
 }
 
 #[test]
-fn direct_answer_the_socket_does_not_take_whole_goes_on_as_a_message() {
-    direct_model(5);
+fn direct_answer_of_one_message_the_socket_does_not_take_goes_on_as_a_message() {
+    direct_model(WHOLE, 5);
+}
+
+#[test]
+fn direct_answer_in_pieces_reaches_the_client_once_in_order() {
+    direct_model(PIECES, 64);
+}
+
+#[test]
+fn direct_answer_in_pieces_the_socket_fills_in_the_middle_of() {
+    direct_model(PIECES, HEAD.len() + 2);
+}
+
+/// A message that is not bytes (a file, an abort) after a part went out directly goes by
+/// the mailbox, and the I/O side is told the response started before it waits for it.
+#[test]
+fn direct_answer_followed_by_a_message_that_is_not_bytes_is_told_started() {
+    loom::model(|| {
+        let exchange = Exchange::new(false);
+        let socket = Arc::new(ModelSocket {
+            taken: Mutex::new(Vec::new()),
+            room: 64,
+        });
+        let python = {
+            let exchange = exchange.clone();
+            thread::spawn(move || {
+                let head = exchange.answer(data(HEAD, false, false)).err();
+                let abort = exchange.answer(ReplyMsg::Abort).err();
+                (head, abort)
+            })
+        };
+        let lent = socket.clone();
+        let mut news = vec![exchange
+            .direct()
+            .lend(Some(move || Some(lent as Arc<dyn LentSocket>)))];
+        let (head, abort) = python.join().unwrap();
+        assert!(matches!(abort, Some(ReplyMsg::Abort)));
+        news.push(exchange.direct().recall());
+        let taken = socket.taken.lock().unwrap().clone();
+        match head {
+            None => {
+                assert_eq!(taken, HEAD);
+                assert!(news.contains(&Look::Started), "untold: {news:?}");
+            }
+            Some(ReplyMsg::Data { bytes, .. }) => {
+                assert!(taken.is_empty());
+                assert_eq!(bytes, HEAD);
+            }
+            Some(_) => panic!("an unexpected message"),
+        }
+    });
 }

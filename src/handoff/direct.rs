@@ -5,17 +5,21 @@
 //! round trip of its own: the reply's wake, the I/O thread's run to write it, its sleep
 //! again. When the I/O thread has nothing else to wait for, it lends the connection's
 //! socket to the request's exchange instead and watches the socket; the Python thread
-//! that finishes the response in one message writes it without waiting, and the I/O
+//! writes the response's messages itself as it sends them, without waiting, and the I/O
 //! thread learns of it when the client's next request arrives, or at its next look.
 //!
-//! Exactly one side decides each response: a compare-and-swap on one state. Only the I/O
-//! side lends (`IDLE` to `LENT`), only the Python side writes (`LENT` to `WRITING`), and
-//! every message the Python side sends any other way first makes the state `TAKEN`, so no
-//! byte is written directly after one went through the mailbox (a late `write()` from
-//! `close()` included): the order of a connection's bytes stays what the I/O thread would
-//! have written. The model in tests/loom_handoff.rs checks that each response is either
-//! written directly and taken by the I/O side once, or arrives as a message, never both
-//! and never neither.
+//! One state per exchange, changed only by compare-and-swap, decides where each message
+//! goes. Only the I/O side lends (`IDLE` to `LENT`) and takes the socket back (`recall`);
+//! only the Python side writes (`LENT` or `HOLDING` to `WRITING_*`). Once any message went
+//! by the mailbox (one that is not bytes, or what a full socket did not take), every later
+//! one does too, so the bytes of a connection keep the order the I/O thread would have
+//! written them in, and nothing is written directly after its response ended (a late
+//! `write()` from `close()`). The I/O side's news, in order of what it must know:
+//! `Answered` (the response is out, once), `Started` (some of it went out directly: no 504
+//! may follow; said again is harmless), `Nothing`. A response still being written at a
+//! look (5 ms) is taken back, so a slow stream goes the usual way and `--timeout` sees
+//! its progress. The models in tests/loom_handoff.rs check that every byte reaches the
+//! socket once and in order, and the end is reported exactly once.
 
 use std::sync::Arc;
 
@@ -31,18 +35,26 @@ pub trait LentSocket: Send + Sync {
 
 /// Nothing lent yet.
 const IDLE: u8 = 0;
-/// The socket is lent and the I/O side watches it: the Python thread may write.
+/// The socket is lent, nothing written: the Python thread may write.
 const LENT: u8 = 1;
-/// The Python thread is writing.
-const WRITING: u8 = 2;
-/// The response was written whole; the I/O side has not taken the news yet.
-const WRITTEN: u8 = 3;
-/// The I/O side took the news of a direct answer.
-const TAKEN_BY_IO: u8 = 4;
-/// The I/O side stopped watching: whatever happens now comes as a message.
-const RECALLED: u8 = 5;
-/// The Python side sent a message, so nothing more is written directly.
-const TAKEN: u8 = 6;
+/// The Python thread writes the response's first message.
+const WRITING_FIRST: u8 = 2;
+/// The Python thread writes a later message; earlier ones went out directly.
+const WRITING_MORE: u8 = 3;
+/// Some of the response went out directly, the rest is to come: the Python thread may
+/// write its next message.
+const HOLDING: u8 = 4;
+/// The whole response went out directly; the I/O side has not taken the news yet.
+const WRITTEN: u8 = 5;
+/// Some went out directly and the rest goes by the mailbox; the I/O side was not told.
+const PARTED: u8 = 6;
+/// The I/O side took the socket back while the Python thread was writing: the writer
+/// tells what came of it by a message.
+const CUT_WRITING: u8 = 7;
+/// Everything from now on goes by the mailbox, and the I/O side knows what went before:
+/// it took the socket back, took the news of the end, or nothing was ever written
+/// directly.
+const DONE: u8 = 8;
 
 /// The direct-answer state of one exchange.
 pub struct Direct {
@@ -56,15 +68,17 @@ struct Slot {
     persistence: Option<Persistence>,
 }
 
-/// What [`Direct::lend`] found.
+/// What the I/O side learns when it looks.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Lend {
-    /// The socket is lent (now or before): watch it.
-    Watching,
-    /// The Python thread already wrote the whole response.
+pub enum Look {
+    /// The socket is lent and the response is not done: go on watching.
+    Watch,
+    /// The whole response went out directly (told once).
     Answered(Persistence),
-    /// The reply comes as a message.
-    No,
+    /// Some of the response went out directly; the rest comes by the mailbox.
+    Started,
+    /// Nothing went out directly; the reply comes by the mailbox.
+    Nothing,
 }
 
 impl Default for Direct {
@@ -78,100 +92,122 @@ impl Default for Direct {
 
 impl Direct {
     /// I/O side, about to wait for the response: lends the socket `socket` gives (`None`:
-    /// not this time) unless the Python side has sent something, and says whether to watch
-    /// it, or that the response was already written directly (taking the news).
-    pub fn lend(&self, socket: Option<impl FnOnce() -> Option<Arc<dyn LentSocket>>>) -> Lend {
+    /// not this time) unless the Python side sent something already, and says what to do.
+    pub fn lend(&self, socket: Option<impl FnOnce() -> Option<Arc<dyn LentSocket>>>) -> Look {
         match self.state.load(Ordering::Acquire) {
             IDLE => {
                 let Some(socket) = socket.and_then(|socket| socket()) else {
-                    return Lend::No;
+                    return Look::Nothing;
                 };
                 self.with_slot(|slot| slot.socket = Some(socket));
-                match self
-                    .state
-                    .compare_exchange(IDLE, LENT, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => Lend::Watching,
-                    Err(_) => {
-                        // The Python side sent a message first.
-                        self.with_slot(|slot| slot.socket = None);
-                        Lend::No
-                    }
+                if self.swap_from(IDLE, LENT) {
+                    Look::Watch
+                } else {
+                    // The Python side sent a message first.
+                    self.with_slot(|slot| slot.socket = None);
+                    Look::Nothing
                 }
             }
-            LENT | WRITING => Lend::Watching,
-            WRITTEN => Lend::Answered(self.take_news()),
-            _ => Lend::No,
+            LENT | WRITING_FIRST | WRITING_MORE | HOLDING => Look::Watch,
+            _ => self.news(false),
         }
     }
 
-    /// I/O side, at a look while watching: whether the response was written directly
-    /// (taking the news), without changing anything otherwise.
-    pub fn answered(&self) -> Option<Persistence> {
-        (self.state.load(Ordering::Acquire) == WRITTEN).then(|| self.take_news())
+    /// I/O side, at a look while watching: the end if it went out directly; a response
+    /// still being written directly is taken back (`Started`), so its rest comes by the
+    /// mailbox under the usual `--timeout`.
+    pub fn look(&self) -> Look {
+        match self.news(true) {
+            Look::Nothing => Look::Watch,
+            news => news,
+        }
     }
 
-    /// I/O side: stops watching (bytes arrived, or the wait moves on). `Some`: the response
-    /// was written directly; `None`: it comes, or came, as a message (one that was being
-    /// written directly now comes as [`ReplyMsg::Answered`]).
-    pub fn recall(&self) -> Option<Persistence> {
-        let mut state = self.state.load(Ordering::Acquire);
+    /// I/O side: stops watching (bytes arrived, or the wait moves on); from now on every
+    /// message comes by the mailbox. Never `Watch`.
+    pub fn recall(&self) -> Look {
         loop {
-            let next = match state {
-                LENT | WRITING => RECALLED,
-                WRITTEN => return Some(self.take_news()),
-                _ => return None,
+            let state = self.state.load(Ordering::Acquire);
+            let (next, news) = match state {
+                LENT => (DONE, Look::Nothing),
+                // The writer tells how its write ended by a message.
+                WRITING_FIRST => (CUT_WRITING, Look::Nothing),
+                WRITING_MORE => (CUT_WRITING, Look::Started),
+                _ => return self.news(true),
             };
-            match self
-                .state
-                .compare_exchange(state, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    if state == LENT {
-                        // Never used: give the descriptor back now.
-                        self.with_slot(|slot| slot.socket = None);
-                    }
-                    return None;
+            if self.swap_from(state, next) {
+                if state == LENT {
+                    // Never used: give the descriptor back now.
+                    self.with_slot(|slot| slot.socket = None);
                 }
-                Err(now) => state = now,
+                return news;
             }
         }
     }
 
-    fn take_news(&self) -> Persistence {
-        // Only the I/O side leaves WRITTEN.
-        self.state.store(TAKEN_BY_IO, Ordering::Release);
-        self.with_slot(|slot| slot.persistence.take())
-            .expect("a direct answer records its persistence before it is WRITTEN")
+    /// What the I/O side has not been told yet, told once: the end (`WRITTEN`), or that
+    /// part went out directly (`PARTED`, and `HOLDING` when `take_back`: the socket is
+    /// taken back from a response still being written).
+    fn news(&self, take_back: bool) -> Look {
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            let news = match state {
+                WRITTEN => {
+                    // Only the I/O side leaves WRITTEN.
+                    self.state.store(DONE, Ordering::Release);
+                    let persistence = self.with_slot(|slot| slot.persistence.take());
+                    return Look::Answered(
+                        persistence.expect("a direct answer records its persistence first"),
+                    );
+                }
+                PARTED => Look::Started,
+                HOLDING if take_back => Look::Started,
+                _ => return Look::Nothing,
+            };
+            if self.swap_from(state, DONE) {
+                if state == HOLDING {
+                    self.with_slot(|slot| slot.socket = None);
+                }
+                return news;
+            }
+        }
     }
 
     /// Python side, for every message of the response: writes it to the client itself
-    /// when the socket is lent and `msg` is the whole response (its only message, complete,
-    /// not counted in the window); otherwise, or for what the socket did not take, gives
-    /// the message back for the mailbox.
-    pub fn answer(&self, msg: ReplyMsg) -> Result<(), ReplyMsg> {
-        let state = self.state.load(Ordering::Acquire);
-        if state >= WRITING {
-            return Err(msg);
-        }
-        let whole = matches!(
-            msg,
-            ReplyMsg::Data {
-                end: true,
-                counted: false,
-                ..
+    /// while the socket is lent and the message is bytes (`release`: the counted bytes it
+    /// wrote, given back to the window at once); otherwise, or for what the socket did not
+    /// take, gives the message back for the mailbox.
+    pub fn answer(&self, msg: ReplyMsg, release: impl FnOnce(usize)) -> Result<(), ReplyMsg> {
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            let bytes = matches!(msg, ReplyMsg::Data { .. });
+            let next = match state {
+                LENT if bytes => WRITING_FIRST,
+                HOLDING if bytes => WRITING_MORE,
+                // No direct writing from now on: nothing went out directly, or the I/O
+                // side learns that some did (`PARTED`).
+                IDLE | LENT => DONE,
+                HOLDING => PARTED,
+                _ => return Err(msg),
+            };
+            if !self.swap_from(state, next) {
+                continue;
             }
-        );
-        if !whole
-            || state != LENT
-            || self
-                .state
-                .compare_exchange(LENT, WRITING, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            self.no_more();
-            return Err(msg);
+            if next == DONE || next == PARTED {
+                self.with_slot(|slot| slot.socket = None);
+                return Err(msg);
+            }
+            return self.write(msg, next, release);
         }
+    }
+
+    /// Writes `msg` (a `Data`) while the state is `writing`.
+    fn write(
+        &self,
+        msg: ReplyMsg,
+        writing: u8,
+        release: impl FnOnce(usize),
+    ) -> Result<(), ReplyMsg> {
         let ReplyMsg::Data {
             mut bytes,
             end,
@@ -179,9 +215,9 @@ impl Direct {
             counted,
         } = msg
         else {
-            unreachable!("checked above");
+            unreachable!("only bytes are written directly");
         };
-        let socket = self.with_slot(|slot| slot.socket.take());
+        let socket = self.with_slot(|slot| slot.socket.clone());
         let mut written = 0;
         if let Some(socket) = socket {
             while written < bytes.len() {
@@ -195,8 +231,17 @@ impl Direct {
                 }
             }
         }
+        if counted && written > 0 {
+            release(written);
+        }
+        let started = written > 0 || writing == WRITING_MORE;
         if written < bytes.len() {
-            self.state.store(TAKEN, Ordering::Release);
+            // The rest goes by the mailbox, and so does everything after it. The I/O side
+            // sees bytes in the rest, so it will know the response started; if it took the
+            // socket back meanwhile it was told `Nothing` or `Started`, both still true.
+            self.with_slot(|slot| slot.socket = None);
+            self.state
+                .store(if started { PARTED } else { DONE }, Ordering::Release);
             bytes.drain(..written);
             return Err(ReplyMsg::Data {
                 bytes,
@@ -205,28 +250,35 @@ impl Direct {
                 counted,
             });
         }
-        self.with_slot(|slot| slot.persistence = Some(persistence));
-        match self
-            .state
-            .compare_exchange(WRITING, WRITTEN, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                // Recalled while writing: the I/O side waits for a message now.
-                self.with_slot(|slot| slot.persistence = None);
-                self.state.store(TAKEN, Ordering::Release);
-                Err(ReplyMsg::Answered { persistence })
+        if end {
+            self.with_slot(|slot| {
+                slot.socket = None;
+                slot.persistence = Some(persistence);
+            });
+            if self.swap_from(writing, WRITTEN) {
+                return Ok(());
             }
+            // Taken back while writing: the I/O side waits for a message.
+            self.with_slot(|slot| slot.persistence = None);
+            self.state.store(DONE, Ordering::Release);
+            return Err(ReplyMsg::Answered {
+                persistence: Some(persistence),
+            });
         }
+        if self.swap_from(writing, HOLDING) {
+            return Ok(());
+        }
+        // Taken back while writing a part: the rest comes by the mailbox, and the I/O side
+        // must know that this much went out (no 504 after it).
+        self.with_slot(|slot| slot.socket = None);
+        self.state.store(DONE, Ordering::Release);
+        Err(ReplyMsg::Answered { persistence: None })
     }
 
-    /// Python side: nothing more is written directly for this exchange.
-    fn no_more(&self) {
-        let _ = self
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                matches!(state, IDLE | LENT).then_some(TAKEN)
-            });
+    fn swap_from(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     fn with_slot<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {

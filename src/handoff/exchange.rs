@@ -19,7 +19,7 @@ use super::sync::{AtomicBool, AtomicU8, Condvar, Mutex, Ordering};
 /// which waits on it beside the request queue with crossbeam's `Select`: crossbeam's in
 /// every build (the loom models do not park).
 type WakeSender = crossbeam_channel::Sender<()>;
-use super::{BodyChunk, BodyError};
+use super::{BodyChunk, BodyError, ReplyMsg};
 
 /// Per-request state that both sides touch.
 pub struct Exchange {
@@ -98,6 +98,14 @@ impl Exchange {
     #[inline]
     pub fn direct(&self) -> &Direct {
         &self.direct
+    }
+
+    /// Python side: writes `msg` to the client directly if the socket is lent for it
+    /// ([`Direct::answer`]); counted bytes written so go back to the window at once.
+    /// `Err`: the message (or what the socket did not take) for the mailbox.
+    #[inline]
+    pub fn answer(&self, msg: ReplyMsg) -> Result<(), ReplyMsg> {
+        self.direct.answer(msg, |n| self.release(n))
     }
 
     /// Python side, on taking the request from the queue: claims it for the application.

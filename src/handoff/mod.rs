@@ -43,7 +43,7 @@ use bytes::Bytes;
 use crate::http::Persistence;
 
 pub use budget::ResponseBudget;
-pub use direct::{Direct, Lend, LentSocket};
+pub use direct::{Direct, LentSocket, Look};
 pub use doorbell::Doorbell;
 pub use encoder::ResponseEncoder;
 pub use exchange::{Exchange, Reserve, RESPONSE_WINDOW};
@@ -128,7 +128,7 @@ impl ReplyTo {
     /// Sends `msg` to the connection's I/O thread, or writes it to the client directly when
     /// the I/O thread lent the socket for it ([`Direct`]).
     pub fn send(&self, msg: ReplyMsg) {
-        let Err(msg) = self.exchange.direct().answer(msg) else {
+        let Err(msg) = self.exchange.answer(msg) else {
             return;
         };
         self.mailbox.push(Reply {
@@ -176,10 +176,10 @@ pub enum ReplyMsg {
     ReadBody,
     /// Something failed after the head was sent: close the connection without more bytes.
     Abort,
-    /// The Python thread wrote the whole response to the client itself (a direct answer,
-    /// [`Direct`]) after the I/O thread had stopped watching for it; `persistence` as for
-    /// `Data`.
-    Answered { persistence: Persistence },
+    /// The Python thread wrote to the client itself (a direct answer, [`Direct`]) after
+    /// the I/O thread had stopped watching: the whole response (`persistence` as for an
+    /// ending `Data`), or, with `None`, a part of it, whose rest follows as messages.
+    Answered { persistence: Option<Persistence> },
 }
 
 pub struct Reply {

@@ -20,7 +20,7 @@ use super::event::{race, Either};
 use super::lend::Lent;
 use super::stream::Stream;
 use crate::handoff::{
-    BodyChunk, BodyError, ConnToken, Endpoint, Exchange, Lend, LentSocket, ReplyMsg, ReplyTo,
+    BodyChunk, BodyError, ConnToken, Endpoint, Exchange, LentSocket, Look, ReplyMsg, ReplyTo,
     Request, RequestBody, RequestHead, ResponseEncoder,
 };
 use crate::http::proxy::parse_proxy_header;
@@ -666,8 +666,12 @@ impl Conn {
                         exchange.send_body(chunk);
                     }
                     ReplyMsg::Answered { persistence } => {
-                        // The Python thread wrote it itself; nothing was coalesced before
-                        // it (the lend waits for an empty `out`).
+                        // The Python thread wrote it, or a part of it, itself; nothing was
+                        // coalesced before it (the lend waits for an empty `out`).
+                        response_started = true;
+                        let Some(persistence) = persistence else {
+                            continue;
+                        };
                         let mut stats = self.ctx.stats.get();
                         stats.direct += 1;
                         self.ctx.stats.set(stats);
@@ -702,11 +706,9 @@ impl Conn {
         let exchange = &current.guard.exchange;
         let _awaiting = Awaiting::enter(&self.ctx);
         let direct = match self.lend(current, response_started) {
-            Lend::Answered(persistence) => {
-                return Ok((current.seq, ReplyMsg::Answered { persistence }))
-            }
-            Lend::Watching => true,
-            Lend::No => false,
+            Look::Watch => true,
+            Look::Nothing => false,
+            news => return Ok(told(current, news)),
         };
         // The one timer the wait always had (--timeout's), cut to QUEUE_LOOK while the
         // request is queued: most replies come before either ends, at no extra cost.
@@ -720,8 +722,11 @@ impl Conn {
             return Ok(next);
         }
         // From here on the reply comes as a message.
-        if let Some(persistence) = exchange.direct().recall() {
-            return Ok((current.seq, ReplyMsg::Answered { persistence }));
+        if direct {
+            match exchange.direct().recall() {
+                Look::Nothing => {}
+                news => return Ok(told(current, news)),
+            }
         }
         // Only on this slow path: when the wait began, to the timer's precision (no clock
         // read for the replies that come first).
@@ -760,7 +765,7 @@ impl Conn {
     /// nothing of the response went out yet, the request's body is all read and its
     /// connection already carried a request (the second descriptor is made once per
     /// connection: not worth it for one request). A socket lent before is still reported.
-    fn lend(&mut self, current: &InFlight, response_started: bool) -> Lend {
+    fn lend(&mut self, current: &InFlight, response_started: bool) -> Look {
         let fresh = !response_started
             && self.ctx.awaiting_replies.get() == 1
             && self.served > 0
@@ -810,16 +815,15 @@ impl Conn {
                     // the next read meets again): the answer was written, or it comes as a
                     // message now.
                     let _ = self.take_readable();
-                    if let Some(persistence) = answer.recall() {
-                        return (current.seq, ReplyMsg::Answered { persistence });
-                    }
-                    return self.inbox.recv().await;
+                    return match answer.recall() {
+                        Look::Nothing => self.inbox.recv().await,
+                        news => told(current, news),
+                    };
                 }
-                Either::Right(Either::Right(())) => {
-                    if let Some(persistence) = answer.answered() {
-                        return (current.seq, ReplyMsg::Answered { persistence });
-                    }
-                }
+                Either::Right(Either::Right(())) => match answer.look() {
+                    Look::Watch => {}
+                    news => return told(current, news),
+                },
             }
         }
     }
@@ -933,6 +937,16 @@ impl Conn {
             }
         }
     }
+}
+
+/// What the I/O side learned of a direct answer, as the reply it stands for: the end of
+/// the response, or that a part of it went out (`Started`).
+fn told(current: &InFlight, news: Look) -> (u32, ReplyMsg) {
+    let persistence = match news {
+        Look::Answered(persistence) => Some(persistence),
+        _ => None,
+    };
+    (current.seq, ReplyMsg::Answered { persistence })
 }
 
 /// Counts a connection waiting for a reply in [`IoCtx::awaiting_replies`] while it lives.

@@ -120,14 +120,18 @@ def status(environ, start_response):
 
 def generator(environ, start_response):
     """A generator body without Content-Length; `lazy=1` calls
-    start_response from inside the generator, before its first yield."""
+    start_response from inside the generator, before its first yield; `every=S`
+    sleeps S seconds before each piece after the first."""
     q = query(environ)
     n = int(q.get("n", "3"))
+    every = float(q.get("every", "0"))
 
     def body():
         if q.get("lazy"):
             start_response("200 OK", TEXT)
         for i in range(n):
+            if i and every:
+                time.sleep(every)
             yield b"piece %d\n" % i
 
     if not q.get("lazy"):

@@ -5,9 +5,9 @@ at a time) and checks that everything a connection promises still holds: bytes i
 keep-alive and `Connection: close`, `--timeout`'s 504 with nothing after it, a request
 pipelined while the first runs, nothing written after a response ended, a prompt stop.
 The I/O threads count the answers written directly in their last log line (debug), which
-the tests read to know the path they meant to test was taken. The routes are under /raw/:
-the validator wraps every response in an iterator of its own, whose pieces come one by one,
-and only a response given whole (a list of one bytes object here) is written directly."""
+the tests read to know the path they meant to test was taken. Most routes are under /raw/,
+whose responses are lists of one bytes object (one message); the validator's routes give
+their pieces one by one, which are written directly too while they come quickly."""
 
 import re
 import signal
@@ -41,6 +41,36 @@ def test_a_keep_alive_client_one_request_at_a_time_is_answered_directly(spindle)
     # The first request of a connection is never lent for; of the others most are
     # (a Python thread on another core may finish before the socket is lent).
     assert 30 <= direct <= 59, f"{direct} of 59 answered directly"
+
+
+def test_an_iterated_response_is_answered_directly_in_pieces(spindle):
+    srv = start(spindle)
+    with srv.connect() as conn:
+        for i in range(30):
+            conn.send(request("GET", f"/generator?n={i % 4 + 1}", srv.host_header))
+            resp = conn.read_response()
+            assert resp.status == 200, resp
+            assert resp.body == b"".join(b"piece %d\n" % k for k in range(i % 4 + 1)), resp
+        assert not conn.readable_within(0.05), "bytes after the last response"
+    assert direct_answers(srv) >= 10
+
+
+def test_a_slow_stream_is_taken_back_and_timeout_sees_its_progress(spindle):
+    # Pieces 0.3 s apart for 1.8 s under --timeout 1: written directly at first, taken
+    # back at the I/O thread's first look, and never cut, since it keeps making progress.
+    srv = start(spindle, "--timeout", "1")
+    mark = srv.log_mark()
+    with srv.connect(timeout=10) as conn:
+        conn.send(request("GET", "/raw/hello", srv.host_header))
+        assert conn.read_response().status == 200
+        conn.send(request("GET", "/generator?n=7&every=0.3", srv.host_header))
+        resp = conn.read_response(timeout=10)
+        assert resp.status == 200, resp
+        assert resp.body == b"".join(b"piece %d\n" % k for k in range(7)), resp
+        conn.send(request("GET", "/raw/hello", srv.host_header))
+        assert conn.read_response().status == 200
+    assert "sent nothing for --timeout" not in srv.log_since(mark)
+    assert direct_answers(srv) >= 1
 
 
 def test_keep_alive_timeout_still_closes_an_idle_connection_after_a_direct_answer(spindle):
