@@ -12,7 +12,10 @@ Usage:
                     --variant 'after;build/test-venv-3.13/bin/spindle;--driver epoll' \\
                     [--variant 'NAME;BIN;FLAGS;ENV=VALUE ENV2=VALUE'] \\
                     [--scenarios hello-c1,hello-c64,hello-c256,64k-c64] [--rounds 4] [--duration 5]
-                    [--out perf/runs/DIR/ab.md]
+                    [--app lab:app] [--out perf/runs/DIR/ab.md]
+
+`--app MODULE:CALLABLE` serves another app of perf/apps (`flaskapp:app`: the hello
+scenarios are its `/`), each variant from the perf venv's Python as installed.
 
 Reports per variant and scenario the median req/s, server CPU µs per request and p99 over
 the rounds, and each one's ratio to the first variant.
@@ -44,12 +47,12 @@ def server_cpu(pid: int) -> float:
     return sum(harness.thread_cpu(pid).values())
 
 
-def run_one(variant: dict, scenario: str, duration: int) -> dict:
+def run_one(variant: dict, scenario: str, duration: int, app: str = "lab:app") -> dict:
     connections, path = SCENARIOS[scenario]
     port = harness.free_port()
     cmd = ["taskset", "-c", "0", variant["bin"], "--bind", f"127.0.0.1:{port}", "--single-process",
            "--io-threads", "1", "--py-threads", "1", "--pythonpath", str(harness.APPS),
-           "--log-level", "warn", *variant["flags"], "lab:app"]
+           "--log-level", "warn", *variant["flags"], app]
     env = dict(os.environ, **variant["env"])
     for name in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"):
         env.pop(name, None)
@@ -88,6 +91,7 @@ def main() -> None:
     parser.add_argument("--scenarios", default="hello-c1,hello-c64,hello-c256,64k-c64")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--app", default="lab:app")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
@@ -99,7 +103,7 @@ def main() -> None:
     for r in range(args.rounds):
         for scenario in scenarios:
             for v in args.variant:
-                res = run_one(v, scenario, args.duration)
+                res = run_one(v, scenario, args.duration, args.app)
                 runs.setdefault((v["name"], scenario), []).append(res)
                 print(f"round {r + 1} {scenario:11s} {v['name']:16s} {res['rps']:9.0f} req/s "
                       f"{res['cpu_us']:6.2f} µs/req  p99 {res['p99']:.2f} ms", file=sys.stderr)
@@ -113,7 +117,8 @@ def main() -> None:
         "# Side by side (perf/ab.py)",
         "",
         f"- {datetime.datetime.now().isoformat(timespec='seconds')}, {host}, {os.cpu_count()} cores; "
-        f"{args.rounds} interleaved rounds of {args.duration} s, medians; server on core 0, wrk on core 1",
+        f"{args.rounds} interleaved rounds of {args.duration} s, medians; server on core 0, wrk on core 1; "
+        f"app `{args.app}`",
         "- variants: " + "; ".join(f"`{v['name']}`: `{v['bin']} {' '.join(v['flags'])}`"
                                    + (f" with {' '.join(f'{k}={x}' for k, x in v['env'].items())}" if v["env"] else "")
                                    for v in args.variant),
@@ -129,7 +134,8 @@ def main() -> None:
                          f"{cpu / b_cpu:.3f}x | {p99:.2f} |")
     cmd = "python perf/ab.py " + " ".join(
         f"--variant '{v['name']};{v['bin']};{' '.join(v['flags'])}" + (f";{' '.join(f'{k}={x}' for k, x in v['env'].items())}" if v["env"] else "") + "'"
-        for v in args.variant) + f" --scenarios {args.scenarios} --rounds {args.rounds} --duration {args.duration}"
+        for v in args.variant) + f" --scenarios {args.scenarios} --rounds {args.rounds} --duration {args.duration}" \
+        + (f" --app {args.app}" if args.app != "lab:app" else "")
     lines += ["", f"Command: `{cmd}`", ""]
     text = "\n".join(lines)
     if args.out:

@@ -21,6 +21,7 @@
 //! its progress. The models in tests/loom_handoff.rs check that every byte reaches the
 //! socket once and in order, and the end is reported exactly once.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use super::sync::{AtomicU8, Mutex, Ordering};
@@ -32,6 +33,11 @@ use crate::http::Persistence;
 pub trait LentSocket: Send + Sync {
     fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize>;
 }
+
+/// The largest message written directly: the Python thread writes with its GIL held, so a
+/// larger piece (a large piece of a generator; a large `bytes` given whole never comes as
+/// a copy to be written) goes by the mailbox, which ends direct writing for the response.
+pub const DIRECT_LIMIT: usize = 64 * 1024;
 
 /// Nothing lent yet.
 const IDLE: u8 = 0;
@@ -55,6 +61,17 @@ const CUT_WRITING: u8 = 7;
 /// it took the socket back, took the news of the end, or nothing was ever written
 /// directly.
 const DONE: u8 = 8;
+
+thread_local! {
+    /// Set on a Python thread when it wrote the end of a response directly: its I/O thread
+    /// was not woken for it, so the thread's next wait need not yield to it first.
+    static ENDED_DIRECTLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread's last response ended with a direct write since it last asked.
+pub(super) fn ended_directly() -> bool {
+    ENDED_DIRECTLY.with(|ended| ended.replace(false))
+}
 
 /// The direct-answer state of one exchange.
 pub struct Direct {
@@ -129,6 +146,8 @@ impl Direct {
         loop {
             let state = self.state.load(Ordering::Acquire);
             let (next, news) = match state {
+                // Never lent, or nothing left to tell (every exchange's end comes here).
+                IDLE | DONE => return Look::Nothing,
                 LENT => (DONE, Look::Nothing),
                 // The writer tells how its write ended by a message.
                 WRITING_FIRST => (CUT_WRITING, Look::Nothing),
@@ -174,13 +193,21 @@ impl Direct {
     }
 
     /// Python side, for every message of the response: writes it to the client itself
-    /// while the socket is lent and the message is bytes (`release`: the counted bytes it
+    /// while the socket is lent and the message is bytes, up to [`DIRECT_LIMIT`] (`release`: the counted bytes it
     /// wrote, given back to the window at once); otherwise, or for what the socket did not
     /// take, gives the message back for the mailbox.
     pub fn answer(&self, msg: ReplyMsg, release: impl FnOnce(usize)) -> Result<(), ReplyMsg> {
+        let sent = self.route(msg, release);
+        if sent.is_err() {
+            ENDED_DIRECTLY.with(|ended| ended.set(false));
+        }
+        sent
+    }
+
+    fn route(&self, msg: ReplyMsg, release: impl FnOnce(usize)) -> Result<(), ReplyMsg> {
         loop {
             let state = self.state.load(Ordering::Acquire);
-            let bytes = matches!(msg, ReplyMsg::Data { .. });
+            let bytes = matches!(&msg, ReplyMsg::Data { bytes, .. } if bytes.len() <= DIRECT_LIMIT);
             let next = match state {
                 LENT if bytes => WRITING_FIRST,
                 HOLDING if bytes => WRITING_MORE,
@@ -194,7 +221,11 @@ impl Direct {
                 continue;
             }
             if next == DONE || next == PARTED {
-                self.with_slot(|slot| slot.socket = None);
+                if state != IDLE {
+                    // Give the descriptor back (nothing was lent from IDLE: no lock then,
+                    // which is every response the I/O thread does not lend for).
+                    self.with_slot(|slot| slot.socket = None);
+                }
                 return Err(msg);
             }
             return self.write(msg, next, release);
@@ -256,6 +287,7 @@ impl Direct {
                 slot.persistence = Some(persistence);
             });
             if self.swap_from(writing, WRITTEN) {
+                ENDED_DIRECTLY.with(|ended| ended.set(true));
                 return Ok(());
             }
             // Taken back while writing: the I/O side waits for a message.

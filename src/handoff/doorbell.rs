@@ -46,10 +46,13 @@ impl Doorbell {
         }
         // One yield first: where the I/O thread shares this core and has work (it was just
         // woken for the replies this thread sent), it runs now and queues what it reads, and
-        // this thread takes it without a sleep and a wake-up.
-        std::thread::yield_now();
-        if let Some(found) = ready() {
-            return Some(found);
+        // this thread takes it without a sleep and a wake-up. Not when this thread wrote its
+        // last response to the client itself (`direct.rs`): its I/O thread was not woken.
+        if !super::direct::ended_directly() {
+            std::thread::yield_now();
+            if let Some(found) = ready() {
+                return Some(found);
+            }
         }
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,7 +1,9 @@
 //! Python: the pool of Python threads that run the WSGI application inside the running
 //! CPython, the per-interpreter state, and the bridge (environ, `start_response`, the
-//! response). Python threads never touch sockets: they take requests from the queue and
-//! push replies to the owning I/O thread's mailbox (`handoff`).
+//! response). Python threads never touch sockets themselves: they take requests from the
+//! queue and send replies through `handoff::ReplyTo`, which pushes them to the owning I/O
+//! thread's mailbox or, when that thread lent the socket, writes them (ARCHITECTURE.md §4,
+//! "Direct answers").
 //!
 //! The rule of this module: **no Python object crosses interpreters, and no Python object
 //! is touched without an attached thread state of its interpreter.** The types enforce it

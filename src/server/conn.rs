@@ -425,6 +425,16 @@ impl Conn {
         if self.buf.capacity() > KEPT_BUFFER && self.buf.len() <= READ_BUFFER {
             self.buf = BytesMut::from(&self.buf[..]);
         }
+        // The second descriptor of a direct answer is kept for the connection's next
+        // requests only while descriptors are plenty: with more than half of
+        // `--worker-connections` open, one each would crowd out `accept` (the default limit
+        // is three quarters of the open-files limit). It is made again when next lent.
+        if self.lent.is_some()
+            && self.ctx.shared.open_conns.load(Ordering::Relaxed) * 2
+                > self.ctx.shared.connection_limit
+        {
+            self.lent = None;
+        }
         end
     }
 
@@ -705,29 +715,33 @@ impl Conn {
         let timeout = self.ctx.shared.config.timeout;
         let exchange = &current.guard.exchange;
         let _awaiting = Awaiting::enter(&self.ctx);
-        let direct = match self.lend(current, response_started) {
-            Look::Watch => true,
-            Look::Nothing => false,
-            news => return Ok(told(current, news)),
-        };
         // The one timer the wait always had (--timeout's), cut to QUEUE_LOOK while the
         // request is queued: most replies come before either ends, at no extra cost.
         let first = match timeout {
-            Some(limit) if !exchange.is_queued() => limit,
-            Some(limit) => limit.min(QUEUE_LOOK),
-            None if !exchange.is_queued() => return Ok(self.next_reply(current, direct).await),
-            None => QUEUE_LOOK,
+            Some(limit) if !exchange.is_queued() => Some(limit),
+            Some(limit) => Some(limit.min(QUEUE_LOOK)),
+            None if !exchange.is_queued() => None,
+            None => Some(QUEUE_LOOK),
         };
-        if let Ok(next) = monoio::time::timeout(first, self.next_reply(current, direct)).await {
-            return Ok(next);
-        }
-        // From here on the reply comes as a message.
-        if direct {
-            match exchange.direct().recall() {
-                Look::Nothing => {}
-                news => return Ok(told(current, news)),
+        let first = match self.lend(current, response_started) {
+            Look::Nothing => {
+                let Some(first) = first else {
+                    return Ok(self.inbox.recv().await);
+                };
+                if let Ok(next) = monoio::time::timeout(first, self.inbox.recv()).await {
+                    return Ok(next);
+                }
+                first
             }
-        }
+            // Boxed: the watch's futures (a readiness op and a timer) would otherwise
+            // grow every wait's state, which is moved on every request (measured: +1,400
+            // instructions per request with nothing lent, most of it memcpy).
+            Look::Watch => match Box::pin(self.watch_direct(current, first)).await {
+                Ok(next) => return Ok(next),
+                Err(first) => first,
+            },
+            news => return Ok(told(current, news)),
+        };
         // Only on this slow path: when the wait began, to the timer's precision (no clock
         // read for the replies that come first).
         let began = Instant::now()
@@ -771,7 +785,8 @@ impl Conn {
             && self.served > 0
             && current.body_done
             && !current.expect_continue
-            && current.fastcgi.is_none();
+            && current.fastcgi.is_none()
+            && direct_answers();
         let lent = &mut self.lent;
         let stream = &self.stream;
         let peer = &self.peer;
@@ -789,12 +804,28 @@ impl Conn {
         }))
     }
 
-    /// The next reply to this connection; with the socket lent (`direct`), the socket and
-    /// a periodic look are watched as well, for a response written directly.
-    async fn next_reply(&mut self, current: &InFlight, direct: bool) -> (u32, ReplyMsg) {
-        if !direct {
-            return self.inbox.recv().await;
+    /// The next reply to `current`'s connection while its socket is lent: the socket and a
+    /// periodic look are watched as well, for a response written directly. `first`: the
+    /// wait's first timer (`None`: none); once it passed the socket is taken back, and
+    /// `Err(first)` says the wait goes on the usual way.
+    async fn watch_direct(
+        &mut self,
+        current: &InFlight,
+        first: Option<Duration>,
+    ) -> Result<(u32, ReplyMsg), Duration> {
+        let Some(first) = first else {
+            return Ok(self.watch_lent(current).await);
+        };
+        if let Ok(next) = monoio::time::timeout(first, self.watch_lent(current)).await {
+            return Ok(next);
         }
+        match current.guard.exchange.direct().recall() {
+            Look::Nothing => Err(first),
+            news => Ok(told(current, news)),
+        }
+    }
+
+    async fn watch_lent(&mut self, current: &InFlight) -> (u32, ReplyMsg) {
         let answer = current.guard.exchange.direct();
         loop {
             let woke = {
@@ -937,6 +968,13 @@ impl Conn {
             }
         }
     }
+}
+
+/// Whether sockets are lent for direct answers: yes, unless `SPINDLE_DIRECT_ANSWERS=0`
+/// (read once), the switch for measuring them against the mailbox alone (perf/ab.py).
+fn direct_answers() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SPINDLE_DIRECT_ANSWERS").is_none_or(|v| v != "0"))
 }
 
 /// What the I/O side learned of a direct answer, as the reply it stands for: the end of
