@@ -96,6 +96,17 @@ pub enum Look {
     Started,
     /// Nothing went out directly; the reply comes by the mailbox.
     Nothing,
+    /// Taken back while the Python thread was writing: its message (the end, a part, or
+    /// the rest) comes by the mailbox at once, and nothing may be written before it.
+    Cut,
+}
+
+/// Who asks [`Direct::tell`], and so what it may change.
+#[derive(Clone, Copy)]
+enum Asking {
+    Lend,
+    Look,
+    Recall,
 }
 
 impl Default for Direct {
@@ -111,22 +122,19 @@ impl Direct {
     /// I/O side, about to wait for the response: lends the socket `socket` gives (`None`:
     /// not this time) unless the Python side sent something already, and says what to do.
     pub fn lend(&self, socket: Option<impl FnOnce() -> Option<Arc<dyn LentSocket>>>) -> Look {
-        match self.state.load(Ordering::Acquire) {
-            IDLE => {
-                let Some(socket) = socket.and_then(|socket| socket()) else {
-                    return Look::Nothing;
-                };
-                self.with_slot(|slot| slot.socket = Some(socket));
-                if self.swap_from(IDLE, LENT) {
-                    Look::Watch
-                } else {
-                    // The Python side sent a message first.
-                    self.with_slot(|slot| slot.socket = None);
-                    Look::Nothing
-                }
-            }
-            LENT | WRITING_FIRST | WRITING_MORE | HOLDING => Look::Watch,
-            _ => self.news(false),
+        if self.state.load(Ordering::Acquire) != IDLE {
+            return self.tell(Asking::Lend);
+        }
+        let Some(socket) = socket.and_then(|socket| socket()) else {
+            return Look::Nothing;
+        };
+        self.with_slot(|slot| slot.socket = Some(socket));
+        if self.swap_from(IDLE, LENT) {
+            Look::Watch
+        } else {
+            // The Python side sent a message first.
+            self.with_slot(|slot| slot.socket = None);
+            Look::Nothing
         }
     }
 
@@ -134,57 +142,47 @@ impl Direct {
     /// still being written directly is taken back (`Started`), so its rest comes by the
     /// mailbox under the usual `--timeout`.
     pub fn look(&self) -> Look {
-        match self.news(true) {
-            Look::Nothing => Look::Watch,
-            news => news,
-        }
+        self.tell(Asking::Look)
     }
 
     /// I/O side: stops watching (bytes arrived, or the wait moves on); from now on every
-    /// message comes by the mailbox. Never `Watch`.
+    /// message comes by the mailbox. Never `Watch`; `Cut`: the Python thread was writing,
+    /// and its message saying how that ended is on its way (wait for it before anything
+    /// else is written).
     pub fn recall(&self) -> Look {
-        loop {
-            let state = self.state.load(Ordering::Acquire);
-            let (next, news) = match state {
-                // Never lent, or nothing left to tell (every exchange's end comes here).
-                IDLE | DONE => return Look::Nothing,
-                LENT => (DONE, Look::Nothing),
-                // The writer tells how its write ended by a message.
-                WRITING_FIRST => (CUT_WRITING, Look::Nothing),
-                WRITING_MORE => (CUT_WRITING, Look::Started),
-                _ => return self.news(true),
-            };
-            if self.swap_from(state, next) {
-                if state == LENT {
-                    // Never used: give the descriptor back now.
-                    self.with_slot(|slot| slot.socket = None);
-                }
-                return news;
-            }
-        }
+        self.tell(Asking::Recall)
     }
 
-    /// What the I/O side has not been told yet, told once: the end (`WRITTEN`), or that
-    /// part went out directly (`PARTED`, and `HOLDING` when `take_back`: the socket is
-    /// taken back from a response still being written).
-    fn news(&self, take_back: bool) -> Look {
+    /// What the I/O side is told, asking as `asking`: each piece of news once (the end,
+    /// `WRITTEN`; a part, `PARTED` or a `HOLDING` taken back), and a recall takes the socket
+    /// back in every state. A lost compare-and-swap (the Python thread moved meanwhile)
+    /// asks again from the new state.
+    fn tell(&self, asking: Asking) -> Look {
         loop {
             let state = self.state.load(Ordering::Acquire);
-            let news = match state {
-                WRITTEN => {
+            let (next, news) = match (state, asking) {
+                (WRITTEN, _) => {
                     // Only the I/O side leaves WRITTEN.
-                    self.state.store(DONE, Ordering::Release);
+                    self.settle(DONE);
                     let persistence = self.with_slot(|slot| slot.persistence.take());
                     return Look::Answered(
                         persistence.expect("a direct answer records its persistence first"),
                     );
                 }
-                PARTED => Look::Started,
-                HOLDING if take_back => Look::Started,
+                (PARTED, _) => (DONE, Look::Started),
+                (HOLDING, Asking::Lend) => return Look::Watch,
+                (HOLDING, _) => (DONE, Look::Started),
+                (LENT, Asking::Recall) => (DONE, Look::Nothing),
+                (WRITING_FIRST | WRITING_MORE, Asking::Recall) => (CUT_WRITING, Look::Cut),
+                (LENT | WRITING_FIRST | WRITING_MORE, _) => return Look::Watch,
+                (CUT_WRITING, Asking::Recall) => return Look::Cut,
+                // While watching, a message that went by the mailbox comes to the inbox.
+                (_, Asking::Look) => return Look::Watch,
                 _ => return Look::Nothing,
             };
-            if self.swap_from(state, DONE) {
-                if state == HOLDING {
+            if self.swap_from(state, next) {
+                if matches!(state, LENT | HOLDING) {
+                    // Give the descriptor back now.
                     self.with_slot(|slot| slot.socket = None);
                 }
                 return news;
@@ -267,12 +265,19 @@ impl Direct {
         }
         let started = written > 0 || writing == WRITING_MORE;
         if written < bytes.len() {
-            // The rest goes by the mailbox, and so does everything after it. The I/O side
-            // sees bytes in the rest, so it will know the response started; if it took the
-            // socket back meanwhile it was told `Nothing` or `Started`, both still true.
+            // The rest goes by the mailbox, and so does everything after it.
             self.with_slot(|slot| slot.socket = None);
-            self.state
-                .store(if started { PARTED } else { DONE }, Ordering::Release);
+            // Told `PARTED` at its next look; unless it took the socket back meanwhile
+            // (`Cut`): it waits for this message, whose bytes tell it.
+            let _ = self
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                    Some(if started && state != CUT_WRITING {
+                        PARTED
+                    } else {
+                        DONE
+                    })
+                });
             bytes.drain(..written);
             return Err(ReplyMsg::Data {
                 bytes,
@@ -292,7 +297,7 @@ impl Direct {
             }
             // Taken back while writing: the I/O side waits for a message.
             self.with_slot(|slot| slot.persistence = None);
-            self.state.store(DONE, Ordering::Release);
+            self.settle(DONE);
             return Err(ReplyMsg::Answered {
                 persistence: Some(persistence),
             });
@@ -303,8 +308,14 @@ impl Direct {
         // Taken back while writing a part: the rest comes by the mailbox, and the I/O side
         // must know that this much went out (no 504 after it).
         self.with_slot(|slot| slot.socket = None);
-        self.state.store(DONE, Ordering::Release);
+        self.settle(DONE);
         Err(ReplyMsg::Answered { persistence: None })
+    }
+
+    /// Sets the state whatever it is now (an exchange, not a plain store: it is ordered
+    /// after any compare-and-swap of the other side that it follows).
+    fn settle(&self, to: u8) {
+        self.state.swap(to, Ordering::AcqRel);
     }
 
     fn swap_from(&self, from: u8, to: u8) -> bool {

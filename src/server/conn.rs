@@ -425,16 +425,6 @@ impl Conn {
         if self.buf.capacity() > KEPT_BUFFER && self.buf.len() <= READ_BUFFER {
             self.buf = BytesMut::from(&self.buf[..]);
         }
-        // The second descriptor of a direct answer is kept for the connection's next
-        // requests only while descriptors are plenty: with more than half of
-        // `--worker-connections` open, one each would crowd out `accept` (the default limit
-        // is three quarters of the open-files limit). It is made again when next lent.
-        if self.lent.is_some()
-            && self.ctx.shared.open_conns.load(Ordering::Relaxed) * 2
-                > self.ctx.shared.connection_limit
-        {
-            self.lent = None;
-        }
         end
     }
 
@@ -790,10 +780,12 @@ impl Conn {
         let lent = &mut self.lent;
         let stream = &self.stream;
         let peer = &self.peer;
+        let shared = &self.ctx.shared;
         current.guard.exchange.direct().lend(fresh.then_some(|| {
             if lent.is_none() {
-                match Lent::of(stream) {
-                    Ok(socket) => *lent = Some(Arc::new(socket)),
+                match Lent::of(stream, shared) {
+                    Ok(Some(socket)) => *lent = Some(Arc::new(socket)),
+                    Ok(None) => return None,
                     Err(err) => {
                         log_debug!("{peer}: no second descriptor for a direct answer: {err}");
                         return None;
@@ -821,6 +813,9 @@ impl Conn {
         }
         match current.guard.exchange.direct().recall() {
             Look::Nothing => Err(first),
+            // The writer never waits: its message is on its way, and nothing (a 504) may
+            // be written before it.
+            Look::Cut => Ok(self.inbox.recv().await),
             news => Ok(told(current, news)),
         }
     }
@@ -847,12 +842,19 @@ impl Conn {
                     // message now.
                     let _ = self.take_readable();
                     return match answer.recall() {
-                        Look::Nothing => self.inbox.recv().await,
+                        Look::Nothing | Look::Cut => self.inbox.recv().await,
                         news => told(current, news),
                     };
                 }
                 Either::Right(Either::Right(())) => match answer.look() {
                     Look::Watch => {}
+                    Look::Started => {
+                        log_debug!(
+                            "{}: a response written directly is taken back at a look; it goes on by the mailbox",
+                            self.peer
+                        );
+                        return told(current, Look::Started);
+                    }
                     news => return told(current, news),
                 },
             }

@@ -1,25 +1,54 @@
 //! The socket a connection lends for a direct answer (ARCHITECTURE.md §4, "Direct answers"):
 //! a second descriptor of it, so the socket outlives the connection's own descriptor while
 //! a Python thread may still write (a closed and reused descriptor number could otherwise
-//! take another connection's bytes). Made once per connection, at its first lend.
+//! take another connection's bytes). Made at a connection's first lend and kept while it
+//! lives; the worker holds at most an eighth of `--worker-connections` of them, so they
+//! never crowd out `accept` (the default limit is three quarters of the open-files limit,
+//! and a lend past the cap simply does not happen).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::handoff::LentSocket;
 
-use super::sys;
+use super::{sys, Shared};
 
-pub(super) struct Lent(OwnedFd);
+pub(super) struct Lent {
+    fd: OwnedFd,
+    shared: Arc<Shared>,
+}
 
 impl Lent {
-    pub(super) fn of(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<Lent> {
-        sys::dup(socket).map(Lent)
+    /// A second descriptor of `socket`; `Ok(None)` when the worker holds its cap of them.
+    pub(super) fn of(socket: &impl AsRawFd, shared: &Arc<Shared>) -> std::io::Result<Option<Lent>> {
+        let cap = (shared.connection_limit / 8).max(1);
+        if shared.lent_sockets.fetch_add(1, Ordering::Relaxed) >= cap {
+            shared.lent_sockets.fetch_sub(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        match sys::dup(socket) {
+            Ok(fd) => Ok(Some(Lent {
+                fd,
+                shared: shared.clone(),
+            })),
+            Err(err) => {
+                shared.lent_sockets.fetch_sub(1, Ordering::Relaxed);
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.shared.lent_sockets.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl LentSocket for Lent {
     fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        let n = sys::send_now(&self.0, bytes)?;
+        let n = sys::send_now(&self.fd, bytes)?;
         crate::metrics::sent(n);
         Ok(n)
     }

@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     /// holds (`--worker-connections`): past it, new ones are refused (`admission.rs`).
     pub open_conns: AtomicUsize,
     pub connection_limit: usize,
+    /// Second descriptors held for direct answers (`lend.rs`), capped.
+    pub lent_sockets: AtomicUsize,
 }
 
 /// The running I/O threads.
@@ -103,6 +105,7 @@ impl IoThreads {
             served: (0..listeners.len()).map(|_| AtomicU64::new(0)).collect(),
             open_conns: AtomicUsize::new(0),
             connection_limit,
+            lent_sockets: AtomicUsize::new(0),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut handles = Vec::new();
