@@ -8,18 +8,19 @@
 //! writes the response's messages itself as it sends them, without waiting, and the I/O
 //! thread learns of it when the client's next request arrives, or at its next look.
 //!
-//! One state per exchange, changed only by compare-and-swap, decides where each message
+//! One state per exchange, changed only by read-modify-writes, decides where each message
 //! goes. Only the I/O side lends (`IDLE` to `LENT`) and takes the socket back (`recall`);
 //! only the Python side writes (`LENT` or `HOLDING` to `WRITING_*`). Once any message went
 //! by the mailbox (one that is not bytes, or what a full socket did not take), every later
 //! one does too, so the bytes of a connection keep the order the I/O thread would have
 //! written them in, and nothing is written directly after its response ended (a late
-//! `write()` from `close()`). The I/O side's news, in order of what it must know:
-//! `Answered` (the response is out, once), `Started` (some of it went out directly: no 504
-//! may follow; said again is harmless), `Nothing`. A response still being written at a
-//! look (5 ms) is taken back, so a slow stream goes the usual way and `--timeout` sees
-//! its progress. The models in tests/loom_handoff.rs check that every byte reaches the
-//! socket once and in order, and the end is reported exactly once.
+//! `write()` from `close()`). The I/O side's news ([`Look`]): `Answered` (the response is
+//! out, told once), `Started` (some of it went out directly: no 504 may follow), `Nothing`,
+//! or `Cut` (taken back while the Python thread was inside a write: its message saying how
+//! that ended comes at once, and nothing is written before it). A response still being
+//! written at a look (the first after 5 ms) is taken back, so a slow stream goes the usual
+//! way and `--timeout` sees its progress. The models in tests/loom_handoff.rs check that
+//! every byte reaches the socket once and in order, and the end is told exactly once.
 
 use std::cell::Cell;
 use std::sync::Arc;

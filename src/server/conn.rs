@@ -49,10 +49,13 @@ const QUEUE_LOOK: Duration = Duration::from_millis(20);
 /// While a request is queued, bytes the client sends meanwhile (pipelined requests) are
 /// buffered up to this much; beyond, the socket is no longer watched, never read unbounded.
 const WATCH_BUFFER_LIMIT: usize = 64 * 1024;
-/// While its socket is lent for a direct answer, how often a connection looks whether the
-/// answer was written (ARCHITECTURE.md §4): the client's next request usually tells first;
-/// an idle client's keep-alive wait begins at most this late.
+/// While its socket is lent for a direct answer, how soon a connection first looks whether
+/// the answer was written (ARCHITECTURE.md §4): the client's next request usually tells
+/// first. Each look waits twice as long as the one before, up to [`DIRECT_LOOK_MAX`], so a
+/// slow response costs a few wake-ups, not one every 5 ms; an idle client's keep-alive wait
+/// begins at most a look late.
 const DIRECT_LOOK: Duration = Duration::from_millis(5);
+const DIRECT_LOOK_MAX: Duration = Duration::from_millis(320);
 
 /// Why a read for more request bytes ended.
 pub(super) enum ReadOutcome {
@@ -822,6 +825,7 @@ impl Conn {
 
     async fn watch_lent(&mut self, current: &InFlight) -> (u32, ReplyMsg) {
         let answer = current.guard.exchange.direct();
+        let mut period = DIRECT_LOOK;
         loop {
             let woke = {
                 let reply = self.inbox.recv();
@@ -829,7 +833,7 @@ impl Conn {
                     // An error of the wait itself reads as "look at the socket".
                     let _ = self.stream.readable().await;
                 };
-                let look = monoio::time::sleep(DIRECT_LOOK);
+                let look = monoio::time::sleep(period);
                 race(reply, race(readable, look)).await
             };
             match woke {
@@ -847,7 +851,7 @@ impl Conn {
                     };
                 }
                 Either::Right(Either::Right(())) => match answer.look() {
-                    Look::Watch => {}
+                    Look::Watch => period = (period * 2).min(DIRECT_LOOK_MAX),
                     Look::Started => {
                         log_debug!(
                             "{}: a response written directly is taken back at a look; it goes on by the mailbox",
