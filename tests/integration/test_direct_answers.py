@@ -28,6 +28,13 @@ def start(spindle, *args: str):
     return spindle("wsgi_app:app", "--log-level", "debug", *args)
 
 
+def hellos(srv, conn, n: int = 10) -> None:
+    """`n` requests one at a time on `conn`: after the first, each may be answered directly."""
+    for _ in range(n):
+        conn.send(request("GET", "/raw/hello", srv.host_header))
+        assert conn.read_response().status == 200
+
+
 def test_a_keep_alive_client_one_request_at_a_time_is_answered_directly(spindle):
     srv = start(spindle)
     with srv.connect() as conn:
@@ -61,15 +68,12 @@ def test_a_slow_stream_is_taken_back_and_timeout_sees_its_progress(spindle):
     srv = start(spindle, "--timeout", "1")
     mark = srv.log_mark()
     with srv.connect(timeout=10) as conn:
-        conn.send(request("GET", "/raw/hello", srv.host_header))
-        assert conn.read_response().status == 200
+        hellos(srv, conn, 1)
         conn.send(request("GET", "/generator?n=7&every=0.3", srv.host_header))
         resp = conn.read_response(timeout=10)
         assert resp.status == 200, resp
         assert resp.body == b"".join(b"piece %d\n" % k for k in range(7)), resp
-        for _ in range(10):
-            conn.send(request("GET", "/raw/hello", srv.host_header))
-            assert conn.read_response().status == 200
+        hellos(srv, conn)
     assert "sent nothing for --timeout" not in srv.log_since(mark)
     assert direct_answers(srv) >= 1
 
@@ -77,9 +81,7 @@ def test_a_slow_stream_is_taken_back_and_timeout_sees_its_progress(spindle):
 def test_keep_alive_timeout_still_closes_an_idle_connection_after_a_direct_answer(spindle):
     srv = start(spindle, "--keep-alive", "1")
     with srv.connect() as conn:
-        for _ in range(10):
-            conn.send(request("GET", "/raw/hello", srv.host_header))
-            assert conn.read_response().status == 200
+        hellos(srv, conn)
         started = time.monotonic()
         closed = conn.wait_closed(timeout=4)
         waited = time.monotonic() - started
@@ -113,8 +115,7 @@ def test_a_response_started_directly_then_stalled_is_cut_never_answered_504(spin
     for attempt in range(5):
         mark = srv.log_mark()
         with srv.connect(timeout=10) as conn:
-            conn.send(request("GET", "/raw/hello", srv.host_header))
-            assert conn.read_response().status == 200
+            hellos(srv, conn, 1)
             conn.send(request("GET", "/generator?n=2&every=3", srv.host_header))
             sent = time.monotonic()
             data = conn.read_until_close(timeout=6)
@@ -140,9 +141,7 @@ def test_timeout_504_is_final_even_when_the_app_answers_later(spindle):
     # the app (the lent descriptor is given back with the socket).
     srv = start(spindle, "--timeout", "1", "--single-process")
     with srv.connect(timeout=10) as conn:
-        for _ in range(10):
-            conn.send(request("GET", "/raw/hello", srv.host_header))
-            assert conn.read_response().status == 200
+        hellos(srv, conn)
         conn.send(request("GET", "/raw/sleep?s=3", srv.host_header))
         resp = conn.read_response(timeout=10)
         assert resp.status == 504, resp
@@ -161,8 +160,7 @@ def test_requests_pipelined_in_one_write_keep_their_order_around_direct_answers(
     # while the second's reply comes by the mailbox, which must wait for the first's end.
     srv = start(spindle)
     with srv.connect(timeout=10) as conn:
-        conn.send(request("GET", "/raw/hello", srv.host_header))
-        assert conn.read_response().status == 200
+        hellos(srv, conn, 1)
         for i in range(20):
             first = "/raw/sleep?s=0.01" if i % 2 else f"/raw/path/a{i}"
             conn.send(request("GET", first, srv.host_header)
@@ -177,9 +175,9 @@ def test_requests_pipelined_in_one_write_keep_their_order_around_direct_answers(
 def test_a_request_pipelined_while_the_first_runs_is_answered_in_order(spindle):
     srv = start(spindle)
     with srv.connect(timeout=10) as conn:
-        conn.send(request("GET", "/raw/hello", srv.host_header))
-        assert conn.read_response().status == 200
-        # The socket is lent for the slow request; the next one arrives meanwhile.
+        hellos(srv, conn, 1)
+        # The socket may be lent for the slow request (and taken back at 20 ms if it was
+        # still queued then); either way the next one, arriving meanwhile, waits for it.
         conn.send(request("GET", "/raw/sleep?s=0.3", srv.host_header))
         time.sleep(0.1)
         conn.send(request("GET", "/raw/path/after", srv.host_header))
@@ -201,8 +199,7 @@ def test_a_write_after_the_response_ended_never_reaches_the_client(spindle, tmp_
     rec = tmp_path / "late.log"
     srv = start(spindle)
     with srv.connect() as conn:
-        conn.send(request("GET", "/raw/hello", srv.host_header))
-        assert conn.read_response().status == 200
+        hellos(srv, conn, 1)
         for _ in range(10):
             conn.send(request("GET", f"/raw/late-write?record={rec}", srv.host_header))
             resp = conn.read_response()
@@ -219,9 +216,7 @@ def test_a_write_after_the_response_ended_never_reaches_the_client(spindle, tmp_
 def test_sigterm_closes_a_connection_idle_after_direct_answers_promptly(spindle):
     srv = start(spindle)
     with srv.connect() as conn:
-        for _ in range(10):
-            conn.send(request("GET", "/raw/hello", srv.host_header))
-            assert conn.read_response().status == 200
+        hellos(srv, conn)
         started = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         assert conn.wait_closed(timeout=5), "idle connection still open 5 s after SIGTERM"
