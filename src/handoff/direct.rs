@@ -192,9 +192,10 @@ impl Direct {
     }
 
     /// Python side, for every message of the response: writes it to the client itself
-    /// while the socket is lent and the message is bytes, up to [`DIRECT_LIMIT`] (`release`: the counted bytes it
-    /// wrote, given back to the window at once); otherwise, or for what the socket did not
-    /// take, gives the message back for the mailbox.
+    /// while the socket is lent and the message is bytes, up to [`DIRECT_LIMIT`]
+    /// (`release`: the counted bytes it wrote, given back to the window at once);
+    /// otherwise, or for what the socket did not take, gives the message back for the
+    /// mailbox.
     pub fn answer(&self, msg: ReplyMsg, release: impl FnOnce(usize)) -> Result<(), ReplyMsg> {
         let sent = self.route(msg, release);
         if sent.is_err() {
