@@ -2,9 +2,9 @@
 //! queue, each I/O thread's reply mailbox, and the per-request [`Exchange`]. No Python
 //! objects ever cross here, and no socket but one lent for a direct answer ([`Direct`],
 //! behind the [`LentSocket`] trait that `server/` implements): requests carry frozen bytes
-//! and offsets, replies carry bytes and files. (The [`ReleaseQueue`] is generic: py/ sends the references of
-//! shared bodies back through it to the one thread that may release them, never touching
-//! them elsewhere.) Every atomic, lock, channel and waker here comes from `sync.rs`, so the
+//! and offsets, replies carry bytes and files. (The [`ReleaseQueue`] is generic: py/ sends
+//! the references of shared bodies back through it to the one thread that may release
+//! them, never touching them elsewhere.) Every atomic, lock, channel and waker here comes from `sync.rs`, so the
 //! loom model checker can run this module (tests/loom_handoff.rs, ARCHITECTURE.md §4).
 //!
 //! The hand-off speaks requests, not a wire protocol. A [`RequestHead`] is what any

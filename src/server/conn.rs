@@ -986,6 +986,7 @@ fn direct_answers() -> bool {
 /// What the I/O side learned of a direct answer, as the reply it stands for: the end of
 /// the response, or that a part of it went out (`Started`).
 fn told(current: &InFlight, news: Look) -> (u32, ReplyMsg) {
+    debug_assert!(matches!(news, Look::Answered(_) | Look::Started));
     let persistence = match news {
         Look::Answered(persistence) => Some(persistence),
         _ => None,

@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// Sends up to `len` bytes of `file` starting at `*offset` to `socket`, advancing `*offset`.
 /// Returns the bytes sent; `WouldBlock` when the socket buffer is full.
@@ -128,15 +128,12 @@ pub fn send_now(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// A second descriptor of `fd`'s socket, close-on-exec (`F_DUPFD_CLOEXEC`): the socket stays
-/// open while either is, so a Python thread writing through this one never writes to a
-/// descriptor number the I/O thread closed and reused (`server/lend.rs`).
+/// A second descriptor of `fd`'s socket, close-on-exec (std's `try_clone_to_owned`,
+/// `F_DUPFD_CLOEXEC`): the socket stays open while either is, so a Python thread writing
+/// through this one never writes to a descriptor number the I/O thread closed and reused
+/// (`server/lend.rs`).
 pub fn dup(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller keeps open has no memory effects.
-    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a descriptor fcntl just made for us and nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    // SAFETY: the caller keeps `fd` open for the duration of the call, which is all the
+    // borrow lives.
+    unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) }.try_clone_to_owned()
 }
