@@ -34,12 +34,18 @@ from pathlib import Path
 
 import harness
 
+LUA = Path(__file__).resolve().parent / "lua"
+
 SCENARIOS = {
-    # name: (connections, path)
-    "hello-c1": (1, "/"),
-    "hello-c64": (64, "/"),
-    "hello-c256": (256, "/"),
-    "64k-c64": (64, "/64k"),
+    # name: (connections, path, extra wrk arguments): the lab's (perf/lab.sh, scenario_def)
+    "hello-c1": (1, "/", ()),
+    "hello-c64": (64, "/", ()),
+    "hello-c256": (256, "/", ()),
+    "close-c64": (64, "/", ("-H", "Connection: close")),
+    "pipeline16-c64": (64, "/", ("-s", str(LUA / "pipeline.lua"), "--", "16")),
+    "64k-c64": (64, "/64k", ()),
+    "post4k-c64": (64, "/post", ("-s", str(LUA / "post.lua"))),
+    "chunked4k-c64": (64, "/post", ("-s", str(LUA / "chunked.lua"))),
 }
 
 
@@ -48,7 +54,7 @@ def server_cpu(pid: int) -> float:
 
 
 def run_one(variant: dict, scenario: str, duration: int, app: str = "lab:app") -> dict:
-    connections, path = SCENARIOS[scenario]
+    connections, path, extra = SCENARIOS[scenario]
     port = harness.free_port()
     cmd = ["taskset", "-c", "0", variant["bin"], "--bind", f"127.0.0.1:{port}", "--single-process",
            "--io-threads", "1", "--py-threads", "1", "--pythonpath", str(harness.APPS),
@@ -61,9 +67,9 @@ def run_one(variant: dict, scenario: str, duration: int, app: str = "lab:app") -
     try:
         harness.wait_ready(port, proc)
         url = f"http://127.0.0.1:{port}{path}"
-        harness.wrk(url, 1, connections, cores="1")  # warm-up
+        harness.wrk(url, 1, connections, cores="1", extra=extra)  # warm-up
         before = server_cpu(proc.pid)
-        result = harness.wrk(url, duration, connections, cores="1")
+        result = harness.wrk(url, duration, connections, cores="1", extra=extra)
         cpu = server_cpu(proc.pid) - before
     finally:
         harness.stop(proc)

@@ -221,9 +221,11 @@ def _ms(value: str) -> float:
 
 
 def wrk(url: str, duration: int, connections: int, threads: int = 1, timeout: str = "5s",
-        cores: str | None = None) -> dict:
-    """One bounded wrk run: req/s, p50/p99 (ms), errors (socket errors and non-2xx)."""
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", timeout, url]
+        cores: str | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """One bounded wrk run: req/s, p50/p99 (ms), errors (socket errors and non-2xx).
+    `extra`: more wrk arguments (a header, a Lua script and its arguments), after the URL."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", timeout, url,
+           *extra]
     if cores:
         cmd = ["taskset", "-c", cores, *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout

@@ -15,10 +15,9 @@ use crate::log::{ErrorLogFormat, LogLevel};
 /// Which monoio driver the I/O threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverChoice {
-    /// The measured default: epoll. io_uring (monoio 0.2.4: one submission per operation,
-    /// no multishot or registered buffers) led seven of the lab's eight scenarios in the
-    /// run of 2026-12-05 but lost the one-connection one (about 1.1x the CPU per request);
-    /// see README.md, "Performance".
+    /// The measured default: io_uring where the kernel allows it, else epoll. With its
+    /// rings set up `COOP_TASKRUN` io_uring led epoll or tied it in every scenario of the
+    /// lab (ARCHITECTURE.md §8; README.md, "Performance").
     Auto,
     /// io_uring, or exit with an error when it is unavailable.
     #[value(name = "io-uring", alias = "io_uring", alias = "iouring")]

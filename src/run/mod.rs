@@ -161,7 +161,8 @@ enum Stop {
 fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> anyhow::Result<()> {
     let signals = OwnedSignals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
-    let driver = choose_driver(config.driver)?;
+    // A worker's supervisor already said why `auto` took epoll.
+    let driver = choose_driver(config.driver, matches!(role, Role::Worker { .. }))?;
     let _metrics = start_metrics(&config, &role)?;
     let mut deployment = None;
     let listeners = match &role {

@@ -82,7 +82,7 @@ pub fn supervise(gil: Gil<'_>, config: Config, args: Vec<OsString>) -> anyhow::R
     let signals = OwnedSignals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
     // A driver the kernel refuses fails here, once, not in every worker.
-    crate::server::choose_driver(config.driver)?;
+    crate::server::choose_driver(config.driver, false)?;
     let listeners = listen::bind_all(&config)?;
     let metrics = match config.metrics_bind {
         Some(addr) => {

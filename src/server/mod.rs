@@ -44,9 +44,14 @@ impl Driver {
     }
 }
 
-/// Picks the driver: epoll unless io_uring is asked for (and then only if the kernel, or a
-/// container's seccomp profile, allows it).
-pub fn choose_driver(choice: DriverChoice) -> anyhow::Result<Driver> {
+/// Picks the driver: io_uring unless epoll is asked for, or io_uring is not available here
+/// (an old kernel, `kernel.io_uring_disabled`, or a container's seccomp profile refuses
+/// it): then `auto` takes epoll, saying so unless `quiet` (a worker, whose supervisor said
+/// it), and `io-uring` is an error.
+/// io_uring is the default since its rings take completions at the thread's next system
+/// call (`COOP_TASKRUN`, [`RingFlags`]): it then led epoll or tied it in every scenario
+/// of the lab (ARCHITECTURE.md §8).
+pub fn choose_driver(choice: DriverChoice, quiet: bool) -> anyhow::Result<Driver> {
     match choice {
         DriverChoice::Epoll => Ok(Driver::Epoll),
         DriverChoice::IoUring => {
@@ -56,7 +61,17 @@ pub fn choose_driver(choice: DriverChoice) -> anyhow::Result<Driver> {
                 bail!("--driver io-uring: io_uring is not available here (kernel or seccomp refuses it); use --driver epoll")
             }
         }
-        DriverChoice::Auto => Ok(Driver::Epoll),
+        DriverChoice::Auto => {
+            if monoio::utils::detect_uring() {
+                return Ok(Driver::IoUring);
+            }
+            if !quiet {
+                crate::log_info!(
+                    "io_uring is not available here (kernel or seccomp refuses it): using epoll"
+                );
+            }
+            Ok(Driver::Epoll)
+        }
     }
 }
 
@@ -195,38 +210,80 @@ fn yield_to_python_on_wakeup() {
     }
 }
 
-/// An io_uring runtime for I/O thread `idx`: a plain ring, or with
-/// `SPINDLE_URING_FLAGS=1` one set up `SINGLE_ISSUER|DEFER_TASKRUN` (only this thread
-/// submits; completions reaped when it asks). Measured (ARCHITECTURE.md §8) the flags won
-/// hello at 64 connections and lost at 256, and with `DEFER_TASKRUN` monoio 0.2.4 reaps no
-/// completion when it wakes for another thread's waker (it submits without waiting), so a
-/// steady stream of replies can hold socket completions back: they stay a lever for
-/// measurements, not the default. A kernel that refuses them (before 6.1) gets a plain ring.
+/// How an I/O thread's ring is set up. `COOP_TASKRUN` is the default: without it, a
+/// completion that arrives while the I/O thread runs (a client's bytes delivered by the
+/// load's core, an accept) interrupts it, an inter-processor interrupt per batch, which
+/// under a hypervisor is a VM exit; with it, completions wait for the thread's next system
+/// call, and monoio 0.2.4 enters the kernel before every look at its completion queue
+/// (`submit` or `submit_and_wait`, then `tick`), so none is left behind. Measured
+/// (ARCHITECTURE.md §8, perf/runs/2026-12-05-vm-driver/ab-flags.md), against a plain ring:
+/// hello at 64 connections 1.16x the requests at 0.86x the CPU per request, a connection
+/// per request 1.11x at 0.76x. `SPINDLE_URING_FLAGS` chooses another for measuring:
+/// `plain` (or `0`), `defer` (or `1`: `SINGLE_ISSUER|DEFER_TASKRUN`), `coop-single`
+/// (`COOP_TASKRUN|SINGLE_ISSUER`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RingFlags {
+    Plain,
+    Coop,
+    CoopSingle,
+    Defer,
+}
+
+impl RingFlags {
+    fn from_env() -> RingFlags {
+        match std::env::var("SPINDLE_URING_FLAGS").as_deref() {
+            Ok("plain" | "0") => RingFlags::Plain,
+            Ok("coop-single") => RingFlags::CoopSingle,
+            Ok("defer" | "1") => RingFlags::Defer,
+            _ => RingFlags::Coop,
+        }
+    }
+
+    fn apply(self, ring: &mut io_uring::Builder) {
+        match self {
+            RingFlags::Plain => {}
+            RingFlags::Coop => {
+                ring.setup_coop_taskrun();
+            }
+            RingFlags::CoopSingle => {
+                ring.setup_coop_taskrun().setup_single_issuer();
+            }
+            RingFlags::Defer => {
+                ring.setup_single_issuer().setup_defer_taskrun();
+            }
+        }
+    }
+}
+
+/// An io_uring runtime for I/O thread `idx`, its ring set up as [`RingFlags`] says. A
+/// kernel that refuses the flags (`COOP_TASKRUN` is 5.19's) gets a plain ring.
+/// `SINGLE_ISSUER|DEFER_TASKRUN` was measured and left out (ARCHITECTURE.md §8): with
+/// `DEFER_TASKRUN` monoio 0.2.4 reaps no completion when it wakes for another thread's
+/// waker (it submits without waiting), so a steady stream of replies can hold socket
+/// completions back.
 fn uring_runtime(
     idx: usize,
 ) -> anyhow::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
-    let build = |flags: bool| {
+    let build = |flags: RingFlags| {
         let mut ring = io_uring::IoUring::builder();
-        if flags {
-            ring.setup_single_issuer().setup_defer_taskrun();
-        }
+        flags.apply(&mut ring);
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(1024)
             .uring_builder(ring)
             .enable_timer()
             .build()
     };
-    let wanted = std::env::var_os("SPINDLE_URING_FLAGS").is_some_and(|v| v == "1");
-    if wanted {
-        match build(true) {
+    let wanted = RingFlags::from_env();
+    if wanted != RingFlags::Plain {
+        match build(wanted) {
             Ok(rt) => return Ok(rt),
-            Err(err) if idx == 0 => log_debug!(
-                "io_uring refused SINGLE_ISSUER|DEFER_TASKRUN ({err}): using a plain ring"
-            ),
+            Err(err) if idx == 0 => {
+                log_debug!("io_uring refused the ring flags {wanted:?} ({err}): using a plain ring")
+            }
             Err(_) => {}
         }
     }
-    build(false).context("cannot create the io_uring runtime")
+    build(RingFlags::Plain).context("cannot create the io_uring runtime")
 }
 
 fn io_thread(
