@@ -1,5 +1,5 @@
-"""Side by side: Spindle builds or settings against each other on the lab's keep-alive
-scenarios, in interleaved rounds (A, B, C; then again), so the machine's drift hits every
+"""Side by side: Spindle builds or settings against each other on the lab's scenarios
+(perf/lab.sh's eight), in interleaved rounds (A, B, C; then again), so the machine's drift hits every
 variant alike. The way to show a hot-path change (before/after) or a lever (on/off) costs
 or wins what it claims, where a single lab run per variant would mostly show the noise.
 
@@ -12,6 +12,7 @@ Usage:
                     --variant 'after;build/test-venv-3.13/bin/spindle;--driver epoll' \\
                     [--variant 'NAME;BIN;FLAGS;ENV=VALUE ENV2=VALUE'] \\
                     [--scenarios hello-c1,hello-c64,hello-c256,64k-c64] [--rounds 4] [--duration 5]
+                    (also close-c64, pipeline16-c64, post4k-c64, chunked4k-c64)
                     [--app lab:app] [--out perf/runs/DIR/ab.md]
 
 `--app MODULE:CALLABLE` serves another app of perf/apps (`flaskapp:app`: the hello

@@ -437,7 +437,7 @@ def main() -> None:
         "are counted too), 2 I/O threads, "
         "2 own-GIL sub-interpreters, Python threads on demand, "
         + (f"driver {os.environ['SPINDLE_DRIVER']} (SPINDLE_DRIVER)." if os.environ.get("SPINDLE_DRIVER")
-           else "the default driver (auto: epoll)."),
+           else "the default driver (auto: io_uring where the kernel allows it)."),
         "",
     ]
     for app in results:
