@@ -90,6 +90,8 @@ pub(super) struct Stats {
     pub(super) wakeups: u64,
     /// Responses their Python thread wrote itself (direct answers, ARCHITECTURE.md §4).
     pub(super) direct: u64,
+    /// Connections accepted here and handed to a less loaded I/O thread (`spread.rs`).
+    pub(super) handed: u64,
 }
 
 impl IoCtx {

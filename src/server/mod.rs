@@ -13,6 +13,7 @@ mod gateway;
 mod gather;
 mod lend;
 mod socket;
+mod spread;
 mod stream;
 mod sys;
 mod thread;
@@ -90,6 +91,8 @@ pub(crate) struct Shared {
     pub connection_limit: usize,
     /// Second descriptors held for direct answers (`lend.rs`), capped.
     pub lent_sockets: AtomicUsize,
+    /// Connections per I/O thread, and the hand-overs that even them out (`spread.rs`).
+    spread: spread::Spread,
 }
 
 /// The running I/O threads.
@@ -121,6 +124,7 @@ impl IoThreads {
             open_conns: AtomicUsize::new(0),
             connection_limit,
             lent_sockets: AtomicUsize::new(0),
+            spread: spread::Spread::new(listeners.len(), listeners.iter().map(Vec::len).sum()),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut handles = Vec::new();
@@ -295,16 +299,36 @@ fn io_thread(
     listeners: Vec<Listener>,
 ) -> anyhow::Result<()> {
     yield_to_python_on_wakeup();
+    // A thread that cannot start ends its accept loops' count at once: the other threads
+    // take hand-overs until every loop has ended (`spread.rs`).
+    let never_ran = |shared: &Shared, loops: usize| {
+        for _ in 0..loops {
+            shared.spread.accept_loop_ended();
+        }
+    };
     match driver {
         Driver::IoUring => {
-            let mut rt = uring_runtime(idx)?;
+            let mut rt = match uring_runtime(idx) {
+                Ok(rt) => rt,
+                Err(err) => {
+                    never_ran(&shared, listeners.len());
+                    return Err(err);
+                }
+            };
             rt.block_on(thread::io_main(idx, shared, mailbox, requests, listeners))
         }
         Driver::Epoll => {
-            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            let built = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build()
-                .context("cannot create the epoll runtime")?;
+                .context("cannot create the epoll runtime");
+            let mut rt = match built {
+                Ok(rt) => rt,
+                Err(err) => {
+                    never_ran(&shared, listeners.len());
+                    return Err(err);
+                }
+            };
             rt.block_on(thread::io_main(idx, shared, mailbox, requests, listeners))
         }
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use super::conn::Conn;
 use super::ctx::{IoCtx, Stats};
 use super::event::{race, Either, LocalEvent};
+use super::spread::Handed;
 use super::stream::{Accepted, ListenAddr, Listener};
 use super::{sys, Driver, Shared};
 use crate::config::Protocol;
@@ -35,18 +36,37 @@ impl Drop for LiveGuard {
             .shared
             .open_conns
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.shared.spread.closed(self.0.index);
         self.0.live_conns.set(self.0.live_conns.get() - 1);
         self.0.wake_if_all_closed();
     }
 }
 
-/// Held by a running accept loop: see `IoCtx::accepting`.
-struct AcceptGuard(Rc<IoCtx>);
+/// Held by a running accept loop, and by the task that takes connections other threads
+/// hand over: see `IoCtx::accepting`. An accept loop's (`spread`) also ends its count in
+/// the worker's [`Spread`](super::spread::Spread), which receivers watch.
+struct AcceptGuard {
+    ctx: Rc<IoCtx>,
+    spread: bool,
+}
+
+impl AcceptGuard {
+    fn new(ctx: &Rc<IoCtx>, spread: bool) -> AcceptGuard {
+        ctx.accepting.set(ctx.accepting.get() + 1);
+        AcceptGuard {
+            ctx: ctx.clone(),
+            spread,
+        }
+    }
+}
 
 impl Drop for AcceptGuard {
     fn drop(&mut self) {
-        self.0.accepting.set(self.0.accepting.get() - 1);
-        self.0.wake_if_all_closed();
+        if self.spread {
+            self.ctx.shared.spread.accept_loop_ended();
+        }
+        self.ctx.accepting.set(self.ctx.accepting.get() - 1);
+        self.ctx.wake_if_all_closed();
     }
 }
 
@@ -113,11 +133,21 @@ pub(super) async fn io_main(
         monoio::spawn(super::admission::log_summaries(ctx.clone()));
     }
 
-    for listener in listeners {
-        ctx.accepting.set(ctx.accepting.get() + 1);
-        let guard = AcceptGuard(ctx.clone());
+    if ctx.shared.spread.threads() > 1 {
+        let guard = AcceptGuard::new(&ctx, false);
         monoio::spawn(async move {
-            let ctx = guard.0.clone();
+            let ctx = guard.ctx.clone();
+            while let Some(handed) = poll_fn(|cx| ctx.shared.spread.poll_take(ctx.index, cx)).await
+            {
+                serve_here(&ctx, handed.stream, handed.peer, handed.fixed_local, true);
+            }
+            drop(guard);
+        });
+    }
+    for listener in listeners {
+        let guard = AcceptGuard::new(&ctx, true);
+        monoio::spawn(async move {
+            let ctx = guard.ctx.clone();
             if let Err(err) = accept_loop(ctx.clone(), listener).await {
                 // Only the set-up of a listener or of an accepted socket fails here, which
                 // no retry would mend: this I/O thread stops accepting on it and says so.
@@ -149,12 +179,13 @@ pub(super) async fn io_main(
     ctx.mailbox.detach();
     let stats = ctx.stats.get();
     log_debug!(
-        "I/O thread {idx}: {} requests, {} answered directly, {} replies in {} dispatcher wake-ups ({:.2} replies per wake-up)",
+        "I/O thread {idx}: {} requests, {} answered directly, {} replies in {} dispatcher wake-ups ({:.2} replies per wake-up), {} connections handed to other I/O threads",
         stats.requests,
         stats.direct,
         stats.replies,
         stats.wakeups,
-        stats.replies as f64 / stats.wakeups.max(1) as f64
+        stats.replies as f64 / stats.wakeups.max(1) as f64,
+        stats.handed
     );
     Ok(())
 }
@@ -293,18 +324,50 @@ fn worker_busy(ctx: &IoCtx) -> bool {
     ctx.python_threads_held() || ctx.at_connection_limit()
 }
 
-/// Starts serving an accepted connection; one that cannot be set up (no memory for its
-/// registration) is closed with a warning.
+/// Starts serving an accepted connection here, or hands it to a less loaded I/O thread of
+/// this worker (`spread.rs`); not while stopping, when every thread serves what it takes.
 fn serve_connection(
     ctx: &Rc<IoCtx>,
     stream: Accepted,
     peer: Endpoint,
     fixed_local: Option<std::net::SocketAddr>,
 ) {
+    if !ctx.stop.is_set() {
+        if let Some(to) = ctx.shared.spread.place(ctx.index) {
+            let mut stats = ctx.stats.get();
+            stats.handed += 1;
+            ctx.stats.set(stats);
+            let handed = Handed {
+                stream,
+                peer,
+                fixed_local,
+            };
+            ctx.shared.spread.hand(to, handed);
+            return;
+        }
+    }
+    serve_here(ctx, stream, peer, fixed_local, false);
+}
+
+/// Serves a connection on this thread; one that cannot be set up (no memory for its
+/// registration) is closed with a warning. `counted`: the spread already counts it here
+/// (it was handed over).
+fn serve_here(
+    ctx: &Rc<IoCtx>,
+    stream: Accepted,
+    peer: Endpoint,
+    fixed_local: Option<std::net::SocketAddr>,
+    counted: bool,
+) {
+    let spread = &ctx.shared.spread;
+    if !counted {
+        spread.opened(ctx.index);
+    }
     let local = stream.local(fixed_local, peer);
     let stream = match stream.into_stream() {
         Ok(stream) => stream,
         Err(err) => {
+            spread.closed(ctx.index);
             log_warn!("cannot serve a connection from {peer}: {err}");
             return;
         }
@@ -317,6 +380,7 @@ fn serve_connection(
         ctx.shared
             .open_conns
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        spread.closed(ctx.index);
         super::admission::refuse(ctx, stream);
         return;
     }
