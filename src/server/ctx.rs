@@ -57,6 +57,9 @@ pub(super) struct Slot {
 pub(super) struct IoCtx {
     /// This I/O thread's number.
     pub(super) index: usize,
+    /// The driver this thread runs (under `--driver auto` a thread whose io_uring ring
+    /// could not be set up runs epoll).
+    pub(super) driver: super::Driver,
     pub(super) shared: Arc<Shared>,
     /// This thread's sender of the request queue; taken out (dropped) when the thread
     /// stops, whatever tasks the runtime may still keep, so the Python threads can end.
@@ -69,8 +72,9 @@ pub(super) struct IoCtx {
     /// When `stop` was triggered: slow clients' writes are cut before the drain's deadline.
     pub(super) stopped_at: Cell<Option<std::time::Instant>>,
     pub(super) live_conns: Cell<usize>,
-    /// Accept loops still running: at a stop each first takes what waits in its accept
-    /// queue, and the thread must not end before (`thread.rs`).
+    /// Accept loops still running, and the task taking connections other threads hand
+    /// over (`spread.rs`): at a stop each loop first takes what waits in its accept queue,
+    /// the taker what may still be handed, and the thread must not end before (`thread.rs`).
     pub(super) accepting: Cell<usize>,
     /// Connections refused past `--worker-connections` whose 503 is still lingering.
     pub(super) refusing: Cell<usize>,

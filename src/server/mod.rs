@@ -79,7 +79,6 @@ pub fn choose_driver(choice: DriverChoice, quiet: bool) -> anyhow::Result<Driver
 /// What every I/O thread shares with the rest of the process.
 pub(crate) struct Shared {
     pub config: Arc<Config>,
-    pub driver: Driver,
     pub stopping: AtomicBool,
     /// Whether a stopping accept loop first takes the connections already queued.
     pub drain_queue: AtomicBool,
@@ -117,21 +116,23 @@ impl IoThreads {
         let connection_limit = admission::connection_limit(&config);
         let shared = Arc::new(Shared {
             config,
-            driver,
             stopping: AtomicBool::new(false),
             drain_queue: AtomicBool::new(true),
             served: (0..listeners.len()).map(|_| AtomicU64::new(0)).collect(),
             open_conns: AtomicUsize::new(0),
             connection_limit,
             lent_sockets: AtomicUsize::new(0),
-            spread: spread::Spread::new(listeners.len(), listeners.iter().map(Vec::len).sum()),
+            spread: spread::Spread::new(&listeners.iter().map(Vec::len).collect::<Vec<_>>()),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let threads = listeners.len();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut handles = Vec::new();
         for (idx, thread_listeners) in listeners.into_iter().enumerate() {
             let shared = shared.clone();
             let mailbox = mailboxes[idx].clone();
             let requests = requests.clone();
+            let ready = ready_tx.clone();
             let core = (!cores.is_empty()).then(|| cores[idx % cores.len()]);
             let handle = std::thread::Builder::new()
                 .name(format!("spindle-io-{idx}"))
@@ -140,16 +141,50 @@ impl IoThreads {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    io_thread(idx, driver, shared, mailbox, requests, thread_listeners)
+                    io_thread(
+                        idx,
+                        driver,
+                        shared,
+                        mailbox,
+                        requests,
+                        thread_listeners,
+                        ready,
+                    )
                 })
                 .context("cannot start an I/O thread")?;
             handles.push(handle);
         }
-        Ok(IoThreads {
+        drop(ready_tx);
+        let io = IoThreads {
             shared,
             mailboxes,
             handles,
-        })
+        };
+        // Every thread says whether its runtime started, so one that cannot (a ring the
+        // kernel refuses under `--driver io-uring`) fails the start with its reason, not
+        // a server that says it is ready and serves nothing.
+        let mut failed = None;
+        for _ in 0..threads {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    failed.get_or_insert(reason);
+                }
+                Err(_) => {
+                    failed.get_or_insert_with(|| "an I/O thread ended as it started".to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = failed {
+            io.stop(false);
+            // Quietly: the reason is the one error this start reports.
+            for handle in io.handles {
+                let _ = handle.join();
+            }
+            bail!("{reason}");
+        }
+        Ok(io)
     }
 
     /// Requests handed to Python so far, by every I/O thread.
@@ -297,39 +332,60 @@ fn io_thread(
     mailbox: Arc<IoMailbox>,
     requests: RequestSender,
     listeners: Vec<Listener>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> anyhow::Result<()> {
     yield_to_python_on_wakeup();
-    // A thread that cannot start ends its accept loops' count at once: the other threads
-    // take hand-overs until every loop has ended (`spread.rs`).
-    let never_ran = |shared: &Shared, loops: usize| {
-        for _ in 0..loops {
-            shared.spread.accept_loop_ended();
-        }
-    };
-    match driver {
-        Driver::IoUring => {
-            let mut rt = match uring_runtime(idx) {
-                Ok(rt) => rt,
-                Err(err) => {
-                    never_ran(&shared, listeners.len());
-                    return Err(err);
-                }
-            };
-            rt.block_on(thread::io_main(idx, shared, mailbox, requests, listeners))
-        }
-        Driver::Epoll => {
-            let built = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .enable_timer()
-                .build()
-                .context("cannot create the epoll runtime");
-            let mut rt = match built {
-                Ok(rt) => rt,
-                Err(err) => {
-                    never_ran(&shared, listeners.len());
-                    return Err(err);
-                }
-            };
-            rt.block_on(thread::io_main(idx, shared, mailbox, requests, listeners))
+    // However this thread ends (its runtime cannot start, it panics, or it stops), the
+    // other threads must stop handing it connections and stop waiting for its accept
+    // loops (`spread.rs`).
+    struct Ended<'a>(&'a Shared, usize);
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            self.0.spread.thread_ended(self.1);
         }
     }
+    let _ended = Ended(&shared, idx);
+    if driver == Driver::IoUring {
+        match uring_runtime(idx) {
+            Ok(mut rt) => {
+                let _ = ready.send(Ok(()));
+                let main =
+                    thread::io_main(idx, driver, shared.clone(), mailbox, requests, listeners);
+                return rt.block_on(main);
+            }
+            // `--driver auto`: a kernel that allowed the probe's small ring may still refuse
+            // this one (before 5.12 ring memory counts against RLIMIT_MEMLOCK, per user,
+            // so later threads and workers can fail where the first did not).
+            Err(err) if shared.config.driver == DriverChoice::Auto => {
+                crate::log_warn!(
+                    "I/O thread {idx}: cannot set up io_uring ({err:#}): it runs on epoll"
+                )
+            }
+            Err(err) => {
+                let _ = ready.send(Err(format!("I/O thread {idx}: {err:#}")));
+                return Err(err);
+            }
+        }
+    }
+    let built = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .context("cannot create the epoll runtime");
+    let mut rt = match built {
+        Ok(rt) => rt,
+        Err(err) => {
+            let _ = ready.send(Err(format!("I/O thread {idx}: {err:#}")));
+            return Err(err);
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let main = thread::io_main(
+        idx,
+        Driver::Epoll,
+        shared.clone(),
+        mailbox,
+        requests,
+        listeners,
+    );
+    rt.block_on(main)
 }

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
@@ -34,6 +34,11 @@ pub(super) struct Handed {
 struct Lane {
     /// Connections this thread owns, and those handed to it and not yet taken.
     load: AtomicUsize,
+    /// The thread takes hand-overs (its receiver runs); never set for a thread whose
+    /// runtime could not start, and cleared when the thread ends.
+    receiving: AtomicBool,
+    /// This thread's accept loops not yet ended (their share of `Spread::accept_loops`).
+    loops: AtomicUsize,
     /// Rare (only while the counts differ), so a lock is cheap enough.
     inbox: Mutex<VecDeque<Handed>>,
     waker: AtomicWaker,
@@ -49,18 +54,21 @@ pub(super) struct Spread {
 }
 
 impl Spread {
-    /// `threads` I/O threads running `accept_loops` accept loops in all (counted from the
-    /// start, so no receiver can see zero before every thread has begun).
-    pub(super) fn new(threads: usize, accept_loops: usize) -> Spread {
+    /// One lane per I/O thread, `loops[i]` the accept loops thread `i` runs (counted from
+    /// the start, so no receiver can see zero before every thread has begun).
+    pub(super) fn new(loops: &[usize]) -> Spread {
         Spread {
-            lanes: (0..threads)
-                .map(|_| Lane {
+            lanes: loops
+                .iter()
+                .map(|&n| Lane {
                     load: AtomicUsize::new(0),
+                    receiving: AtomicBool::new(false),
+                    loops: AtomicUsize::new(n),
                     inbox: Mutex::new(VecDeque::new()),
                     waker: AtomicWaker::new(),
                 })
                 .collect(),
-            accept_loops: AtomicUsize::new(accept_loops),
+            accept_loops: AtomicUsize::new(loops.iter().sum()),
             enabled: std::env::var_os("SPINDLE_SPREAD").is_none_or(|v| v != "0"),
         }
     }
@@ -77,7 +85,7 @@ impl Spread {
             .lanes
             .iter()
             .enumerate()
-            .filter(|&(i, _)| i != from)
+            .filter(|&(i, lane)| i != from && lane.receiving.load(Ordering::Acquire))
             .map(|(i, lane)| (i, lane.load.load(Ordering::Relaxed)))
             .min_by_key(|&(_, load)| load)?;
         // A sixteenth of slack once the counts are large: with a connection per request the
@@ -134,9 +142,45 @@ impl Spread {
         }
     }
 
-    /// An accept loop ended: every receiver looks again whether anything can still come.
-    pub(super) fn accept_loop_ended(&self) {
+    /// Thread `idx` takes hand-overs from now on (its receiver is about to run).
+    pub(super) fn receiving(&self, idx: usize) {
+        self.lanes[idx].receiving.store(true, Ordering::Release);
+    }
+
+    /// An accept loop of thread `idx` ended: every receiver looks again whether anything
+    /// can still come.
+    pub(super) fn accept_loop_ended(&self, idx: usize) {
+        self.lanes[idx].loops.fetch_sub(1, Ordering::SeqCst);
         self.accept_loops.fetch_sub(1, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Thread `idx` ended, normally or not (its runtime could not start, it panicked): it
+    /// takes nothing more, the loops it had not ended count as ended, and what its inbox
+    /// still holds is closed (only a thread that failed leaves any).
+    pub(super) fn thread_ended(&self, idx: usize) {
+        let lane = &self.lanes[idx];
+        lane.receiving.store(false, Ordering::Release);
+        let left = lane.loops.swap(0, Ordering::SeqCst);
+        if left > 0 {
+            self.accept_loops.fetch_sub(left, Ordering::SeqCst);
+        }
+        let stranded: Vec<Handed> = lane
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        if !stranded.is_empty() {
+            crate::log_warn!(
+                "I/O thread {idx} ended with {} connection(s) handed to it unserved: closing them",
+                stranded.len()
+            );
+        }
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
         for lane in &self.lanes {
             lane.waker.wake();
         }
@@ -160,9 +204,44 @@ impl Spread {
 mod tests {
     use super::*;
 
+    fn receiving(spread: Spread) -> Spread {
+        for idx in 0..spread.threads() {
+            spread.receiving(idx);
+        }
+        spread
+    }
+
+    #[test]
+    fn a_thread_that_does_not_receive_is_never_chosen() {
+        let spread = Spread::new(&[1, 1]);
+        spread.receiving(0);
+        spread.opened(0);
+        spread.opened(0);
+        // Thread 1 never started its receiver (its runtime failed): thread 0 keeps.
+        assert_eq!(spread.place(0), None);
+        spread.receiving(1);
+        assert_eq!(spread.place(0), Some(1));
+        spread.thread_ended(1);
+        assert_eq!(spread.place(0), None);
+    }
+
+    #[test]
+    fn receivers_stop_once_every_loop_ended_or_its_thread_did() {
+        let spread = receiving(Spread::new(&[1, 2]));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(spread.poll_take(0, &mut cx).is_pending());
+        spread.accept_loop_ended(0);
+        spread.accept_loop_ended(1);
+        assert!(spread.poll_take(0, &mut cx).is_pending());
+        // Thread 1 ends with a loop it never ended (a panic): nothing more can come.
+        spread.thread_ended(1);
+        assert!(matches!(spread.poll_take(0, &mut cx), Poll::Ready(None)));
+    }
+
     #[test]
     fn a_thread_keeps_a_connection_while_it_holds_no_more_than_the_others() {
-        let spread = Spread::new(2, 2);
+        let spread = receiving(Spread::new(&[1, 1]));
         assert_eq!(spread.place(0), None);
         spread.opened(0);
         // One more than thread 1: the next goes there, counted at once.
@@ -173,7 +252,7 @@ mod tests {
 
     #[test]
     fn the_least_loaded_thread_receives() {
-        let spread = Spread::new(3, 3);
+        let spread = receiving(Spread::new(&[1, 1, 1]));
         for _ in 0..3 {
             spread.opened(0);
         }
@@ -189,7 +268,7 @@ mod tests {
 
     #[test]
     fn large_counts_keep_a_sixteenth_of_slack() {
-        let spread = Spread::new(2, 2);
+        let spread = receiving(Spread::new(&[1, 1]));
         for _ in 0..34 {
             spread.opened(0);
         }
@@ -203,7 +282,7 @@ mod tests {
 
     #[test]
     fn one_thread_always_keeps() {
-        let spread = Spread::new(1, 1);
+        let spread = receiving(Spread::new(&[1]));
         spread.opened(0);
         spread.opened(0);
         assert_eq!(spread.place(0), None);

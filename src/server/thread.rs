@@ -63,7 +63,7 @@ impl AcceptGuard {
 impl Drop for AcceptGuard {
     fn drop(&mut self) {
         if self.spread {
-            self.ctx.shared.spread.accept_loop_ended();
+            self.ctx.shared.spread.accept_loop_ended(self.ctx.index);
         }
         self.ctx.accepting.set(self.ctx.accepting.get() - 1);
         self.ctx.wake_if_all_closed();
@@ -86,6 +86,7 @@ impl IoCtx {
 
 pub(super) async fn io_main(
     idx: usize,
+    driver: Driver,
     shared: Arc<Shared>,
     mailbox: Arc<IoMailbox>,
     requests: RequestSender,
@@ -93,6 +94,7 @@ pub(super) async fn io_main(
 ) -> anyhow::Result<()> {
     let ctx = Rc::new(IoCtx {
         index: idx,
+        driver,
         shared,
         requests: RefCell::new(Some(requests)),
         mailbox,
@@ -135,6 +137,7 @@ pub(super) async fn io_main(
 
     if ctx.shared.spread.threads() > 1 {
         let guard = AcceptGuard::new(&ctx, false);
+        ctx.shared.spread.receiving(idx);
         monoio::spawn(async move {
             let ctx = guard.ctx.clone();
             while let Some(handed) = poll_fn(|cx| ctx.shared.spread.poll_take(ctx.index, cx)).await
@@ -205,7 +208,7 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) -> anyhow::Result<()> {
     // io_uring accept that completes as it is cancelled (the stop, a time-out) takes a
     // connection out of the queue and drops it unanswered (ARCHITECTURE.md §10).
     listener.set_nonblocking(true)?;
-    let nonblocking = ctx.shared.driver == Driver::Epoll;
+    let nonblocking = ctx.driver == Driver::Epoll;
     let mut ready = None;
     loop {
         let waiting = match &ready {

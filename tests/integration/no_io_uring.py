@@ -1,8 +1,10 @@
 """Runs a command where io_uring is refused, as Docker's default seccomp profile (and
 `kernel.io_uring_disabled`) refuse it: a seccomp filter makes io_uring_setup, io_uring_enter
-and io_uring_register fail with EPERM, then the command is executed in this process.
+and io_uring_register fail with EPERM, then the command is executed in this process. With
+`--small-rings-only`, only rings of more than 16 entries are refused, as RLIMIT_MEMLOCK
+refuses large rings before Linux 5.12: a probe's small ring works, a server's does not.
 
-    python no_io_uring.py COMMAND [ARG...]
+    python no_io_uring.py [--small-rings-only] COMMAND [ARG...]
 """
 
 import ctypes
@@ -24,14 +26,27 @@ def insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def refuse_io_uring() -> None:
-    program = b"".join([
-        insn(0x20, 0, 0, 0),             # A = seccomp_data.nr
-        insn(0x35, 0, 2, FIRST),         # A >= 425 ? next : allow
-        insn(0x25, 1, 0, LAST),          # A > 427 ? allow : next
-        insn(0x06, 0, 0, SECCOMP_RET_ERRNO | EPERM),
-        insn(0x06, 0, 0, SECCOMP_RET_ALLOW),
-    ])
+SMALL_RING = 16
+
+
+def refuse_io_uring(small_rings_only: bool) -> None:
+    if small_rings_only:
+        program = b"".join([
+            insn(0x20, 0, 0, 0),             # A = seccomp_data.nr
+            insn(0x15, 0, 3, FIRST),         # A == io_uring_setup ? next : allow
+            insn(0x20, 0, 0, 16),            # A = low half of args[0], the entries
+            insn(0x25, 0, 1, SMALL_RING),    # A > 16 ? refuse : allow
+            insn(0x06, 0, 0, SECCOMP_RET_ERRNO | EPERM),
+            insn(0x06, 0, 0, SECCOMP_RET_ALLOW),
+        ])
+    else:
+        program = b"".join([
+            insn(0x20, 0, 0, 0),             # A = seccomp_data.nr
+            insn(0x35, 0, 2, FIRST),         # A >= 425 ? next : allow
+            insn(0x25, 1, 0, LAST),          # A > 427 ? allow : next
+            insn(0x06, 0, 0, SECCOMP_RET_ERRNO | EPERM),
+            insn(0x06, 0, 0, SECCOMP_RET_ALLOW),
+        ])
     filters = ctypes.create_string_buffer(program, len(program))
 
     class SockFprog(ctypes.Structure):
@@ -47,5 +62,9 @@ def refuse_io_uring() -> None:
 
 
 if __name__ == "__main__":
-    refuse_io_uring()
-    os.execv(sys.argv[1], sys.argv[1:])
+    args = sys.argv[1:]
+    small = args[:1] == ["--small-rings-only"]
+    if small:
+        args = args[1:]
+    refuse_io_uring(small)
+    os.execv(args[0], args)
