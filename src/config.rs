@@ -15,9 +15,10 @@ use crate::log::{ErrorLogFormat, LogLevel};
 /// Which monoio driver the I/O threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverChoice {
-    /// The measured default: io_uring where the kernel allows it, else epoll. With its
-    /// rings set up `COOP_TASKRUN` io_uring led epoll or tied it in every scenario of the
-    /// lab (ARCHITECTURE.md §8; README.md, "Performance").
+    /// The measured default: io_uring where the kernel allows it, else epoll (a thread
+    /// whose own ring is refused runs epoll). With its rings set up `COOP_TASKRUN`
+    /// io_uring led epoll in most scenarios of the lab and was level in the rest, one
+    /// connection 0.98x (ARCHITECTURE.md §8; README.md, "Performance").
     Auto,
     /// io_uring, or exit with an error when it is unavailable.
     #[value(name = "io-uring", alias = "io_uring", alias = "iouring")]

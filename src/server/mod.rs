@@ -50,8 +50,9 @@ impl Driver {
 /// it): then `auto` takes epoll, saying so unless `quiet` (a worker, whose supervisor said
 /// it), and `io-uring` is an error.
 /// io_uring is the default since its rings take completions at the thread's next system
-/// call (`COOP_TASKRUN`, [`RingFlags`]): it then led epoll or tied it in every scenario
-/// of the lab (ARCHITECTURE.md §8).
+/// call (`COOP_TASKRUN`, [`RingFlags`]): it then led epoll in most scenarios of the lab
+/// and was level in the rest (ARCHITECTURE.md §8). A thread whose own ring the kernel
+/// refuses after this probe passed runs epoll under `auto` (`io_thread`).
 pub fn choose_driver(choice: DriverChoice, quiet: bool) -> anyhow::Result<Driver> {
     match choice {
         DriverChoice::Epoll => Ok(Driver::Epoll),
