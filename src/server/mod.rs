@@ -130,7 +130,7 @@ impl IoThreads {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut handles = Vec::new();
         for (idx, thread_listeners) in listeners.into_iter().enumerate() {
-            let shared = shared.clone();
+            let thread_shared = shared.clone();
             let mailbox = mailboxes[idx].clone();
             let requests = requests.clone();
             let ready = ready_tx.clone();
@@ -145,15 +145,33 @@ impl IoThreads {
                     io_thread(
                         idx,
                         driver,
-                        shared,
+                        thread_shared,
                         mailbox,
                         requests,
                         thread_listeners,
                         ready,
                     )
-                })
-                .context("cannot start an I/O thread")?;
-            handles.push(handle);
+                });
+            match handle {
+                Ok(handle) => handles.push(handle),
+                Err(err) => {
+                    // The threads that never started take nothing and accept nothing; the
+                    // others stop (their request senders go, so the Python threads end).
+                    for never in idx..threads {
+                        shared.spread.thread_ended(never);
+                    }
+                    let io = IoThreads {
+                        shared,
+                        mailboxes,
+                        handles,
+                    };
+                    io.stop(false);
+                    for handle in io.handles {
+                        let _ = handle.join();
+                    }
+                    return Err(err).context("cannot start an I/O thread");
+                }
+            }
         }
         drop(ready_tx);
         let io = IoThreads {
