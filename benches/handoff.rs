@@ -21,7 +21,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use spindle::handoff::{
     request_queue, ConnToken, Exchange, IoMailbox, LentSocket, Look, ReplyMsg, ReplyTo, Request,
-    RequestBody, RequestHead, ResponseEncoder,
+    RequestBody, RequestHead, RequestSender, ResponseEncoder,
 };
 use spindle::http::{parse_head, Limits};
 
@@ -50,11 +50,11 @@ fn request(mailbox: &Arc<IoMailbox>, seq: u32) -> Request {
     }
 }
 
-fn round_trip(c: &mut Criterion) {
-    let mailbox = IoMailbox::new();
+/// The responder: what a Python thread does around an empty app (its `ReplyTo::send`
+/// writes directly when the socket is lent). Ends when the sender is dropped.
+fn responder() -> (RequestSender, std::thread::JoinHandle<()>) {
     let (tx, rx) = request_queue(1024, Default::default());
-    // The responder: what a Python thread does around an empty app.
-    let responder = std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         while let Ok(req) = rx.recv() {
             req.reply.send(ReplyMsg::Data {
                 bytes: RESPONSE.to_vec(),
@@ -64,6 +64,12 @@ fn round_trip(c: &mut Criterion) {
             });
         }
     });
+    (tx, thread)
+}
+
+fn round_trip(c: &mut Criterion) {
+    let mailbox = IoMailbox::new();
+    let (tx, responder) = responder();
     let waker = Waker::noop();
     let mut cx = Context::from_waker(waker);
 
@@ -131,17 +137,7 @@ fn answer(c: &mut Criterion) {
     let lent: Arc<dyn LentSocket> = Arc::new(Lent(server.try_clone().unwrap()));
     let mut server = server;
     let mailbox = IoMailbox::new();
-    let (tx, rx) = request_queue(1024, Default::default());
-    let responder = std::thread::spawn(move || {
-        while let Ok(req) = rx.recv() {
-            req.reply.send(ReplyMsg::Data {
-                bytes: RESPONSE.to_vec(),
-                end: true,
-                persistence: spindle::http::Persistence::new(true, true),
-                counted: false,
-            });
-        }
-    });
+    let (tx, responder) = responder();
     let waker = Waker::noop();
     let mut cx = Context::from_waker(waker);
     let mut buf = [0u8; 256];
