@@ -155,20 +155,16 @@ impl IoThreads {
             match handle {
                 Ok(handle) => handles.push(handle),
                 Err(err) => {
-                    // The threads that never started take nothing and accept nothing; the
-                    // others stop (their request senders go, so the Python threads end).
+                    // The threads that never started take nothing and accept nothing.
                     for never in idx..threads {
                         shared.spread.thread_ended(never);
                     }
-                    let io = IoThreads {
+                    IoThreads {
                         shared,
                         mailboxes,
                         handles,
-                    };
-                    io.stop(false);
-                    for handle in io.handles {
-                        let _ = handle.join();
                     }
+                    .abandon();
                     return Err(err).context("cannot start an I/O thread");
                 }
             }
@@ -196,14 +192,20 @@ impl IoThreads {
             }
         }
         if let Some(reason) = failed {
-            io.stop(false);
-            // Quietly: the reason is the one error this start reports.
-            for handle in io.handles {
-                let _ = handle.join();
-            }
+            io.abandon();
             bail!("{reason}");
         }
         Ok(io)
+    }
+
+    /// A start that failed: the threads that did start stop (their request senders go,
+    /// so the Python threads end) and are joined quietly, the failure being the one error
+    /// the start reports.
+    fn abandon(self) {
+        self.stop(false);
+        for handle in self.handles {
+            let _ = handle.join();
+        }
     }
 
     /// Requests handed to Python so far, by every I/O thread.
