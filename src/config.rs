@@ -288,6 +288,14 @@ struct Args {
     #[arg(long, value_enum, env = "SPINDLE_DRIVER", default_value = "auto")]
     driver: DriverChoice,
 
+    /// Run the application on the I/O threads themselves, as bjoern does, for requests
+    /// whose body is all read: no hand-off to a Python thread. For applications that never
+    /// wait (no database, no outgoing request, no sleep): while one request waits, every
+    /// connection of its I/O thread waits with it, and `--timeout` cannot cut it. Requests
+    /// with a body still on the socket go to the Python threads as ever.
+    #[arg(long, env = "SPINDLE_INLINE", value_parser = clap::builder::BoolishValueParser::new())]
+    inline: bool,
+
     /// Longest request line in bytes (longer: 414).
     #[arg(long, value_name = "BYTES", default_value_t = 4094)]
     limit_request_line: usize,
@@ -659,6 +667,8 @@ pub struct Config {
     pub keep_alive: Option<Duration>,
     pub backlog: u32,
     pub driver: DriverChoice,
+    /// `--inline`: I/O threads call the application themselves (ARCHITECTURE.md §4, "Inline").
+    pub inline: bool,
     pub limits: Limits,
     pub max_body: Option<u64>,
     pub header_timeout: Duration,
@@ -960,6 +970,7 @@ impl Config {
             keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
             backlog: args.backlog,
             driver: args.driver,
+            inline: args.inline,
             limits: Limits {
                 max_request_line: args.limit_request_line,
                 max_headers: args.limit_request_fields,
@@ -1320,7 +1331,8 @@ fn describe(parsed: &Parsed, layers: &[Layer]) -> String {
             }
         };
         let value = match arg.get_action() {
-            clap::ArgAction::SetTrue => if values.first().map(String::as_str) == Some("true") {
+            // Parsed, not raw: an environment variable may say `1` or `yes`.
+            clap::ArgAction::SetTrue => if merged.get_one::<bool>(id).copied() == Some(true) {
                 "True"
             } else {
                 "False"

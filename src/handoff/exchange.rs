@@ -43,6 +43,8 @@ pub struct Exchange {
     admission: AtomicU8,
     /// Whether the response may be, or was, written by the Python thread itself.
     direct: Direct,
+    /// Run on the I/O thread itself (`--inline`): nothing may wait for room.
+    inline: bool,
 }
 
 const ADMISSION_QUEUED: u8 = 0;
@@ -91,7 +93,27 @@ impl Exchange {
             body: streamed_body.then(|| channel::bounded(1)),
             admission: AtomicU8::new(ADMISSION_QUEUED),
             direct: Direct::default(),
+            inline: false,
         })
+    }
+
+    /// The exchange of a request whose body is complete, run on its I/O thread itself
+    /// (`--inline`, ARCHITECTURE.md §4, "Inline"). The window still bounds what an iterated
+    /// response pulls (it parks, and its I/O thread resumes it once it wrote), but
+    /// `write()` never waits for room: the thread it would wait for is the one inside the
+    /// call, so a `write()` application's bytes queue whole, as the application made them.
+    pub fn inline() -> Arc<Exchange> {
+        let mut exchange = Exchange::with_budget(false, ResponseBudget::worker());
+        Arc::get_mut(&mut exchange)
+            .expect("a new exchange has one owner")
+            .inline = true;
+        exchange
+    }
+
+    /// Whether it runs on its I/O thread ([`Exchange::inline`]).
+    #[inline]
+    pub fn is_inline(&self) -> bool {
+        self.inline
     }
 
     /// The response's direct answer (ARCHITECTURE.md §4, "Direct answers").
@@ -220,7 +242,7 @@ impl Exchange {
     /// live under it.
     pub fn reserve(&self, n: usize) -> bool {
         let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        while !self.has_room(window.bytes) && !self.is_cancelled() {
+        while !self.inline && !self.has_room(window.bytes) && !self.is_cancelled() {
             window.blocked = true;
             window = self
                 .window_open
@@ -236,7 +258,7 @@ impl Exchange {
     /// the caller can keep its GIL; `false`: call `reserve` with the GIL released, or park.
     pub fn try_reserve(&self, n: usize) -> bool {
         let mut window = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.has_room(window.bytes) {
+        if !self.inline && !self.has_room(window.bytes) {
             return false;
         }
         self.take(&mut window, n);

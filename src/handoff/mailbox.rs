@@ -39,6 +39,28 @@ impl IoMailbox {
         }
     }
 
+    /// I/O side, before it calls the application itself (`--inline`): replies pushed from
+    /// now on wake nobody, since the caller drains them with [`IoMailbox::drain_here`] when
+    /// the call returns.
+    pub fn hold(&self) {
+        self.notified.swap(true, Ordering::SeqCst);
+    }
+
+    /// I/O side, after an inline call: routes every queued reply now, on the calling
+    /// task, and lets the next push wake the dispatcher again. As in
+    /// [`IoMailbox::poll_drain`], the flag is cleared before the queue is looked at, so a
+    /// Python thread's reply pushed meanwhile is routed here or wakes the dispatcher,
+    /// whose waker stays registered.
+    pub fn drain_here(&self, mut route: impl FnMut(Reply)) -> usize {
+        self.notified.swap(false, Ordering::SeqCst);
+        let mut routed = 0;
+        while let Ok(reply) = self.inbox.try_recv() {
+            route(reply);
+            routed += 1;
+        }
+        routed
+    }
+
     /// Asks the I/O thread to stop accepting and finish its exchanges.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);

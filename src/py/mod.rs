@@ -23,6 +23,7 @@
 //! | `pool.rs` | the interpreters, the interpreter mode (sub, main, the fallback), the grower |
 //! | `host.rs` | one interpreter and its threads: admitting, leaving, closing |
 //! | `thread.rs` | one thread's life: owner of a sub-interpreter or member, the serve loop |
+//! | `inline.rs` | `--inline`: an I/O thread joining an interpreter to call the application itself |
 //! | `watchdog.rs` | `--timeout`: requests stuck in Python, their stacks, a process all stuck |
 //! | `interp.rs` | one interpreter's state: bootstrap, the app, interned keys, base environ |
 //! | `environ.rs` | the environ of one request |
@@ -37,6 +38,7 @@ pub mod access;
 mod callbacks;
 mod environ;
 mod host;
+mod inline;
 mod interp;
 pub mod object;
 mod parked;
@@ -51,6 +53,7 @@ use std::ffi::CStr;
 
 use pyo3_ffi as ffi;
 
+pub use inline::InlineHosts;
 pub use interp::{ImportFailure, Interp};
 pub use pool::{preload, Pool};
 

@@ -94,6 +94,16 @@ impl ParkedSet {
         self.list.borrow().is_empty() && self.deferred.borrow().is_empty()
     }
 
+    /// Cancels every parked response and wakes the set, so the next
+    /// [`ParkedSet::take_woken`] takes them all to their end: for a set whose thread
+    /// leaves once its connections are gone (`inline.rs`).
+    pub(super) fn cancel_all(&self) {
+        for parked in self.list.borrow().iter() {
+            parked.response.reply.exchange.cancel();
+        }
+        let _ = self.wake_tx.try_send(());
+    }
+
     /// What the thread waits on besides the request queue while it has parked responses.
     pub(super) fn wake_rx(&self) -> &Receiver<()> {
         &self.wake_rx

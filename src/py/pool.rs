@@ -384,6 +384,14 @@ impl Pool {
         self.hosts.first().and_then(|host| host.interp())
     }
 
+    /// What the I/O threads join to call the application themselves (`--inline`).
+    pub fn inline_app(&self) -> super::InlineHosts {
+        super::InlineHosts {
+            hosts: self.hosts.clone(),
+            access_log: self.shared.access_log.clone(),
+        }
+    }
+
     /// Waits for the Python threads to end: they do once the request queue is closed and
     /// empty, each owner ending its sub-interpreter (which runs that interpreter's atexit
     /// handlers) after its other threads left. Call with the GIL released.

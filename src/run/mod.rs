@@ -197,6 +197,9 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
     let mode = pool.mode_description().to_string();
     crate::metrics::publish_interpreters(pool.main_interp().is_none());
     let all_stuck = pool.all_stuck();
+    let inline = config
+        .inline
+        .then(|| Arc::new(pool.inline_app()) as Arc<dyn crate::handoff::InlineApp>);
     let set = signals.set();
 
     let served = gil.allow_threads(move || -> anyhow::Result<Pool> {
@@ -208,6 +211,7 @@ fn serve(gil: Gil<'_>, config: Config, app: Option<&Obj<'_>>, role: Role) -> any
             listeners.per_thread,
             mailboxes,
             requests,
+            inline,
             signals::block_in_this_thread,
         );
         let io = match io {

@@ -17,7 +17,7 @@ use crossbeam_channel::TrySendError;
 use super::admission::note_shed;
 use super::ctx::{ConnInbox, IoCtx};
 use super::event::{race, Either};
-use super::lend::Lent;
+use super::lend::{InlineSocket, Lent};
 use super::stream::Stream;
 use crate::handoff::{
     BodyChunk, BodyError, ConnToken, Endpoint, Exchange, LentSocket, Look, ReplyMsg, ReplyTo,
@@ -83,6 +83,13 @@ pub(super) struct Conn {
     batch: Vec<InFlight>,
     /// The socket as lent for direct answers: a second descriptor, made at the first lend.
     lent: Option<Arc<Lent>>,
+    /// The socket as lent to a request run inline (`--inline`), made at the first.
+    inline_socket: Option<Arc<InlineSocket>>,
+    /// Requests of the current exchange to run inline, all in one call when its responses
+    /// are about to be written (`Conn::finish`); kept between exchanges, like `batch`.
+    inline_pending: Vec<Request>,
+    /// Whether the first of them may write its response itself (`Conn::run_inline`).
+    inline_lend: bool,
 }
 
 /// Cancels the exchange when the connection side stops before the response completed, so
@@ -172,6 +179,9 @@ impl Conn {
             trust_forwarded: false,
             batch: Vec::new(),
             lent: None,
+            inline_socket: None,
+            inline_pending: Vec::new(),
+            inline_lend: false,
         }
     }
 
@@ -196,7 +206,11 @@ impl Conn {
                     return;
                 }
             };
-            match self.exchange(head).await {
+            let end = self.exchange(head).await;
+            // A response parked inline that the exchange's end cancelled ends now, its
+            // `close()` called (`--inline`; nothing to do otherwise).
+            self.ctx.resume_inline();
+            match end {
                 ConnectionEnd::KeepAlive => {}
                 ConnectionEnd::Close => return,
                 ConnectionEnd::Linger => {
@@ -374,7 +388,14 @@ impl Conn {
 
         let may_persist = encoder.may_persist();
         let fastcgi = encoder.fastcgi_request_id();
-        let exchange = Exchange::new(matches!(body, RequestBody::Stream));
+        // `--inline`: a request whose body is all here runs on this thread; one whose body
+        // is still on the socket needs this thread to read it, so a Python thread runs it.
+        let inline = body_done && self.ctx.runs_inline();
+        let exchange = if inline {
+            Exchange::inline()
+        } else {
+            Exchange::new(matches!(body, RequestBody::Stream))
+        };
         let guard = CancelOnDrop {
             exchange: exchange.clone(),
             armed: true,
@@ -392,7 +413,9 @@ impl Conn {
                 exchange,
             },
         };
-        if let Err(status) = self.hand_off(request, handed).await {
+        if inline {
+            self.queue_inline(request, fastcgi.is_none());
+        } else if let Err(status) = self.hand_off(request, handed).await {
             // Never queued: nothing to shed or cancel.
             let mut guard = guard;
             guard.armed = false;
@@ -491,6 +514,7 @@ impl Conn {
     /// Writes the responses of `batch` in order. Each ends the connection when it must
     /// (`Connection: close`, an unread body, an error); otherwise `KeepAlive` after all.
     pub(super) async fn finish(&mut self, batch: &mut [InFlight]) -> ConnectionEnd {
+        self.run_inline();
         let mut out = Vec::new();
         let mut to_release: Vec<(usize, usize)> = Vec::new();
         let mut end = self.finish_inner(batch, &mut out, &mut to_release).await;
@@ -707,6 +731,13 @@ impl Conn {
     ) -> Result<(u32, ReplyMsg), ConnectionEnd> {
         let timeout = self.ctx.shared.config.timeout;
         let exchange = &current.guard.exchange;
+        if exchange.is_inline() {
+            // Parked for room, which this connection's writes just made: it goes on now.
+            self.ctx.resume_inline();
+            if let Some(next) = self.inbox.try_recv() {
+                return Ok(next);
+            }
+        }
         let _awaiting = Awaiting::enter(&self.ctx);
         // The one timer the wait always had (--timeout's), cut to QUEUE_LOOK while the
         // request is queued: most replies come before either ends, at no extra cost.
@@ -779,6 +810,7 @@ impl Conn {
             && current.body_done
             && !current.expect_continue
             && current.fastcgi.is_none()
+            && !current.guard.exchange.is_inline()
             && direct_answers();
         let lent = &mut self.lent;
         let stream = &self.stream;
@@ -1113,6 +1145,80 @@ impl Conn {
             batch[idx].guard.exchange.release(n);
         }
         result
+    }
+
+    /// Keeps a request to run on this thread (`--inline`, ARCHITECTURE.md §4, "Inline")
+    /// with the others of its exchange, in one call when their responses are about to be
+    /// written (pipelined requests: one taking of the GIL for all of them). The first may
+    /// write its response to the socket itself when it is the first of its exchange
+    /// (nothing of the connection is left to write before it) and `may_write` (not
+    /// FastCGI, whose records the I/O thread writes).
+    fn queue_inline(&mut self, request: Request, may_write: bool) {
+        crate::metrics::request_dispatched();
+        let mut stats = self.ctx.stats.get();
+        stats.requests += 1;
+        stats.inline += 1;
+        self.ctx.stats.set(stats);
+        self.ctx.shared.served[self.ctx.index].store(stats.requests, Ordering::Relaxed);
+        if self.inline_pending.is_empty() {
+            self.inline_lend =
+                may_write && request.reply.seq == self.served as u32 && direct_answers();
+        }
+        self.inline_pending.push(request);
+    }
+
+    /// Runs the requests kept by `queue_inline`: what they replied is in the connection's
+    /// inbox on return, or their responses parked for room. The first writes its
+    /// response's bytes to the socket itself, as it makes them, through the direct-answer
+    /// state (§4, "Direct answers"): a hello response goes out in one `send` from inside
+    /// the call, and a stream's first piece before the next is asked for.
+    fn run_inline(&mut self) {
+        let Some(first) = self.inline_pending.first() else {
+            return;
+        };
+        let seq = first.reply.seq;
+        let exchange = first.reply.exchange.clone();
+        // One request, and no other connection on this thread: pipelined requests are
+        // written together, in one write after the call, and with other connections the
+        // ring sends their responses with this one in one system call, where a direct
+        // `send` is one more per response (perf/runs/2026-12-06-vm-inline: with io_uring
+        // at 64 connections, lending whenever no other connection was in an exchange
+        // made 1.06x pool's req/s, never lending 1.18x; at one connection lending takes
+        // 0.92x the CPU of not lending).
+        let lend = std::mem::take(&mut self.inline_lend)
+            && self.inline_pending.len() == 1
+            && self.ctx.live_conns.get() == 1;
+        if lend {
+            let stream = &self.stream;
+            let socket = self
+                .inline_socket
+                .get_or_insert_with(|| Arc::new(InlineSocket::of(stream)))
+                .clone();
+            exchange
+                .direct()
+                .lend(Some(|| Some(socket as Arc<dyn LentSocket>)));
+        }
+        let pending = &mut self.inline_pending;
+        self.ctx.call_inline(|runner| runner.run(pending));
+        if lend {
+            // Taken back before anything else: what went out directly is news placed
+            // before the replies the call sent by the mailbox (written after it).
+            match exchange.direct().recall() {
+                Look::Answered(persistence) => self.inbox.push_front(
+                    seq,
+                    ReplyMsg::Answered {
+                        persistence: Some(persistence),
+                    },
+                ),
+                Look::Started => {
+                    self.inbox
+                        .push_front(seq, ReplyMsg::Answered { persistence: None });
+                }
+                // Nothing went out directly. (`Cut` and `Watch` cannot be: the call
+                // returned, so no write of it is under way.)
+                news => debug_assert_eq!(news, Look::Nothing),
+            }
+        }
     }
 
     /// Queues the request for a Python thread. A full queue holds the connection back

@@ -11,7 +11,7 @@ use std::task::{Poll, Waker};
 
 use super::event::LocalEvent;
 use super::Shared;
-use crate::handoff::{ConnToken, IoMailbox, Reply, ReplyMsg, RequestSender};
+use crate::handoff::{ConnToken, InlineRunner, IoMailbox, Reply, ReplyMsg, RequestSender};
 use crate::http::date::DateCache;
 use crate::http::response;
 
@@ -28,6 +28,12 @@ impl ConnInbox {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+
+    /// Puts news of a response before the replies already here (`--inline`: that part of
+    /// it went out directly, before what it sent by the mailbox).
+    pub(super) fn push_front(&self, seq: u32, msg: ReplyMsg) {
+        self.msgs.borrow_mut().push_front((seq, msg));
     }
 
     /// The next reply if one is here already.
@@ -84,6 +90,9 @@ pub(super) struct IoCtx {
     /// Connections of this thread waiting for a reply now: a connection lends its socket
     /// for a direct answer only when it is the one (`conn.rs`, ARCHITECTURE.md §4).
     pub(super) awaiting_replies: Cell<usize>,
+    /// `--inline`: this thread's way into the application; `None` hands every request to
+    /// the Python threads. Taken out (its interpreter left) once no connection is left.
+    pub(super) inline: RefCell<Option<Box<dyn InlineRunner>>>,
 }
 
 /// Counters for the lab: how well replies batch per wake-up.
@@ -94,11 +103,36 @@ pub(super) struct Stats {
     pub(super) wakeups: u64,
     /// Responses their Python thread wrote itself (direct answers, ARCHITECTURE.md §4).
     pub(super) direct: u64,
+    /// Requests this thread ran itself (`--inline`, ARCHITECTURE.md §4).
+    pub(super) inline: u64,
     /// Connections accepted here and handed to a less loaded I/O thread (`spread.rs`).
     pub(super) handed: u64,
 }
 
 impl IoCtx {
+    /// Whether this thread runs requests itself (`--inline`).
+    pub(super) fn runs_inline(&self) -> bool {
+        self.inline.borrow().is_some()
+    }
+
+    /// Calls the application on this thread (`--inline`, ARCHITECTURE.md §4, "Inline"),
+    /// then routes what it replied at once: the replies are in the connections' inboxes
+    /// when this returns, and nothing woke the dispatcher for them.
+    pub(super) fn call_inline(&self, call: impl FnOnce(&dyn InlineRunner)) {
+        let runner = self.inline.borrow();
+        let Some(runner) = runner.as_deref() else {
+            return;
+        };
+        self.mailbox.hold();
+        call(runner);
+        self.mailbox.drain_here(|reply| self.route(reply));
+    }
+
+    /// Resumes the inline responses parked for room whose clients made it (or left).
+    pub(super) fn resume_inline(&self) {
+        self.call_inline(|runner| runner.resume());
+    }
+
     pub(super) fn register(&self) -> (ConnToken, Rc<ConnInbox>) {
         let inbox = Rc::new(ConnInbox::default());
         let mut slots = self.slots.borrow_mut();

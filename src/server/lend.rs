@@ -53,3 +53,30 @@ impl LentSocket for Lent {
         Ok(n)
     }
 }
+
+/// The socket as lent to a request run on its I/O thread itself (`--inline`,
+/// ARCHITECTURE.md §4, "Inline"): the connection's own descriptor, no second one. It is
+/// lent only for the length of one synchronous call made from the connection's own task,
+/// and taken back (`Direct::recall`, which drops every copy the exchange holds) before the
+/// task goes on, so the descriptor is open whenever it is written to.
+pub(super) struct InlineSocket(std::os::fd::RawFd);
+
+impl InlineSocket {
+    pub(super) fn of(socket: &impl AsRawFd) -> InlineSocket {
+        InlineSocket(socket.as_raw_fd())
+    }
+}
+
+impl AsRawFd for InlineSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+impl LentSocket for InlineSocket {
+    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = sys::send_now(self, bytes)?;
+        crate::metrics::sent(n);
+        Ok(n)
+    }
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 
 use crate::config::{Config, DriverChoice};
-use crate::handoff::{IoMailbox, RequestSender};
+use crate::handoff::{InlineApp, IoMailbox, RequestSender};
 use crate::log_debug;
 
 pub use stream::{ListenAddr, Listener};
@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     pub lent_sockets: AtomicUsize,
     /// Connections per I/O thread, and the hand-overs that even them out (`spread.rs`).
     spread: spread::Spread,
+    /// `--inline`: what each I/O thread joins to call the application itself.
+    inline: Option<Arc<dyn InlineApp>>,
 }
 
 /// The running I/O threads.
@@ -106,12 +108,14 @@ impl IoThreads {
     /// Starts one I/O thread per entry of `listeners` (each pinned to a core, in order),
     /// handing requests to `requests` and taking replies through `mailboxes` (one each).
     /// Each thread first calls `thread_init` (the process's owner blocks its signals there).
+    /// `inline`: each thread joins it to run requests whose body is complete itself.
     pub fn start(
         config: Arc<Config>,
         driver: Driver,
         listeners: Vec<Vec<Listener>>,
         mailboxes: Vec<Arc<IoMailbox>>,
         requests: RequestSender,
+        inline: Option<Arc<dyn InlineApp>>,
         thread_init: fn(),
     ) -> anyhow::Result<IoThreads> {
         let connection_limit = admission::connection_limit(&config);
@@ -124,6 +128,7 @@ impl IoThreads {
             connection_limit,
             lent_sockets: AtomicUsize::new(0),
             spread: spread::Spread::new(&listeners.iter().map(Vec::len).collect::<Vec<_>>()),
+            inline,
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let threads = listeners.len();

@@ -109,7 +109,11 @@ pub(super) async fn io_main(
         all_closed: RefCell::new(None),
         stats: Cell::new(Stats::default()),
         awaiting_replies: Cell::new(0),
+        inline: RefCell::new(None),
     });
+    if let Some(app) = &ctx.shared.inline {
+        *ctx.inline.borrow_mut() = app.join(idx);
+    }
 
     let dispatcher_ctx = ctx.clone();
     monoio::spawn(async move {
@@ -178,12 +182,16 @@ pub(super) async fn io_main(
         }
     })
     .await;
+    // No connection is left: the responses still parked inline end (their `close()`
+    // called) and the thread leaves its interpreter, before the queue closes.
+    drop(ctx.inline.borrow_mut().take());
     ctx.requests.borrow_mut().take();
     ctx.mailbox.detach();
     let stats = ctx.stats.get();
     log_debug!(
-        "I/O thread {idx}: {} requests, {} answered directly, {} replies in {} dispatcher wake-ups ({:.2} replies per wake-up), {} connections handed to other I/O threads",
+        "I/O thread {idx}: {} requests, {} run inline, {} answered directly, {} replies in {} dispatcher wake-ups ({:.2} replies per wake-up), {} connections handed to other I/O threads",
         stats.requests,
+        stats.inline,
         stats.direct,
         stats.replies,
         stats.wakeups,
