@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # perf/lab.sh: Spindle and its peers side by side, same apps, same run.
 #
-# Servers (SERVERS): Spindle on io_uring and on epoll (one I/O thread, one
-# Python thread), gunicorn sync and gthread, uWSGI, Granian, bjoern, waitress
+# Servers (SERVERS): Spindle on io_uring, on io_uring with --inline (the app on
+# the I/O thread) and on epoll (one I/O thread, one Python thread), gunicorn sync and gthread, uWSGI, Granian, bjoern, waitress
 # (each one process/worker), and nginx `return 200` / a static file, no Python,
 # as the ceiling. Python servers all serve perf/apps/lab.py on one Python, from
 # one venv at build/perf-venv-<X.Y>, Spindle installed there from its wheel.
@@ -42,7 +42,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-ALL_SERVERS="spindle-uring spindle-epoll gunicorn-sync gunicorn-gthread uwsgi granian bjoern waitress nginx"
+ALL_SERVERS="spindle-uring spindle-inline spindle-epoll gunicorn-sync gunicorn-gthread uwsgi granian bjoern waitress nginx"
 # Not in the default run: what observing costs. spindle-epoll with an access log (gunicorn's
 # format, to a file), with Prometheus metrics, with both; gunicorn gthread with its access log.
 EXTRA_SERVERS="spindle-accesslog spindle-metrics spindle-observed gunicorn-gthread-accesslog"
@@ -111,11 +111,12 @@ server_def() {
     local name=$1 port=$2 pin=(taskset -c "$SERVER_CORE")
     SV_DIR=$APP_DIR SV_STOP=TERM SV_NA=
     case $name in
-    spindle-uring | spindle-epoll)
-        local driver=io-uring
+    spindle-uring | spindle-epoll | spindle-inline)
+        local driver=io-uring inline=()
         [[ $name == spindle-epoll ]] && driver=epoll
+        [[ $name == spindle-inline ]] && inline=(--inline)
         SV_CMD=("${pin[@]}" "$SPINDLE_BIN" --bind "127.0.0.1:$port" --single-process --io-threads 1 --py-threads 1
-            --driver "$driver" --pythonpath "$APP_DIR" "${SPINDLE_EXTRA[@]}" lab:app)
+            --driver "$driver" "${inline[@]}" --pythonpath "$APP_DIR" "${SPINDLE_EXTRA[@]}" lab:app)
         ;;
     spindle-accesslog | spindle-metrics | spindle-observed)
         local observe=()

@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 COLORS = {
     "spindle-uring": "#c0392b",
+    "spindle-inline": "#78281f",
     "spindle-epoll": "#f1948a",
     "gunicorn-sync": "#7fb3d5",
     "gunicorn-gthread": "#2471a3",

@@ -13,7 +13,7 @@ import csv
 import sys
 
 NGINX = "nginx"
-SPINDLES = ("spindle-uring", "spindle-epoll")
+SPINDLES = ("spindle-uring", "spindle-inline", "spindle-epoll")
 PEERS = ("gunicorn-sync", "gunicorn-gthread", "uwsgi", "granian", "bjoern", "waitress")
 WRK_BUSY_LIMIT = 90  # % of wrk's core: above it the client, not the server, sets req/s
 OTHER_LOAD_LIMIT = 10  # % of a core used by something else: the machine was not quiet
@@ -185,6 +185,17 @@ def targets(run):
     for scenario in ("hello-c64", "hello-c256"):
         rps_vs(scenario, "bjoern", 1.2)
         rps_vs(scenario, NGINX, 0.95)
+    # Issue 13: one connection at bjoern's CPU per request or less, its p99 no worse.
+    cpu_vs("hello-c1", "bjoern", 1.0)
+
+    def p99_c1(s):
+        mine = run.value("hello-c1", s, "p99_ms")
+        theirs = run.value("hello-c1", "bjoern", "p99_ms")
+        if mine is None or theirs is None:
+            return None
+        return "%s vs %s ms" % (fmt_ms(mine), fmt_ms(theirs)), mine <= theirs
+
+    checks.append(("hello-c1 p99 ≤ bjoern's", p99_c1))
     cpu_vs("pipeline16-c64", NGINX, 1.25)
     cpu_vs("pipeline16-c64", "bjoern", 0.7, fallback="hello-c64")
     rps_vs_best("64k-c64")

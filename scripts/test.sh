@@ -8,7 +8,9 @@
 #      the integration suite (tests/integration: real processes, real clients) against
 #      that venv's own `spindle` command, once per I/O driver and interpreter mode: every
 #      combination on the newest Python, epoll with sub and main on the others (main only
-#      on 3.11, which has no own-GIL sub-interpreters, and with io_uring too);
+#      on 3.11, which has no own-GIL sub-interpreters, and with io_uring too); and on the
+#      newest Python the conformance files again with --inline (SPINDLE_INLINE=1), in
+#      each interpreter mode;
 #   3. the distribution's own python3 (Debian's /usr/bin/python3), when it is another
 #      interpreter than those: a fresh venv, the wheel for its version, and the package,
 #      command-line, Flask and socket tests (its Python is readable by `nobody`, so the
@@ -71,19 +73,33 @@ fresh_venv() {
     "$2/bin/python" -m pip install -q --disable-pip-version-check "$3" -r tests/requirements.txt
 }
 
-# suite PYTHON_VENV DRIVER MODE [PYTEST FILES...]
+# suite PYTHON_VENV DRIVER MODE [PYTEST FILES...]; with INLINE=1 in its environment, every
+# server runs --inline (SPINDLE_INLINE).
 suite() {
-    local venv=$1 driver=$2 mode=$3
+    local venv=$1 driver=$2 mode=$3 inline=${INLINE:-0}
     shift 3
-    local ver
+    local ver label
     ver=$(py_version "$venv/bin/python")
-    step "integration suite: Python $ver ($(readlink -f "$venv/bin/python")), $driver, --interpreters $mode"
+    label="$driver, --interpreters $mode"
+    [ "$inline" = 1 ] && label="$label, --inline"
+    step "integration suite: Python $ver ($(readlink -f "$venv/bin/python")), $label"
     # shellcheck disable=SC2086
-    if ! env -u VIRTUAL_ENV SPINDLE_DRIVER="$driver" SPINDLE_INTERPRETERS="$mode" \
+    if ! env -u VIRTUAL_ENV SPINDLE_DRIVER="$driver" SPINDLE_INTERPRETERS="$mode" SPINDLE_INLINE="$inline" \
         "$venv/bin/python" -m pytest -q -p no:cacheprovider "${@:-tests/integration}" ${PYTEST_ARGS:-} 2>&1 | tee -a "$log"; then
-        failed+=("integration (Python $ver, $driver, $mode)")
+        failed+=("integration (Python $ver, $label)")
     fi
 }
+
+# What --inline changes is who calls the application: the conformance files (WSGI, HTTP/1.1,
+# proxies, slow readers, frameworks) run again with the I/O threads calling it
+# (tests marked needs_pool skip there).
+inline_files=(tests/integration/test_wsgi_environ.py tests/integration/test_wsgi_input.py
+    tests/integration/test_wsgi_response.py tests/integration/test_wsgi_shared_body.py
+    tests/integration/test_http_connection.py tests/integration/test_http_limits.py
+    tests/integration/test_http_pipelining.py tests/integration/test_http_strictness.py
+    tests/integration/test_slow_readers.py tests/integration/test_flask.py
+    tests/integration/test_regressions.py tests/integration/test_proxy.py
+    tests/integration/test_sockets.py tests/integration/test_nginx.py tests/integration/test_inline.py)
 
 step "cargo test"
 cargo_py=$(scripts/find-python.sh)
@@ -125,6 +141,11 @@ for py in "${pythons[@]}"; do
             suite "$venv" "$driver" "$mode"
         done
     done
+    if [ "$first" = 1 ]; then
+        for mode in "${modes[@]}"; do
+            INLINE=1 suite "$venv" "${drivers[0]}" "$mode" "${inline_files[@]}"
+        done
+    fi
     first=0
 done
 

@@ -289,6 +289,27 @@ def run_spindle(args: list[str], timeout: float = START_TIMEOUT) -> subprocess.C
                           text=True, errors="replace", timeout=timeout, env=child_env(), cwd=ROOT)
 
 
+# `SPINDLE_INLINE=1` (passed through, Spindle reads it): the I/O threads run the app
+# themselves (--inline); scripts/test.sh runs the conformance files so once. A test marked
+# `needs_pool` is about what only the Python threads do (an app that waits for another
+# request of the same thread, the queue, --timeout of a running call) and is skipped then.
+INLINE = os.environ.get("SPINDLE_INLINE", "").lower() in ("1", "true", "yes", "on", "y", "t")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_pool: needs the Python threads to run the app "
+                                       "(skipped under SPINDLE_INLINE=1)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not INLINE:
+        return
+    skip = pytest.mark.skip(reason="--inline runs one request of an I/O thread at a time")
+    for item in items:
+        if "needs_pool" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

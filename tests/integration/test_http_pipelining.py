@@ -14,6 +14,7 @@ def pipe(module_spindle):
     return module_spindle("pipeline_app:app", "--py-threads", "2")
 
 
+@pytest.mark.needs_pool
 def test_pipelined_requests_run_together_and_answer_in_order(pipe, tmp_path):
     # The first request waits until the second has run: served one at a time, it would
     # wait for ever (here: 5 s, then say so).

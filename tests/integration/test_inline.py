@@ -93,7 +93,8 @@ def test_a_body_still_on_the_socket_goes_to_a_python_thread(spindle):
     assert counts(srv) == (2, 1)
 
 
-def test_without_the_flag_python_threads_run_everything(spindle):
+def test_without_the_flag_python_threads_run_everything(spindle, monkeypatch):
+    monkeypatch.delenv("SPINDLE_INLINE", raising=False)
     srv = spindle("inline_app:app", "--log-level", "debug")
     with srv.connect() as conn:
         assert not ran_on(srv, conn).startswith("spindle-io-")

@@ -238,6 +238,7 @@ def test_a_write_response_pipelined_behind_a_parked_one_waits_for_it_not_the_thr
         assert hashlib.sha256(resp.body).hexdigest() == hashlib.sha256(want).hexdigest(), stream_id
 
 
+@pytest.mark.needs_pool
 def test_a_woken_response_is_not_kept_waiting_behind_a_slow_generator(spindle, tmp_path):
     # One Python thread. Stream A parks on a client that reads nothing; then the thread
     # serves B, a generator slower than its client (0.1 s a piece, 3 s in all), which never
