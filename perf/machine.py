@@ -16,6 +16,8 @@ Each server uses both cores its usual way, stated on the command line:
   uwsgi --master --processes 2                     HTTP/1.1 socket, no router, no request log
 and, when asked for (--servers ...,spindle-single), Spindle's shape without the supervisor:
   spindle --single-process --io-threads 2 --sub-interpreters 2
+or with the app on its I/O threads (--servers ...,spindle-inline):
+  spindle -w 1 --io-threads 2 --sub-interpreters 2 --inline
 
 For each app (cpu:app, ~200 µs of pure Python per request; hello:app) and server: wrk -t1
 -c16 (1 s warm-up, then --duration s measured), no pinning: req/s, its ratio to Spindle's,
@@ -32,7 +34,7 @@ median of the rounds. Every wait is bounded; all traffic goes to 127.0.0.1; ever
 is stopped by its PID.
 
 Usage: perf/machine.py [--duration 10] [--connections 16] [--rounds 3] [--apps cpu:app,hello:app]
-                       [--servers spindle,granian,gunicorn-sync,gunicorn-gthread,bjoern,uwsgi[,spindle-single]]
+                       [--servers spindle,granian,gunicorn-sync,gunicorn-gthread,bjoern,uwsgi[,spindle-single][,spindle-inline]]
   SPINDLE_BIN (default: this checkout's wheel, installed into build/perf-venv-X.Y); the peers
   from that venv (harness.peer; bjoern needs libev-dev); RUN_DIR (default perf/runs/<date>-<host>).
 Writes RUN_DIR/machine.md (and machine.json) and prints the tables.
@@ -63,6 +65,7 @@ from workers import busy_cores, children_cpu, get, rotated
 
 SPINDLE = "spindle -w 1 --io-threads 2 --sub-interpreters 2"
 SPINDLE_SINGLE = "spindle --single-process --io-threads 2 --sub-interpreters 2"
+SPINDLE_INLINE = "spindle -w 1 --io-threads 2 --sub-interpreters 2 --inline"
 CHECK_REQUESTS = 20
 
 
@@ -111,6 +114,11 @@ def servers(spindle: str, wanted: list[str]) -> dict[str, Server | str]:
             table[key] = Server(SPINDLE_SINGLE, lambda port, app: [[
                 spindle, "--single-process", "--io-threads", "2", "--interpreters", "sub", "--sub-interpreters",
                 "2", "--bind", f"127.0.0.1:{port}", "--pythonpath", str(APPS), "--log-level", "warn", app]])
+        elif key == "spindle-inline":
+            table[key] = Server(SPINDLE_INLINE, lambda port, app: [[
+                spindle, "-w", "1", "--io-threads", "2", "--interpreters", "sub", "--sub-interpreters", "2",
+                "--inline", "--bind", f"127.0.0.1:{port}", "--pythonpath", str(APPS), "--log-level", "warn",
+                app]])
         elif key == "granian":
             granian = peer("granian")
             table[key] = Server("granian --workers 2", lambda port, app: [[
@@ -145,8 +153,9 @@ def servers(spindle: str, wanted: list[str]) -> dict[str, Server | str]:
 
 
 DEFAULT_SERVERS = ["spindle", "granian", "gunicorn-sync", "gunicorn-gthread", "bjoern", "uwsgi"]
-# spindle-single: the same shape without the supervisor, to read what the supervisor costs.
-ALL_SERVERS = [*DEFAULT_SERVERS, "spindle-single"]
+# spindle-single: the same shape without the supervisor, to read what the supervisor costs;
+# spindle-inline: the same shape with the app on the I/O threads (--inline).
+ALL_SERVERS = [*DEFAULT_SERVERS, "spindle-single", "spindle-inline"]
 
 
 def module_peer(dist: str) -> str | None:

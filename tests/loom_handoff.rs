@@ -150,6 +150,50 @@ fn mailbox_three_producers_one_reply_each_none_stranded_one_wake_per_batch() {
     mailbox_model(3, 1);
 }
 
+/// `--inline` (ARCHITECTURE.md §4, "Inline"): the I/O thread holds its mailbox, calls the
+/// application (which pushes its own reply) and routes what is there, while a Python
+/// thread pushes replies of other requests. Every reply is routed exactly once, and none
+/// is left in the queue without a wake-up to come: what `drain_here` did not see wakes the
+/// dispatcher (a hold that kept its flag set would strand them).
+#[test]
+fn mailbox_inline_call_strands_no_python_thread_reply() {
+    loom::model(|| {
+        let mailbox = IoMailbox::new();
+        let (counter, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        // The dispatcher ran once: its waker is registered, nothing was queued.
+        assert_eq!(mailbox.poll_drain(&mut cx, |_| {}).1, 0);
+        let python = {
+            let mailbox = mailbox.clone();
+            thread::spawn(move || {
+                mailbox.push(reply(0));
+                mailbox.push(reply(1));
+            })
+        };
+        let mut routed = Vec::new();
+        mailbox.hold();
+        mailbox.push(reply(100)); // the inline call's own reply
+        mailbox.drain_here(|r| routed.push(r.seq));
+        assert!(
+            routed.contains(&100),
+            "the call's reply is routed when it returns"
+        );
+        while routed.len() < 3 {
+            counter.sleep();
+            mailbox.poll_drain(&mut cx, |r| routed.push(r.seq));
+        }
+        python.join().unwrap();
+        routed.sort_unstable();
+        assert_eq!(routed, vec![0, 1, 100]);
+        assert_eq!(
+            mailbox
+                .poll_drain(&mut cx, |_| panic!("a reply routed twice"))
+                .1,
+            0
+        );
+    });
+}
+
 /// The stop request wakes a sleeping I/O thread even when replies race it.
 #[test]
 fn mailbox_stop_request_wakes_the_io_thread() {

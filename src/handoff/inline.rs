@@ -31,4 +31,7 @@ pub trait InlineRunner {
     /// Resumes the parked responses whose clients made room (or left), and the requests
     /// held behind them; nothing when none was woken (a channel poll).
     fn resume(&self);
+    /// Nothing parked, nothing held, no written body to give back: `resume` would do
+    /// nothing (two loads, no atomic write: asked after every exchange).
+    fn idle(&self) -> bool;
 }

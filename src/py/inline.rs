@@ -103,14 +103,19 @@ impl InlineRunner for Runner {
     }
 
     fn resume(&self) {
-        let worker = self.worker();
-        if worker.parked.is_empty() && !worker.releases.has_outstanding() {
+        if self.idle() {
             return;
         }
+        let worker = self.worker();
         let attached = self.attach();
         let gil = attached.gil();
         worker.release_written(gil);
         resume(gil, worker);
+    }
+
+    fn idle(&self) -> bool {
+        let worker = self.worker();
+        worker.parked.is_empty() && !worker.releases.has_outstanding()
     }
 }
 

@@ -130,6 +130,14 @@ impl IoCtx {
 
     /// Resumes the inline responses parked for room whose clients made it (or left).
     pub(super) fn resume_inline(&self) {
+        if self
+            .inline
+            .borrow()
+            .as_deref()
+            .is_none_or(|runner| runner.idle())
+        {
+            return;
+        }
         self.call_inline(|runner| runner.resume());
     }
 
