@@ -12,6 +12,7 @@ hand-off itself)."""
 
 from __future__ import annotations
 
+import json
 import re
 import select
 import signal
@@ -193,3 +194,21 @@ def test_two_io_threads_each_run_requests(spindle):
         for conn in conns:
             conn.close()
     assert names == {"spindle-io-0", "spindle-io-1"}, names
+
+
+def test_inline_requests_are_in_the_access_log(spindle, tmp_path):
+    log = tmp_path / "access.jsonl"
+    srv = start(spindle, "--access-logfile", str(log), "--access-logformat", "json")
+    with srv.connect() as conn:
+        assert ran_on(srv, conn).startswith("spindle-io-")
+        conn.send(request("GET", "/path/two?x=1", srv.host_header))
+        assert conn.read_response().body == b"/path/two"
+
+    def lines():
+        text = log.read_text() if log.exists() else ""
+        found = [json.loads(line) for line in text.splitlines()]
+        return found if len(found) >= 2 else None
+
+    records = wait_until(lines, 5, what="two access-log lines")
+    assert sorted((r["path"], r["status"]) for r in records) == [("/path/two", 200), ("/thread", 200)]
+    assert counts(srv) == (2, 2)
