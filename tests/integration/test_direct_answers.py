@@ -19,7 +19,8 @@ from rawhttp import request
 def direct_answers(srv) -> int:
     """Stops the server (SIGTERM, exit code 0) and sums what its I/O threads report."""
     assert srv.stop() == 0, "\n".join(srv.lines[-30:])
-    counts = re.findall(r"I/O thread \d+: \d+ requests, (\d+) answered directly", srv.log_since())
+    counts = re.findall(r"I/O thread \d+: \d+ requests, \d+ run inline, (\d+) answered directly",
+                        srv.log_since())
     assert counts, "no I/O thread reported its requests:\n" + "\n".join(srv.lines[-30:])
     return sum(int(n) for n in counts)
 
