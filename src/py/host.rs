@@ -89,6 +89,10 @@ pub(super) struct ThreadClock {
 struct Inner {
     /// Live threads, counting those admitted and still starting.
     threads: usize,
+    /// I/O threads joined to call the application themselves (`--inline`): not the
+    /// host's threads (they count for neither its bound nor its minimum, and take no work
+    /// from the queue), but the interpreter must outlive them too.
+    guests: usize,
     /// The owner is ending the interpreter: no thread joins any more.
     closing: bool,
     /// Set once the interpreter exists and the application is loaded in it.
@@ -109,6 +113,7 @@ impl Host {
             gil_waiting: AtomicUsize::new(0),
             inner: Mutex::new(Inner {
                 threads: 0,
+                guests: 0,
                 closing: false,
                 ready: None,
                 clocks: Vec::new(),
@@ -166,6 +171,28 @@ impl Host {
         Some(admission)
     }
 
+    /// Admits an I/O thread for as long as it serves (`--inline`), not once closing;
+    /// it must call [`Host::guest_left`] when it leaves. Counted apart from the host's own
+    /// threads: counted with them, an I/O thread let the pool's only thread leave as idle
+    /// and then kept the grower from adding one (review found it).
+    pub(super) fn admit_guest(&self) -> Option<Admission> {
+        let mut inner = self.lock();
+        if inner.closing {
+            return None;
+        }
+        let admission = inner.ready.clone()?;
+        inner.guests += 1;
+        Some(admission)
+    }
+
+    /// A guest admitted with [`Host::admit_guest`] left.
+    pub(super) fn guest_left(&self) {
+        let mut inner = self.lock();
+        inner.guests -= 1;
+        drop(inner);
+        self.changed.notify_all();
+    }
+
     /// The watches of the live threads.
     pub(super) fn watches(&self) -> Vec<Arc<ThreadWatch>> {
         self.lock().watches.iter().map(|(_, w)| w.clone()).collect()
@@ -193,12 +220,13 @@ impl Host {
     }
 
     /// Closes the host: no thread joins from now on. Waits until `remaining` threads are
-    /// left (1: the owner calling this; 0: the pool, after the threads ended), then hands
+    /// left (1: the owner calling this; 0: the pool, after the threads ended) and every
+    /// guest left, then hands
     /// back the interpreter's state so it can be released under its GIL.
     pub(super) fn close(&self, remaining: usize) -> Option<Arc<Interp>> {
         let mut inner = self.lock();
         inner.closing = true;
-        while inner.threads > remaining {
+        while inner.threads > remaining || inner.guests > 0 {
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         inner.ready.take().map(|admission| admission.interp)

@@ -1,5 +1,5 @@
 //! `--inline`: the I/O threads call the application themselves (ARCHITECTURE.md §4,
-//! "Inline"). Each I/O thread joins one of the application's interpreters as a visitor of
+//! "Inline"). Each I/O thread joins one of the application's interpreters as a guest of
 //! its [`Host`] (I/O thread k the k-th interpreter, round the list), with a thread state and
 //! a [`Worker`] of its own, exactly as a member Python thread does; it takes the GIL for
 //! each call and gives it back after, so the interpreter's own threads (which serve the
@@ -25,15 +25,15 @@ pub struct InlineHosts {
 impl InlineApp for InlineHosts {
     fn join(&self, index: usize) -> Option<Box<dyn InlineRunner>> {
         let host = self.hosts[index % self.hosts.len()].clone();
-        // A visitor: beyond the host's bound on threads (the pool's grower counts its own),
-        // and the interpreter is not ended before it left (`Host::close`).
-        let admission = host.admit_visitor()?;
+        // A guest: not one of the host's threads (its bound, its minimum and the grower
+        // leave it out), but the interpreter is not ended before it left (`Host::close`).
+        let admission = host.admit_guest()?;
         // SAFETY: the host admitted this thread while open, so the interpreter lives until
-        // `thread_left` below; the thread state is made for this thread and attached only by
+        // `guest_left` below; the thread state is made for this thread and attached only by
         // it.
         let tstate = unsafe { ffi::PyThreadState_New(admission.state.as_ptr()) };
         if tstate.is_null() {
-            host.thread_left();
+            host.guest_left();
             crate::log_error!("I/O thread {index}: cannot make a Python thread state: requests go to the Python threads");
             return None;
         }
@@ -56,7 +56,7 @@ impl InlineApp for InlineHosts {
                 );
                 std::mem::forget(attached);
                 end_thread_state(tstate);
-                host.thread_left();
+                host.guest_left();
                 None
             }
         }
@@ -152,6 +152,6 @@ impl Drop for Runner {
         worker.release(gil);
         std::mem::forget(attached);
         end_thread_state(self.tstate);
-        self.host.thread_left();
+        self.host.guest_left();
     }
 }

@@ -407,6 +407,10 @@ fn serve_here(
             Protocol::Fastcgi => conn.serve_fastcgi().await,
             gateway => conn.serve_gateway(gateway).await,
         }
+        // Every exchange of the connection is cancelled once it is gone: a response of it
+        // parked inline ends now, its `close()` called, whatever the protocol (`--inline`).
+        drop(conn);
+        ctx.resume_inline();
         ctx.unregister(token);
         drop(guard);
     });

@@ -20,6 +20,8 @@ import socket
 import sys
 import time
 
+import pytest
+
 from checks import wait_until
 from conftest import APPS
 from rawhttp import parse_all, request
@@ -212,3 +214,49 @@ def test_inline_requests_are_in_the_access_log(spindle, tmp_path):
     records = wait_until(lines, 5, what="two access-log lines")
     assert sorted((r["path"], r["status"]) for r in records) == [("/path/two", 200), ("/thread", 200)]
     assert counts(srv) == (2, 2)
+
+
+def test_the_python_threads_stay_for_bodies_still_on_the_socket(spindle):
+    # The I/O threads join the interpreter as guests, not as its threads: with one Python
+    # thread, idle while the I/O threads run everything, that thread must not leave as
+    # if others were left (review found it did, and none could be added back: a body
+    # still on the socket then waited for nobody).
+    srv = start(spindle, "--interpreters", "main", "--threads", "1", "--io-threads", "2",
+                "--thread-idle-timeout", "0.2", "--max-queue-wait", "3")
+    with srv.connect() as conn:
+        assert ran_on(srv, conn).startswith("spindle-io-")
+    mark = srv.log_mark()
+    # Five idle timeouts: a thread allowed to leave has left by then (the pool says so).
+    with pytest.raises(pytest.fail.Exception):
+        srv.wait_for_log(r"a thread left", 1.0, since=mark, what="a Python thread leaving")
+    with srv.connect() as conn:
+        conn.send(request("POST", "/thread", srv.host_header,
+                          [("Content-Length", "5"), ("Expect", "100-continue")]))
+        assert conn.read_head(timeout=5).status == 100
+        conn.send(b"hello")
+        resp = conn.read_response("POST")
+        assert resp.status == 200, resp
+        assert not resp.body.decode().startswith("spindle-io-"), resp
+
+
+def scgi_request(target: str) -> bytes:
+    path, _, query = target.partition("?")
+    fields = [("CONTENT_LENGTH", "0"), ("SCGI", "1"), ("REQUEST_METHOD", "GET"),
+              ("REQUEST_URI", target), ("PATH_INFO", path), ("QUERY_STRING", query),
+              ("SERVER_PROTOCOL", "HTTP/1.1"), ("SERVER_NAME", "x"), ("SERVER_PORT", "80")]
+    head = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in fields)
+    return str(len(head)).encode() + b":" + head + b","
+
+
+def test_a_gateway_client_that_leaves_mid_response_gets_its_iterable_closed(spindle, tmp_path):
+    # The same as over HTTP, behind nginx's scgi_pass (uwsgi and FastCGI connections end the
+    # same way): the connection's end resumes what it left parked, with no other request
+    # to do it (review found only HTTP connections did).
+    marker = tmp_path / "closed"
+    srv = start(spindle, "--io-threads", "1", "--protocol", "scgi")
+    with small_window_client(srv) as gone:
+        gone.sendall(scgi_request(f"/pieces?count=512&size=65536&marker={marker}"))
+        assert gone.recv(4096).startswith(b"HTTP/1.1 200")
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    wait_until(lambda: marker.exists(), 10, what="close() of the abandoned response")
+    assert marker.read_text() == "closed\n"
