@@ -89,9 +89,9 @@ pub(super) struct ThreadClock {
 struct Inner {
     /// Live threads, counting those admitted and still starting.
     threads: usize,
-    /// I/O threads joined to call the application themselves (`--inline`): not the
-    /// host's threads (they count for neither its bound nor its minimum, and take no work
-    /// from the queue), but the interpreter must outlive them too.
+    /// Threads joined that are not the host's ([`Host::admit_guest`]): they count for
+    /// neither its bound nor its minimum and take no work from the queue, but the
+    /// interpreter must outlive them too.
     guests: usize,
     /// The owner is ending the interpreter: no thread joins any more.
     closing: bool,
@@ -158,23 +158,12 @@ impl Host {
         Some(admission)
     }
 
-    /// Admits a short visit by a thread that is not one of the host's (the watchdog reading
-    /// a stuck thread's stack), beyond the bound but not once closing; the visitor must call
-    /// [`Host::thread_left`] when it is done.
-    pub(super) fn admit_visitor(&self) -> Option<Admission> {
-        let mut inner = self.lock();
-        if inner.closing {
-            return None;
-        }
-        let admission = inner.ready.clone()?;
-        inner.threads += 1;
-        Some(admission)
-    }
-
-    /// Admits an I/O thread for as long as it serves (`--inline`), not once closing;
-    /// it must call [`Host::guest_left`] when it leaves. Counted apart from the host's own
-    /// threads: counted with them, an I/O thread let the pool's only thread leave as idle
-    /// and then kept the grower from adding one (review found it).
+    /// Admits a thread that is not one of the host's, not once closing: an I/O thread for
+    /// as long as it serves (`--inline`), or the watchdog for the moment it reads a stuck
+    /// thread's stack. It must call [`Host::guest_left`] when it leaves. Counted apart from
+    /// the host's own threads (its bound, its minimum and the grower leave guests out):
+    /// counted with them, an I/O thread let the pool's only thread leave as idle and then
+    /// kept the grower from adding one (review found it).
     pub(super) fn admit_guest(&self) -> Option<Admission> {
         let mut inner = self.lock();
         if inner.closing {

@@ -144,10 +144,10 @@ fn report(
 /// at `since`. Runs on a thread of its own, which joins the interpreter for the moment.
 fn read_stack(host: &Host, watch: &ThreadWatch, since: u64) -> Result<String, String> {
     let admission = host
-        .admit_visitor()
+        .admit_guest()
         .ok_or_else(|| "not read: its interpreter is closing".to_string())?;
     // SAFETY: the host admitted this thread while open, so the interpreter lives until
-    // `thread_left` below; the thread state is new, this thread's, attached only here.
+    // `guest_left` below; the thread state is new, this thread's, attached only here.
     let tstate = unsafe { ffi::PyThreadState_New(admission.state.as_ptr()) };
     // SAFETY: as above.
     let attached = unsafe { Attached::restore(tstate) };
@@ -155,7 +155,7 @@ fn read_stack(host: &Host, watch: &ThreadWatch, since: u64) -> Result<String, St
     drop(admission);
     std::mem::forget(attached);
     super::thread::end_thread_state(tstate);
-    host.thread_left();
+    host.guest_left();
     stack
 }
 

@@ -1147,6 +1147,16 @@ impl Conn {
         result
     }
 
+    /// Counts a request handed to Python: queued, or kept to run on this thread (`inline`).
+    fn count_handed(&self, inline: bool) {
+        crate::metrics::request_dispatched();
+        let mut stats = self.ctx.stats.get();
+        stats.requests += 1;
+        stats.inline += u64::from(inline);
+        self.ctx.stats.set(stats);
+        self.ctx.shared.served[self.ctx.index].store(stats.requests, Ordering::Relaxed);
+    }
+
     /// Keeps a request to run on this thread (`--inline`, ARCHITECTURE.md §4, "Inline")
     /// with the others of its exchange, in one call when their responses are about to be
     /// written (pipelined requests: one taking of the GIL for all of them). The first may
@@ -1154,12 +1164,7 @@ impl Conn {
     /// (nothing of the connection is left to write before it) and `may_write` (not
     /// FastCGI, whose records the I/O thread writes).
     fn queue_inline(&mut self, request: Request, may_write: bool) {
-        crate::metrics::request_dispatched();
-        let mut stats = self.ctx.stats.get();
-        stats.requests += 1;
-        stats.inline += 1;
-        self.ctx.stats.set(stats);
-        self.ctx.shared.served[self.ctx.index].store(stats.requests, Ordering::Relaxed);
+        self.count_handed(true);
         if self.inline_pending.is_empty() {
             self.inline_lend =
                 may_write && request.reply.seq == self.served as u32 && direct_answers();
@@ -1237,11 +1242,7 @@ impl Conn {
             };
             match sent {
                 Ok(()) => {
-                    crate::metrics::request_dispatched();
-                    let mut stats = self.ctx.stats.get();
-                    stats.requests += 1;
-                    self.ctx.stats.set(stats);
-                    self.ctx.shared.served[self.ctx.index].store(stats.requests, Ordering::Relaxed);
+                    self.count_handed(false);
                     return Ok(());
                 }
                 Err(TrySendError::Full(back)) => {
