@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 
+import pytest
 import requests
 
 from rawhttp import chunked, request
@@ -303,6 +304,11 @@ def test_many_concurrent_connections(server):
             conn.close()
 
 
+# Not under --inline: there an I/O thread in the app accepts nothing, so when both
+# connections hash to one thread and the first request starts before the second
+# connection is accepted, spreading never sees it and the two run one after the other
+# (ARCHITECTURE.md §4, "Inline": an app that waits holds its I/O thread).
+@pytest.mark.needs_pool
 def test_py_threads_serve_blocking_requests_concurrently(server):
     # Two Python threads (--py-threads 2): two requests that sleep 0.6 s
     # each (releasing the GIL) overlap, so both end well before 1.2 s.
