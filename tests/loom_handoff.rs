@@ -180,7 +180,7 @@ fn mailbox_inline_call_strands_no_python_thread_reply() {
         );
         while routed.len() < 3 {
             counter.sleep();
-            mailbox.poll_drain(&mut cx, |r| routed.push(r.seq));
+            let _ = mailbox.poll_drain(&mut cx, |r| routed.push(r.seq));
         }
         python.join().unwrap();
         routed.sort_unstable();

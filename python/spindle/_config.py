@@ -21,10 +21,11 @@ name that it is surely a typo: that is an error naming the setting meant.
 
 from __future__ import annotations
 
-import difflib
 import os
-import shlex
 import sys
+
+# difflib and shlex (which bring re, collections, enum...) are imported where used: every
+# `spindle` process reads its layers, and what a module imports stays in its memory.
 
 # Keep in step with config.rs: LAYER_MARK.
 LAYER_MARK = "\0spindle-layer:"
@@ -83,7 +84,13 @@ def layers(argv: list[str], settings: tuple[str, ...]) -> list[str]:
     known = set(settings)
     env_name = "SPINDLE_CMD_ARGS" if "SPINDLE_CMD_ARGS" in os.environ else "GUNICORN_CMD_ARGS"
     try:
-        env_args = shlex.split(os.environ.get(env_name, ""))
+        env_value = os.environ.get(env_name, "")
+        if env_value.strip():
+            import shlex
+
+            env_args = shlex.split(env_value)
+        else:
+            env_args = []
     except ValueError as exc:
         raise ConfigError("%s: %s" % (env_name, exc)) from None
     out: list[str] = []
@@ -154,6 +161,8 @@ def _tokens(source: str, name: str, flag: str, value: object) -> list[str]:
 
 
 def _near(name: str, known: set[str]) -> str | None:
+    import difflib
+
     names = {flag.replace("-", "_") for flag in known} | set(GUNICORN_NAMES)
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
     return close[0] if close else None

@@ -7,13 +7,15 @@ Nothing here runs per request except the wsgi.input, wsgi.errors and file_wrappe
 an application calls itself; the request path proper is in Rust.
 """
 
-import ast
 import importlib
 import io
 import os
 import stat
 import sys
-import traceback
+
+# `ast` and `traceback` (which bring re, enum, collections, textwrap...) are imported where
+# they are needed: this runs in every interpreter, and an import there stays in its memory,
+# about 1.3 MiB each (ARCHITECTURE.md §6, "Memory").
 
 
 class ClientDisconnected(OSError):
@@ -129,8 +131,14 @@ def load_app(spec):
     if not sep or not module_name or not expr:
         raise ValueError("%r: expected MODULE:APP, e.g. myproject.wsgi:application" % spec)
     module = importlib.import_module(module_name)
+    expr = expr.strip()
+    names = expr.split(".")
+    if all(name.isidentifier() for name in names):  # NAME or NAME.ATTR, the usual case
+        return _callable(spec, _lookup(module, module_name, names))
+    import ast
+
     try:
-        tree = ast.parse(expr.strip(), mode="eval").body
+        tree = ast.parse(expr, mode="eval").body
     except SyntaxError:
         raise ValueError("%r: %r is not a name or a call" % (spec, expr)) from None
     call = None
@@ -143,12 +151,7 @@ def load_app(spec):
     if not isinstance(tree, ast.Name):
         raise ValueError("%r: %r is not a name or a call" % (spec, expr))
     names.append(tree.id)
-    obj = module
-    for name in reversed(names):
-        try:
-            obj = getattr(obj, name)
-        except AttributeError:
-            raise AttributeError("module %r has no attribute %r" % (module_name, ".".join(reversed(names)))) from None
+    obj = _lookup(module, module_name, names[::-1])
     if call is not None:
         try:
             args = [ast.literal_eval(a) for a in call.args]
@@ -156,6 +159,20 @@ def load_app(spec):
         except ValueError:
             raise ValueError("%r: factory arguments must be Python literals" % spec) from None
         obj = obj(*args, **kwargs)
+    return _callable(spec, obj)
+
+
+def _lookup(module, module_name, names):
+    obj = module
+    for name in names:
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise AttributeError("module %r has no attribute %r" % (module_name, ".".join(names))) from None
+    return obj
+
+
+def _callable(spec, obj):
     if not callable(obj):
         raise TypeError("%r is not callable (got %s)" % (spec, type(obj).__name__))
     return obj
@@ -163,6 +180,8 @@ def load_app(spec):
 
 def report_exception(exc, context):
     """Logs `context` and the traceback of `exc` as one block in the server log."""
+    import traceback
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     log(0, "%s\n%s" % (context, text.rstrip("\n")))
 

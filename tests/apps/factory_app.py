@@ -1,7 +1,9 @@
 """An app built by a factory: `factory_app:create_app()` or
-`factory_app:create_app('x', 2)` on the command line."""
+`factory_app:create_app('x', 2)` on the command line; or one found by a dotted name,
+`factory_app:service.app`."""
 
 import json
+import types
 import warnings
 from wsgiref.validate import validator
 
@@ -15,3 +17,6 @@ def create_app(greeting="hello", times=1):
         return [body]
 
     return validator(factory_made)
+
+
+service = types.SimpleNamespace(app=create_app("dotted", 2))

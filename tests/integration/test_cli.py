@@ -151,12 +151,41 @@ def test_demo_app_without_module(spindle):
 @pytest.mark.parametrize("spec, want", [
     ("factory_app:create_app()", {"greeting": "hello", "times": 1, "text": "hello"}),
     ("factory_app:create_app('x', 2)", {"greeting": "x", "times": 2, "text": "xx"}),
+    ("factory_app:service.app", {"greeting": "dotted", "times": 2, "text": "dotteddotted"}),
+    ("factory_app: service.app ", {"greeting": "dotted", "times": 2, "text": "dotteddotted"}),
 ])
 def test_factory_app(spindle, spec, want):
     srv = spindle(spec)
     resp = srv.get("/")
     assert resp.status == 200, resp
     assert json.loads(resp.body) == want
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("factory_app:service.nope", "'service.nope'"),
+    ("factory_app:create_app(x)", "factory arguments must be Python literals"),
+    ("factory_app:create_app(", "is not a name or a call"),
+    ("factory_app:1 + 2", "is not a name or a call"),
+])
+def test_bad_app_spec_exits_1(spec, message):
+    result = run_spindle(base_args() + [spec])
+    assert result.returncode == 1, f"exit {result.returncode}; stderr:\n{result.stderr}"
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+@pytest.mark.parametrize("shape", [[], ["--single-process"]], ids=["worker", "single-process"])
+def test_server_imports_little_in_the_app_interpreter(spindle, shape):
+    # What Spindle imports in an interpreter stays in its memory, once per interpreter:
+    # `ast` (parsing a factory call), `traceback` (an exception report) and the config
+    # layer's `difflib` and `shlex` are imported only when used (1.3 MiB or more each
+    # interpreter otherwise, which pulled in re, enum and collections).
+    srv = spindle("modules_app:app", *shape)
+    resp = srv.get("/")
+    assert resp.status == 200, resp
+    loaded = set(json.loads(resp.body))
+    assert "modules_app" in loaded
+    assert not loaded & {"ast", "traceback", "difflib", "shlex"}, sorted(loaded)
 
 
 def test_chdir(spindle, tmp_path):
