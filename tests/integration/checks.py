@@ -1,5 +1,7 @@
 """Assertions shared by several test modules."""
 
+import socket
+import struct
 import time
 
 import pytest
@@ -55,3 +57,9 @@ def read_lines(path) -> list[str]:
             return f.read().splitlines()
     except FileNotFoundError:
         return []
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """SO_LINGER with a zero timeout: closing `sock` then sends a reset, not a FIN, so the
+    server's next write to it fails (a client gone mid-response)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from checks import wait_until
+from checks import reset_on_close, wait_until
 from conftest import APPS
 from rawhttp import parse_all, request
 
@@ -140,7 +140,7 @@ def test_a_client_that_leaves_mid_response_gets_its_iterable_closed(spindle, tmp
         gone.sendall(request("GET", f"/pieces?count=512&size=65536&marker={marker}", srv.host_header))
         assert gone.recv(4096).startswith(b"HTTP/1.1 200")
         # Leaves with a 32 MiB response parked at its window.
-        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        reset_on_close(gone)
     wait_until(lambda: marker.exists(), 10, what="close() of the abandoned response")
     assert marker.read_text() == "closed\n"
     with srv.connect() as conn:
@@ -257,6 +257,6 @@ def test_a_gateway_client_that_leaves_mid_response_gets_its_iterable_closed(spin
     with small_window_client(srv) as gone:
         gone.sendall(scgi_request(f"/pieces?count=512&size=65536&marker={marker}"))
         assert gone.recv(4096).startswith(b"HTTP/1.1 200")
-        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        reset_on_close(gone)
     wait_until(lambda: marker.exists(), 10, what="close() of the abandoned response")
     assert marker.read_text() == "closed\n"

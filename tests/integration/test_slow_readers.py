@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from checks import reset_on_close
 from conftest import APPS
 from rawhttp import parse_all
 
@@ -161,7 +162,7 @@ def test_a_client_gone_while_parked_gets_its_iterator_closed(spindle, tmp_path):
     settle(server)
     mark = server.log_mark()
     for reader in readers[:5]:
-        reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        reset_on_close(reader.sock)
         reader.close()  # a reset: the server's next write fails
     deadline = time.monotonic() + 10
     while not closed_ids(log) >= set(range(5)) and time.monotonic() < deadline:
